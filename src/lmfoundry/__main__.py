@@ -1,0 +1,3 @@
+from lmfoundry.cli.main import main
+
+main()

@@ -1,0 +1,33 @@
+"""The audit log: who changed keys, members, deployments, quotas and traffic, and when."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lmfoundry.storage.models import AuditEvent
+
+
+def record(
+    s: Session, actor: str, project_id: int | None, action: str, target: str, detail: dict[str, Any]
+) -> None:
+    """Add an audit event to the caller's unit of work (so it commits with the change)."""
+    s.add(
+        AuditEvent(actor=actor, project_id=project_id, action=action, target=target, detail=detail)
+    )
+
+
+def list_events(
+    s: Session, project_id: int, since: datetime | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    query = select(AuditEvent).where(AuditEvent.project_id == project_id)
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    rows = s.scalars(query.order_by(AuditEvent.id.desc()).limit(limit))
+    return [
+        {"at": e.at, "actor": e.actor, "action": e.action, "target": e.target, "detail": e.detail}
+        for e in rows
+    ]

@@ -1,0 +1,52 @@
+"""The FastAPI app: control plane under /api/v1, data plane at /serverless/..., studio at /."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from lmfoundry import __version__
+from lmfoundry.api import catalog, errors, inference, projects, serverless, usage
+from lmfoundry.api.middleware import RequestContext
+from lmfoundry.config import Settings, get_settings
+from lmfoundry.platform import Platform
+
+
+def create_app(settings: Settings | None = None, platform: Platform | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    plat = platform or Platform.create(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await plat.start()
+        try:
+            yield
+        finally:
+            await plat.stop()
+
+    app = FastAPI(
+        title="lmfoundry",
+        version=__version__,
+        description="Self-hosted platform for small language models. Management API under "
+        "/api/v1 (personal access token); inference at /serverless/{name}/ "
+        "(deployment key).",
+        lifespan=lifespan,
+        responses=errors.ERROR_RESPONSES,
+    )
+    app.state.platform = plat
+    errors.install(app)
+    for module in (catalog, projects, serverless, usage):
+        app.include_router(module.router, prefix="/api/v1")
+    app.include_router(inference.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    app.add_middleware(
+        RequestContext, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+    )
+    return app

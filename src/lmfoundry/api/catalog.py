@@ -1,0 +1,45 @@
+"""`/api/v1/catalog` and `/api/v1/models/import`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmfoundry.api.deps import PlatformDep, PrincipalDep
+from lmfoundry.catalog.models import CardView
+from lmfoundry.errors import Forbidden
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get("/catalog", response_model=list[CardView])
+def list_catalog(plat: PlatformDep, _: PrincipalDep) -> list[CardView]:
+    return plat.catalog.list_cards()
+
+
+@router.get("/catalog/{model}", response_model=CardView)
+def get_card(model: str, plat: PlatformDep, _: PrincipalDep) -> CardView:
+    return plat.catalog.get_card(model)
+
+
+class ImportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="A .gguf file or Hugging Face folder on the server's disk.")
+    id: str | None = Field(default=None, description="Model id; default: the file name.")
+    display_name: str | None = None
+
+
+@router.post("/catalog/import", response_model=CardView, status_code=201)
+def import_model(body: ImportRequest, plat: PlatformDep, actor: PrincipalDep) -> CardView:
+    if not actor.is_admin:
+        raise Forbidden("Only an admin can import models into the catalog.")
+    return plat.catalog.import_model(Path(body.path), body.id, body.display_name)
+
+
+@router.delete("/catalog/{model}", status_code=204)
+def remove_import(model: str, plat: PlatformDep, actor: PrincipalDep) -> None:
+    if not actor.is_admin:
+        raise Forbidden("Only an admin can remove imported models.")
+    plat.catalog.remove_import(model)

@@ -1,0 +1,107 @@
+"""ASGI middleware: request ids, body size limits, and tidy paths.
+
+Written as raw ASGI (not `BaseHTTPMiddleware`) so streaming responses pass through
+untouched and the per-request cost stays in microseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lmfoundry.errors import PayloadTooLarge
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContext:
+    """Adds `x-request-id` to every response (reusing a well-formed one from the caller),
+    collapses duplicate slashes (SDKs join `endpoint/` + `/chat/completions`), and answers
+    413 for bodies over the limit before the app reads them."""
+
+    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        path: str = scope["path"]
+        if "//" in path:
+            scope["path"] = re.sub(r"/{2,}", "/", path)
+        raw_id = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", raw_id)]
+            await send(message)
+
+        limit = self.max_upload if scope["path"].startswith("/api/") else self.max_body
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _too_large(send_with_id, limit)
+            return
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        try:
+            await self.app(scope, receive_limited, send_with_id)
+        except BodyTooLarge:
+            await _too_large(send_with_id, limit)
+
+
+class BodyTooLarge(PayloadTooLarge):
+    """Raised from `receive` mid-read; the app's error handler turns it into a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(_too_large_message(limit))
+        self.limit = limit
+
+
+def _too_large_message(limit: int) -> str:
+    return (
+        f"The request body is larger than {limit:,} bytes; send less (inference bodies: "
+        "LMFOUNDRY_MAX_BODY_BYTES, uploads: LMFOUNDRY_MAX_UPLOAD_BYTES)."
+    )
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "payload_too_large",
+                "status": 413,
+                "message": _too_large_message(limit),
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

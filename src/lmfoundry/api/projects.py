@@ -1,0 +1,140 @@
+"""`/api/v1/me`, `/users`, `/tokens`, `/projects` and members, and the audit log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmfoundry.access.audit import list_events
+from lmfoundry.access.models import Role
+from lmfoundry.api.deps import PlatformDep, PrincipalDep, ProjectDep
+
+router = APIRouter(tags=["access"])
+
+
+class Me(BaseModel):
+    name: str
+    is_admin: bool
+
+
+@router.get("/me", response_model=Me)
+def me(actor: PrincipalDep) -> Me:
+    return Me(name=actor.name, is_admin=actor.is_admin)
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    is_admin: bool = False
+
+
+class UserCreated(BaseModel):
+    name: str
+    token: str = Field(description="Shown once; store it now.")
+
+
+@router.post("/users", response_model=UserCreated, status_code=201)
+def create_user(body: UserCreate, plat: PlatformDep, actor: PrincipalDep) -> UserCreated:
+    name, token = plat.access.create_user(actor, body.name, body.is_admin)
+    return UserCreated(name=name, token=token)
+
+
+class UserView(BaseModel):
+    name: str
+    is_admin: bool
+    created_at: datetime
+
+
+@router.get("/users", response_model=list[UserView])
+def list_users(plat: PlatformDep, actor: PrincipalDep) -> list[dict[str, Any]]:
+    return plat.access.list_users(actor)
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+
+
+class TokenCreated(BaseModel):
+    name: str
+    token: str = Field(description="Shown once; store it now.")
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201)
+def create_token(body: TokenCreate, plat: PlatformDep, actor: PrincipalDep) -> TokenCreated:
+    return TokenCreated(name=body.name, token=plat.access.create_token(actor, body.name))
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+
+
+class ProjectView(BaseModel):
+    name: str
+    description: str
+    role: Role
+    created_at: datetime
+
+
+@router.get("/projects", response_model=list[ProjectView])
+def list_projects(plat: PlatformDep, actor: PrincipalDep) -> list[dict[str, Any]]:
+    return plat.access.list_projects(actor)
+
+
+@router.post("/projects", response_model=ProjectView, status_code=201)
+def create_project(body: ProjectCreate, plat: PlatformDep, actor: PrincipalDep) -> dict[str, Any]:
+    return plat.access.create_project(actor, body.name, body.description)
+
+
+@router.get("/projects/{project}", response_model=ProjectView)
+def get_project(access: ProjectDep, plat: PlatformDep, actor: PrincipalDep) -> dict[str, Any]:
+    return next(p for p in plat.access.list_projects(actor) if p["name"] == access.project)
+
+
+class MemberBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+
+
+class MemberView(BaseModel):
+    user: str
+    role: Role
+    created_at: datetime
+
+
+@router.get("/projects/{project}/members", response_model=list[MemberView])
+def list_members(access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
+    return plat.access.list_members(access.principal, access.project)
+
+
+@router.put("/projects/{project}/members/{user}", response_model=MemberView)
+def set_member(
+    user: str, body: MemberBody, access: ProjectDep, plat: PlatformDep
+) -> dict[str, Any]:
+    return plat.access.set_member(access.principal, access.project, user, body.role)
+
+
+@router.delete("/projects/{project}/members/{user}", status_code=204)
+def remove_member(user: str, access: ProjectDep, plat: PlatformDep) -> None:
+    plat.access.remove_member(access.principal, access.project, user)
+
+
+class AuditView(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+@router.get("/projects/{project}/audit", response_model=list[AuditView])
+def audit(
+    access: ProjectDep, plat: PlatformDep, since: datetime | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    with plat.db.session() as s:
+        return list_events(s, access.project_id, since, max(1, min(limit, 5000)))

@@ -1,0 +1,49 @@
+"""`lmfoundry`: the command line. Commands are thin clients of the management API, except
+`up` (which runs the server) and `tokens new` (which needs none)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lmfoundry import __version__
+from lmfoundry.cli import access, catalog, chat, serverless, up, usage
+from lmfoundry.cli._output import err_console
+from lmfoundry.errors import LmfError
+
+app = typer.Typer(
+    name="lmfoundry",
+    help="Self-hosted platform for small language models. Start with `lmfoundry up`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("up")(up.up)
+app.command("login")(access.login)
+app.command("chat")(chat.chat)
+app.command("usage")(usage.usage)
+app.command("audit")(usage.audit)
+app.add_typer(catalog.catalog_app, name="catalog")
+app.add_typer(catalog.models_app, name="models")
+app.add_typer(access.projects_app, name="projects")
+app.add_typer(access.users_app, name="users")
+app.add_typer(access.tokens_app, name="tokens")
+app.add_typer(serverless.app, name="serverless")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Entry point: one place where errors become a message and an exit code."""
+    try:
+        app()
+    except LmfError as exc:
+        err_console.print(f"[bold red]Error:[/] {exc.message}", highlight=False)
+        sys.exit(2 if 400 <= exc.status_code < 500 else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,90 @@
+"""`lmfoundry up`: migrate, bootstrap, and serve both planes and the studio."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from lmfoundry.access.models import Role
+from lmfoundry.access.service import write_credentials
+from lmfoundry.cli._output import console
+from lmfoundry.client.api import load_credentials
+from lmfoundry.config import Settings, get_settings
+from lmfoundry.errors import NotFound
+from lmfoundry.platform import Platform
+
+
+def up(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Start lmfoundry: API, inference gateway, instance supervisor and studio."""
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings(**overrides) if overrides else get_settings()
+    platform = Platform.create(settings)
+    _credentials(settings, platform)
+    _default_deployment(settings, platform)
+
+    from lmfoundry.api.app import create_app
+
+    app = create_app(settings, platform)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _credentials(settings: Settings, platform: Platform) -> None:
+    token = platform.bootstrap.token
+    if token:
+        path = write_credentials(settings.home, token, settings.base_url)
+        console.print(f"[bold]Admin token[/] (shown once; saved for the CLI in {path}, mode 0600):")
+        console.print(f"  {token}", highlight=False, soft_wrap=True)
+    elif settings.admin_token and not load_credentials(settings.home):
+        write_credentials(settings.home, settings.admin_token, settings.base_url)
+
+
+def _default_deployment(settings: Settings, platform: Platform) -> None:
+    """On a fresh home, deploy the bundled model; print how to call it."""
+    admin = platform.access.admin_principal()
+    access = platform.access.project_access(admin, settings.default_project, Role.developer)
+    name = settings.default_deployment
+    key = "$KEY"
+    try:
+        deployment = platform.serverless.get(access, name)
+    except NotFound:
+        if not platform.bootstrap.created:
+            console.print(f"lmfoundry at {settings.base_url} (studio: {settings.base_url}/)")
+            return
+        deployment = platform.serverless.create(access, name, settings.default_model)
+        key = platform.serverless.read_keys(access, name)["primary_key"]
+        console.print(f"Created serverless deployment [bold]{name}[/] of {settings.default_model}.")
+    target = deployment["target_url"]
+    body = (
+        '{"messages": [{"role": "user", "content": "What is the capital of France?"}], '
+        '"max_tokens": 64}'
+    )
+    console.print(f"  target URL: {target}")
+    if key == "$KEY":
+        console.print(
+            f"  key:        KEY=$(lmfoundry serverless keys {name} --json | "
+            "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"primary_key\"])')",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"  key:        {key}", highlight=False, soft_wrap=True)
+    console.print("Try it:", highlight=False)
+    console.print(
+        f"  curl -s {target}chat/completions -H {shlex.quote('Authorization: Bearer ' + key)} "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )

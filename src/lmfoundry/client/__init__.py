@@ -1,0 +1,5 @@
+"""Python SDK for the lmfoundry management API."""
+
+from lmfoundry.client.api import Client, chat_stream
+
+__all__ = ["Client", "chat_stream"]

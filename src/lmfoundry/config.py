@@ -1,0 +1,103 @@
+"""Settings, read once from `LMFOUNDRY_*` environment variables.
+
+Nothing else in the package reads `os.environ` for configuration; it asks `get_settings()`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LMFOUNDRY_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".lmfoundry",
+        description="Folder for the database, master key, credentials, artifacts and sockets.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///$LMFOUNDRY_HOME/lmfoundry.db.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `lmfoundry up` listens on.")
+    port: int = Field(default=8000, description="Port `lmfoundry up` listens on.")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL callers use (target URLs are built from it); default http://host:port.",
+    )
+    admin_token: str | None = Field(
+        default=None, description="Token for the bootstrap admin, used instead of a random one."
+    )
+    master_key: str | None = Field(
+        default=None,
+        description="Fernet key for secrets at rest; default $LMFOUNDRY_HOME/master.key (0600).",
+    )
+    redis_url: str | None = Field(default=None, description="Share quotas through this Redis.")
+    ray_address: str | None = Field(default=None, description="Run instances and jobs on Ray.")
+    instance_idle_seconds: float = Field(
+        default=600.0, description="Stop a serverless instance after this long without requests."
+    )
+    instance_start_timeout: float = Field(
+        default=120.0, description="Seconds an instance may take to load its model."
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, description="Largest inference request body accepted (413 above)."
+    )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024, description="Largest dataset or model upload accepted."
+    )
+    engine_threads: int | None = Field(
+        default=None, description="CPU threads per llama.cpp instance; default: all cores."
+    )
+    engine_max_sequences: int = Field(
+        default=16, description="Sequences one llama.cpp instance decodes together."
+    )
+    engine_kv_tokens: int = Field(
+        default=16384, description="KV cache cells shared by the sequences of one instance."
+    )
+    url: str | None = Field(
+        default=None,
+        description="Server the CLI and SDK talk to; default: the one in the credentials file.",
+    )
+    token: str | None = Field(
+        default=None,
+        description="Token the CLI and SDK send; default: the one in the credentials file.",
+    )
+    default_project: str = "default"
+    default_deployment: str = "smollm2-135m-instruct"
+    default_model: str = "SmolLM2-135M-Instruct"
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'lmfoundry.db'}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def run_dir(self) -> Path:
+        """Sockets and pid files of running instances."""
+        return self.home / "run"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests and `lmfoundry` subcommands that change the env)."""
+    get_settings.cache_clear()

@@ -1,0 +1,293 @@
+"""Serverless deployments: a model behind `{base}/serverless/{name}/` with keys and quotas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from lmfoundry.access.audit import record
+from lmfoundry.access.keys import KeyStore
+from lmfoundry.access.models import ProjectAccess, Role
+from lmfoundry.access.service import check_name
+from lmfoundry.catalog.service import CatalogService
+from lmfoundry.errors import Conflict, InvalidRequest, NotFound
+from lmfoundry.quotas.service import DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE
+from lmfoundry.quotas.window import Limits
+from lmfoundry.storage.db import Database
+from lmfoundry.storage.models import Project, ServerlessDeployment
+
+KIND = "serverless"
+MAX_TOKENS_PER_MINUTE = 100_000_000
+MAX_REQUESTS_PER_MINUTE = 1_000_000
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    """What the data plane needs to answer for one deployment."""
+
+    kind: str
+    id: int
+    name: str
+    project_id: int
+    model: str
+    limits: Limits
+    price_input_per_1k: float
+    price_output_per_1k: float
+
+
+def _check_quota(field: str, value: int | None, upper: int) -> None:
+    if value is not None and not 1 <= value <= upper:
+        raise InvalidRequest(f"{field} must be between 1 and {upper:,} (got {value}).", param=field)
+
+
+def _check_price(field: str, value: float | None) -> None:
+    if value is not None and not 0 <= value <= 1000:
+        raise InvalidRequest(f"{field} must be between 0 and 1000 USD per 1K tokens.", param=field)
+
+
+class ServerlessService:
+    def __init__(
+        self, db: Database, catalog: CatalogService, keys: KeyStore, base_url: str
+    ) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.keys = keys
+        self.base_url = base_url.rstrip("/")
+
+    def target_url(self, name: str) -> str:
+        return f"{self.base_url}/serverless/{name}/"
+
+    def _view(self, row: ServerlessDeployment, project: str) -> dict[str, Any]:
+        card = self.catalog.get_card(row.model)
+        return {
+            "name": row.name,
+            "project": project,
+            "model": row.model,
+            "target_url": self.target_url(row.name),
+            "provisioning_state": "succeeded",
+            "tokens_per_minute": row.tokens_per_minute,
+            "requests_per_minute": row.requests_per_minute,
+            "price_input_per_1k": row.price_input_per_1k
+            if row.price_input_per_1k is not None
+            else card.price_input_per_1k,
+            "price_output_per_1k": row.price_output_per_1k
+            if row.price_output_per_1k is not None
+            else card.price_output_per_1k,
+            "created_by": row.created_by,
+            "created_at": row.created_at,
+        }
+
+    # -- management --------------------------------------------------------------------------
+
+    def create(
+        self,
+        access: ProjectAccess,
+        name: str,
+        model: str,
+        tokens_per_minute: int | None = None,
+        requests_per_minute: int | None = None,
+        price_input_per_1k: float | None = None,
+        price_output_per_1k: float | None = None,
+    ) -> dict[str, Any]:
+        access.require(Role.developer, "create deployments")
+        check_name("deployment", name)
+        _check_quota("tokens_per_minute", tokens_per_minute, MAX_TOKENS_PER_MINUTE)
+        _check_quota("requests_per_minute", requests_per_minute, MAX_REQUESTS_PER_MINUTE)
+        _check_price("price_input_per_1k", price_input_per_1k)
+        _check_price("price_output_per_1k", price_output_per_1k)
+        card = self.catalog.get_card(model)  # 404 naming the catalog when unknown
+        if not card.weights_present:
+            raise InvalidRequest(
+                f"Cannot deploy {card.id}: its weights are not on this machine. {card.how_to_get}",
+                param="model",
+            )
+        with self.db.session() as s:
+            if (
+                s.scalar(select(ServerlessDeployment).where(ServerlessDeployment.name == name))
+                is not None
+            ):
+                raise Conflict(
+                    f"A serverless deployment named {name!r} already exists; "
+                    "names are unique because they are part of the target URL.",
+                    param="name",
+                )
+            existing = s.scalar(
+                select(ServerlessDeployment).where(
+                    ServerlessDeployment.project_id == access.project_id,
+                    ServerlessDeployment.model == card.id,
+                )
+            )
+            if existing is not None:
+                raise Conflict(
+                    f"Deployment {existing.name!r} already serves {card.id} in "
+                    f"project {access.project!r} (one serverless deployment per "
+                    "model per project); use it, or delete it first.",
+                    param="model",
+                )
+            row = ServerlessDeployment(
+                project_id=access.project_id,
+                name=name,
+                model=card.id,
+                tokens_per_minute=tokens_per_minute or DEFAULT_TOKENS_PER_MINUTE,
+                requests_per_minute=requests_per_minute or DEFAULT_REQUESTS_PER_MINUTE,
+                price_input_per_1k=price_input_per_1k,
+                price_output_per_1k=price_output_per_1k,
+                created_by=access.principal.name,
+            )
+            s.add(row)
+            try:
+                s.flush()
+            except IntegrityError as exc:  # a concurrent create won the race
+                raise Conflict(
+                    f"A serverless deployment named {name!r} already exists.", param="name"
+                ) from exc
+            self.keys.create(s, KIND, row.id)
+            record(
+                s,
+                access.principal.name,
+                access.project_id,
+                "serverless.create",
+                name,
+                {
+                    "model": card.id,
+                    "tokens_per_minute": row.tokens_per_minute,
+                    "requests_per_minute": row.requests_per_minute,
+                },
+            )
+            return self._view(row, access.project)
+
+    def list(self, access: ProjectAccess) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(ServerlessDeployment)
+                .where(ServerlessDeployment.project_id == access.project_id)
+                .order_by(ServerlessDeployment.name)
+            ).all()
+            return [self._view(r, access.project) for r in rows]
+
+    def get(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+        with self.db.session() as s:
+            return self._view(self._row(s, access, name), access.project)
+
+    def _row(self, s: Any, access: ProjectAccess, name: str) -> ServerlessDeployment:
+        row = s.scalar(
+            select(ServerlessDeployment).where(
+                ServerlessDeployment.project_id == access.project_id,
+                ServerlessDeployment.name == name,
+            )
+        )
+        if row is None:
+            raise NotFound(
+                f"Serverless deployment {name!r} not found in project "
+                f"{access.project!r}; `lmfoundry serverless list` shows them."
+            )
+        return row
+
+    def update(self, access: ProjectAccess, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        access.require(Role.developer, "change deployments")
+        allowed = {
+            "tokens_per_minute",
+            "requests_per_minute",
+            "price_input_per_1k",
+            "price_output_per_1k",
+        }
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidRequest(
+                f"Cannot change {', '.join(sorted(unknown))}; a serverless "
+                f"deployment can change {', '.join(sorted(allowed))}.",
+                param=sorted(unknown)[0],
+            )
+        for field in ("tokens_per_minute", "requests_per_minute"):
+            if field in changes and changes[field] is None:
+                raise InvalidRequest(f"{field} cannot be null; give a number.", param=field)
+        _check_quota("tokens_per_minute", changes.get("tokens_per_minute"), MAX_TOKENS_PER_MINUTE)
+        _check_quota(
+            "requests_per_minute", changes.get("requests_per_minute"), MAX_REQUESTS_PER_MINUTE
+        )
+        _check_price("price_input_per_1k", changes.get("price_input_per_1k"))
+        _check_price("price_output_per_1k", changes.get("price_output_per_1k"))
+        with self.db.session() as s:
+            row = self._row(s, access, name)
+            before = {k: getattr(row, k) for k in changes}
+            for key, value in changes.items():
+                setattr(row, key, value)
+            record(
+                s,
+                access.principal.name,
+                access.project_id,
+                "serverless.update",
+                name,
+                {"before": before, "after": changes},
+            )
+            return self._view(row, access.project)
+
+    def delete(self, access: ProjectAccess, name: str) -> None:
+        access.require(Role.developer, "delete deployments")
+        with self.db.session() as s:
+            row = self._row(s, access, name)
+            self.keys.delete(s, KIND, row.id)
+            s.delete(row)
+            record(
+                s,
+                access.principal.name,
+                access.project_id,
+                "serverless.delete",
+                name,
+                {"model": row.model},
+            )
+
+    def read_keys(self, access: ProjectAccess, name: str) -> dict[str, str]:
+        access.require(Role.developer, "read keys")
+        with self.db.session() as s:
+            row = self._row(s, access, name)
+            return self.keys.read(s, KIND, row.id)
+
+    def regenerate_key(self, access: ProjectAccess, name: str, slot: str) -> dict[str, str]:
+        access.require(Role.developer, "regenerate keys")
+        with self.db.session() as s:
+            row = self._row(s, access, name)
+            keys = self.keys.regenerate(s, KIND, row.id, slot)
+            record(
+                s,
+                access.principal.name,
+                access.project_id,
+                "serverless.regenerate_key",
+                name,
+                {"key_type": slot},
+            )
+            return keys
+
+    # -- data plane --------------------------------------------------------------------------
+
+    def serving_target(self, name: str) -> ServingTarget:
+        with self.db.session() as s:
+            row = s.scalar(select(ServerlessDeployment).where(ServerlessDeployment.name == name))
+            if row is None:
+                raise NotFound(
+                    f"No serverless deployment named {name!r}; check the target "
+                    "URL (`lmfoundry serverless list`)."
+                )
+            card = self.catalog.get_card(row.model)
+            return ServingTarget(
+                kind=KIND,
+                id=row.id,
+                name=row.name,
+                project_id=row.project_id,
+                model=row.model,
+                limits=Limits(row.tokens_per_minute, row.requests_per_minute),
+                price_input_per_1k=row.price_input_per_1k
+                if row.price_input_per_1k is not None
+                else card.price_input_per_1k,
+                price_output_per_1k=row.price_output_per_1k
+                if row.price_output_per_1k is not None
+                else card.price_output_per_1k,
+            )
+
+    def project_name(self, project_id: int) -> str:
+        with self.db.session() as s:
+            project = s.get(Project, project_id)
+            return project.name if project else ""

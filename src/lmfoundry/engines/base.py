@@ -1,0 +1,114 @@
+"""The engine protocol: what an instance process runs, and what the gateway needs to admit
+a request before any instance is touched.
+
+Two halves:
+
+* `Tokenizer` lives in the gateway. It renders the chat template and counts prompt tokens,
+  so that the context check and the quota reservation use exact numbers and a bad request
+  never wakes an instance. It is light (llama.cpp's vocab-only load for GGUF files).
+* `Engine` lives in an instance process. It takes token ids and sampling parameters and
+  yields text deltas; closing the iterator cancels the sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    grammar: str | None = None  # GBNF, for response_format json_object / json_schema
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SamplingParams:
+        return cls(**data)
+
+
+@dataclass
+class GenerationRequest:
+    prompt: list[int]
+    params: SamplingParams
+    request_id: str = ""
+    adapter: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "params": self.params.to_dict(),
+            "request_id": self.request_id,
+            "adapter": self.adapter,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        return cls(
+            prompt=list(data["prompt"]),
+            params=SamplingParams.from_dict(data["params"]),
+            request_id=data.get("request_id", ""),
+            adapter=data.get("adapter"),
+        )
+
+
+@dataclass
+class Delta:
+    """New text since the last delta; `completion_tokens` counts all tokens so far."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+class Engine(Protocol):
+    """Generates tokens in an instance process."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Yield deltas until a stop sequence, an end-of-generation token or max_tokens.
+
+        Closing the iterator early (client gone) cancels the sequence and frees its cache.
+        """
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for the health check: active sequences, queue length, memory."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Tokenizer(Protocol):
+    """Renders chat messages and counts tokens in the gateway."""
+
+    context_length: int
+    supports_tools: bool
+
+    def render(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+class EngineError(Exception):
+    """Raised by an engine for a request it cannot run (the gateway maps it to a 4xx)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param

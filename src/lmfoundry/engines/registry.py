@@ -1,0 +1,44 @@
+"""Which engine and tokenizer serve a model. Engines are imported lazily: the gateway never
+loads weights, and the `transformers` and `onnx` engines need optional extras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmfoundry.engines.base import Engine, Tokenizer
+from lmfoundry.errors import Unavailable
+
+ENGINES = ("llamacpp", "transformers", "onnx", "vllm", "echo")
+
+
+def create_engine(kind: str, model_path: str, options: dict[str, Any]) -> Engine:
+    """Load an engine in an instance process."""
+    if kind == "echo":
+        from lmfoundry.engines.echo import EchoEngine
+
+        return EchoEngine(delay=float(options.get("delay", 0.0)))
+    if kind == "llamacpp":
+        from lmfoundry.engines.llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine(Path(model_path), **options)
+    raise Unavailable(
+        f"Engine {kind!r} is not available in this installation; engines: llamacpp, echo."
+    )
+
+
+def create_tokenizer(
+    kind: str, model_path: str, chat_template: str | None, context_length: int | None
+) -> Tokenizer:
+    """The gateway-side tokenizer for a model served by `kind`."""
+    if kind == "echo":
+        from lmfoundry.engines.echo import EchoTokenizer
+
+        return EchoTokenizer(context_length)
+    if kind == "llamacpp":
+        from lmfoundry.engines.gguf import GGUFTokenizer
+
+        return GGUFTokenizer(Path(model_path), chat_template, context_length)
+    raise Unavailable(
+        f"Engine {kind!r} is not available in this installation; engines: llamacpp, echo."
+    )

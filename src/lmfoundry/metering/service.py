@@ -1,0 +1,214 @@
+"""Usage records (one per request), written in batches, and cost reports.
+
+Records are queued in memory and written every `FLUSH_SECONDS` in one transaction; stopping
+the server (SIGTERM) flushes what is queued before the process exits, so a response that was
+sent always has its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from lmfoundry.storage.db import Database
+from lmfoundry.storage.models import UsageRecord
+
+log = logging.getLogger("lmfoundry.metering")
+
+FLUSH_SECONDS = 0.25
+
+
+def cost_of(prompt_tokens: int, completion_tokens: int, price_in: float, price_out: float) -> float:
+    return prompt_tokens / 1000 * price_in + completion_tokens / 1000 * price_out
+
+
+@dataclass
+class Usage:
+    request_id: str
+    project_id: int
+    target_kind: str
+    target: str
+    deployment: str
+    key_slot: str
+    model: str
+    price_input_per_1k: float
+    price_output_per_1k: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    status_code: int = 200
+    streamed: bool = False
+    mirrored: bool = False
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def row(self) -> UsageRecord:
+        return UsageRecord(
+            request_id=self.request_id,
+            at=self.at,
+            project_id=self.project_id,
+            target_kind=self.target_kind,
+            target=self.target,
+            deployment=self.deployment,
+            key_slot=self.key_slot,
+            model=self.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=round(self.latency_ms, 3),
+            ttft_ms=None if self.ttft_ms is None else round(self.ttft_ms, 3),
+            status_code=self.status_code,
+            streamed=self.streamed,
+            mirrored=self.mirrored,
+            price_input_per_1k=self.price_input_per_1k,
+            price_output_per_1k=self.price_output_per_1k,
+            cost=cost_of(
+                self.prompt_tokens,
+                self.completion_tokens,
+                self.price_input_per_1k,
+                self.price_output_per_1k,
+            ),
+        )
+
+
+class MeteringService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pending: list[Usage] = []
+        self._flush_lock = threading.Lock()  # the flusher task and report requests both flush
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, usage: Usage) -> None:
+        self._pending.append(usage)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await asyncio.to_thread(self.flush)
+            except Exception:
+                log.exception("writing usage records failed; will retry")
+
+    def flush(self) -> int:
+        """Write every queued record; on failure they stay queued."""
+        with self._flush_lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return 0
+            try:
+                with self.db.session() as s:
+                    s.add_all([u.row() for u in batch])
+            except BaseException:
+                self._pending[:0] = batch
+                raise
+            return len(batch)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.flush()
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def report(
+        self,
+        project_id: int,
+        group_by: str,
+        start: datetime | None,
+        end: datetime | None,
+        target: str | None = None,
+    ) -> list[dict[str, Any]]:
+        columns = {
+            "deployment": (UsageRecord.target_kind, UsageRecord.target),
+            "key": (UsageRecord.target_kind, UsageRecord.target, UsageRecord.key_slot),
+            "day": (func.substr(func.cast(UsageRecord.at, _string()), 1, 10),),
+            "model": (UsageRecord.model,),
+        }[group_by]
+        query = select(
+            *columns,
+            func.count(UsageRecord.id),
+            func.sum(UsageRecord.prompt_tokens),
+            func.sum(UsageRecord.completion_tokens),
+            func.sum(UsageRecord.cost),
+        ).where(UsageRecord.project_id == project_id, UsageRecord.mirrored.is_(False))
+        if start is not None:
+            query = query.where(UsageRecord.at >= start)
+        if end is not None:
+            query = query.where(UsageRecord.at < end)
+        if target is not None:
+            query = query.where(UsageRecord.target == target)
+        query = query.group_by(*columns).order_by(*columns)
+        names = {
+            "deployment": ["kind", "deployment"],
+            "key": ["kind", "deployment", "key"],
+            "day": ["day"],
+            "model": ["model"],
+        }[group_by]
+        with self.db.session() as s:
+            rows = s.execute(query).all()
+        out = []
+        for row in rows:
+            keys = dict(zip(names, row[: len(names)], strict=True))
+            requests, prompt, completion, cost = row[len(names) :]
+            out.append(
+                {
+                    **keys,
+                    "requests": int(requests or 0),
+                    "prompt_tokens": int(prompt or 0),
+                    "completion_tokens": int(completion or 0),
+                    "total_tokens": int((prompt or 0) + (completion or 0)),
+                    "cost": round(float(cost or 0.0), 8),
+                }
+            )
+        return out
+
+    def records(
+        self, project_id: int, target: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        query = select(UsageRecord).where(UsageRecord.project_id == project_id)
+        if target:
+            query = query.where(UsageRecord.target == target)
+        with self.db.session() as s:
+            rows = s.scalars(query.order_by(UsageRecord.id.desc()).limit(limit)).all()
+            return [
+                {
+                    c: getattr(r, c)
+                    for c in (
+                        "request_id",
+                        "at",
+                        "target_kind",
+                        "target",
+                        "deployment",
+                        "key_slot",
+                        "model",
+                        "prompt_tokens",
+                        "completion_tokens",
+                        "latency_ms",
+                        "ttft_ms",
+                        "status_code",
+                        "streamed",
+                        "mirrored",
+                        "cost",
+                    )
+                }
+                for r in rows
+            ]
+
+
+def _string() -> Any:
+    from sqlalchemy import String
+
+    return String()

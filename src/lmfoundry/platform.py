@@ -1,0 +1,75 @@
+"""The composition root: builds every service from the settings, once per server process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmfoundry.access.keys import KeyStore
+from lmfoundry.access.secrets import SecretBox, load_master_key
+from lmfoundry.access.service import AccessService, Bootstrap
+from lmfoundry.catalog.service import CatalogService
+from lmfoundry.config import Settings
+from lmfoundry.deployments.serverless import ServerlessService
+from lmfoundry.metering.service import MeteringService
+from lmfoundry.quotas.service import QuotaService, make_store
+from lmfoundry.runtime.local import LocalBackend
+from lmfoundry.serving.gateway import Gateway
+from lmfoundry.storage.db import Database
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    box: SecretBox
+    keys: KeyStore
+    access: AccessService
+    catalog: CatalogService
+    serverless: ServerlessService
+    backend: LocalBackend
+    quotas: QuotaService
+    metering: MeteringService
+    gateway: Gateway
+    bootstrap: Bootstrap
+
+    @classmethod
+    def create(cls, settings: Settings) -> Platform:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        db.migrate()
+        box = SecretBox(load_master_key(settings.home, settings.master_key))
+        keys = KeyStore(box)
+        access = AccessService(db)
+        bootstrap = access.bootstrap(settings.admin_token, settings.default_project)
+        catalog = CatalogService(db, settings.home / "models")
+        serverless = ServerlessService(db, catalog, keys, settings.base_url)
+        backend = LocalBackend(
+            settings.home, settings.instance_start_timeout, settings.instance_idle_seconds
+        )
+        quotas = QuotaService(make_store(settings.redis_url))
+        metering = MeteringService(db)
+        gateway = Gateway(settings, db, catalog, keys, backend, quotas, metering)
+        return cls(
+            settings=settings,
+            db=db,
+            box=box,
+            keys=keys,
+            access=access,
+            catalog=catalog,
+            serverless=serverless,
+            backend=backend,
+            quotas=quotas,
+            metering=metering,
+            gateway=gateway,
+            bootstrap=bootstrap,
+        )
+
+    async def start(self) -> None:
+        self.backend.start()
+        self.metering.start()
+
+    async def stop(self) -> None:
+        await self.metering.stop()
+        await self.backend.shutdown()
+        await self.quotas.store.aclose()
+        self.db.dispose()

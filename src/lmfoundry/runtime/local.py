@@ -1,0 +1,359 @@
+"""Instances as local worker processes, supervised by the server.
+
+A group holds the instances of one `InstanceSpec`: serverless groups start on the first
+request and stop after an idle period; endpoint groups keep `replicas` instances running.
+The supervisor loop restarts instances that die and stops idle ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lmfoundry.engines.base import Delta, GenerationRequest
+from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
+from lmfoundry.runtime.spec import InstanceSpec, socket_dir
+
+log = logging.getLogger("lmfoundry.runtime")
+
+READY_POLL_SECONDS = 0.02
+SUPERVISE_SECONDS = 0.5
+
+
+@dataclass
+class InstanceInfo:
+    id: str
+    group: str
+    state: str
+    pid: int | None
+    active: int
+    restarts: int
+    started_at: float | None
+    last_error: str | None
+
+
+class LocalInstance:
+    def __init__(self, spec: InstanceSpec, index: int, sockets: Path, logs: Path) -> None:
+        self.spec = spec
+        self.id = f"{spec.key}-{index}"
+        self.socket = sockets / f"{self.id}.sock"
+        self.log_path = logs / f"{self.id}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.state = "stopped"
+        self.active = 0
+        self.restarts = 0
+        self.started_at: float | None = None
+        self.last_error: str | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def ensure_started(self, timeout: float) -> None:
+        """Start the process if needed and wait until it answers its health check."""
+        if self.state == "ready" and self.alive():
+            return
+        if self._starting is None or (self._starting.done() and not self.alive()):
+            self._starting = asyncio.create_task(self._start(timeout))
+        await asyncio.shield(self._starting)
+
+    async def _start(self, timeout: float) -> None:
+        try:
+            await self._spawn_and_wait(timeout)
+        except BaseException as exc:
+            self.state = "failed"
+            self.last_error = str(exc)
+            raise
+
+    async def _spawn_and_wait(self, timeout: float) -> None:
+        await self._terminate()
+        self.state = "starting"
+        self.last_error = None
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here
+        try:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lmfoundry.runtime.worker",
+                    "--socket",
+                    str(self.socket),
+                    "--spec",
+                    self.spec.to_json(),
+                    "--parent",
+                    str(os.getpid()),
+                ],
+                stdout=log_file,
+                stderr=log_file,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log_file.close()
+        self.started_at = time.time()
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            base_url="http://instance",
+            timeout=httpx.Timeout(None, connect=5.0),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise Unavailable(
+                    f"The instance for {Path(self.spec.model_path).name} exited while loading "
+                    f"(code {self.process.returncode}): {self._log_tail()}"
+                )
+            if self.socket.exists():
+                try:
+                    response = await self._client.get("/health", timeout=2.0)
+                    if response.status_code == 200:
+                        self.state = "ready"
+                        log.info("instance %s ready (pid %s)", self.id, self.process.pid)
+                        return
+                except httpx.TransportError:
+                    pass
+            await asyncio.sleep(READY_POLL_SECONDS)
+        await self._terminate()
+        raise Unavailable(
+            f"The instance for {Path(self.spec.model_path).name} did not become ready within "
+            f"{timeout:.0f} s; raise LMFOUNDRY_INSTANCE_START_TIMEOUT or check {self.log_path}."
+        )
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:]) or "(no output)"
+
+    async def stop(self) -> None:
+        self.state = "stopping"
+        await self._terminate()
+        self.state = "stopped"
+        self._starting = None
+
+    async def _terminate(self, grace: float = 5.0) -> None:
+        process, self.process = self.process, None
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+
+    def mark_dead(self) -> None:
+        """Called when the process is found gone; the supervisor restarts it."""
+        if self.state in ("ready", "starting"):
+            code = self.process.returncode if self.process else None
+            self.state = "failed"
+            self.last_error = f"instance process exited (code {code}); {self._log_tail(3)}"
+            log.warning("instance %s died: %s", self.id, self.last_error)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        if self._client is None or not self.alive():
+            raise Unavailable("instance is not running")
+        response = await self._client.get("/health", timeout=5.0)
+        return dict(response.json())
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        client = self._client
+        if client is None or not self.alive():
+            raise Unavailable(
+                "The instance is not running; retry in a moment.", headers={"Retry-After": "1"}
+            )
+        self.active += 1
+        try:
+            async with client.stream("POST", "/generate", json=request.to_dict()) as response:
+                if response.status_code != 200:
+                    body = (await response.aread()).decode(errors="replace")
+                    raise EngineFailed(f"The instance refused the request: {body[:300]}")
+                async for line in response.aiter_lines():
+                    if not line:
+                        continue
+                    item = json.loads(line)
+                    if "error" in item:
+                        raise InvalidRequest(
+                            item["error"]["message"], param=item["error"].get("param")
+                        )
+                    yield Delta(
+                        text=item["text"],
+                        completion_tokens=item["n"],
+                        finish_reason=item.get("finish_reason"),
+                    )
+        except (httpx.TransportError, json.JSONDecodeError) as exc:
+            await asyncio.sleep(0.05)  # let the exit status settle
+            if not self.alive():
+                self.mark_dead()
+                raise EngineFailed(
+                    "The instance serving this request stopped while answering; a new one is "
+                    "starting, retry the request.",
+                    headers={"Retry-After": "2"},
+                ) from exc
+            raise EngineFailed(f"Lost the connection to the instance: {exc}") from exc
+        finally:
+            self.active -= 1
+
+    def info(self, group: str) -> InstanceInfo:
+        return InstanceInfo(
+            id=self.id,
+            group=group,
+            state=self.state,
+            pid=self.process.pid if self.process and self.alive() else None,
+            active=self.active,
+            restarts=self.restarts,
+            started_at=self.started_at,
+            last_error=self.last_error,
+        )
+
+
+class InstanceGroup:
+    """The instances of one spec."""
+
+    def __init__(
+        self,
+        backend: LocalBackend,
+        spec: InstanceSpec,
+        name: str,
+        replicas: int,
+        scale_to_zero: bool,
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.name = name
+        self.replicas = replicas
+        self.scale_to_zero = scale_to_zero
+        self.instances: list[LocalInstance] = []
+        self.last_used = time.monotonic()
+        self.in_use = 0
+        self._next_index = 0
+        self._resize()
+
+    def _resize(self) -> None:
+        while len(self.instances) < self.replicas:
+            self.instances.append(
+                LocalInstance(self.spec, self._next_index, self.backend.sockets, self.backend.logs)
+            )
+            self._next_index += 1
+
+    async def acquire(self) -> LocalInstance:
+        """A ready instance with the fewest active requests, starting instances if needed."""
+        self.last_used = time.monotonic()
+        ready = [i for i in self.instances if i.state == "ready" and i.alive()]
+        if not ready:
+            results = await asyncio.gather(
+                *(i.ensure_started(self.backend.start_timeout) for i in self.instances),
+                return_exceptions=True,
+            )
+            ready = [i for i in self.instances if i.state == "ready" and i.alive()]
+            if not ready:
+                error = next((r for r in results if isinstance(r, BaseException)), None)
+                if isinstance(error, Unavailable):
+                    raise error
+                raise Unavailable(
+                    f"No healthy instance for {self.name}: {error}", headers={"Retry-After": "5"}
+                )
+        return min(ready, key=lambda i: i.active)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        instance = await self.acquire()
+        self.in_use += 1
+        try:
+            async for delta in instance.generate(request):
+                yield delta
+        finally:
+            self.in_use -= 1
+            self.last_used = time.monotonic()
+
+    async def supervise(self, idle_seconds: float) -> None:
+        idle = time.monotonic() - self.last_used
+        for instance in self.instances:
+            if (
+                instance.state in ("ready", "starting")
+                and not instance.alive()
+                and (instance.process is not None or instance.state == "ready")
+            ):
+                instance.mark_dead()
+            if self.scale_to_zero and idle > idle_seconds and self.in_use == 0:
+                if instance.state == "ready":
+                    log.info("stopping idle instance %s", instance.id)
+                    await instance.stop()
+                continue
+            if instance.state == "failed" and (not self.scale_to_zero or idle < idle_seconds):
+                instance.restarts += 1
+                with contextlib.suppress(Exception):
+                    await instance.ensure_started(self.backend.start_timeout)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(i.stop() for i in self.instances), return_exceptions=True)
+
+
+class LocalBackend:
+    """Runs instances as child processes of the server."""
+
+    def __init__(self, home: Path, start_timeout: float, idle_seconds: float) -> None:
+        self.sockets = socket_dir(home)
+        self.logs = home / "logs" / "instances"
+        self.start_timeout = start_timeout
+        self.idle_seconds = idle_seconds
+        self.groups: dict[str, InstanceGroup] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def group(
+        self, spec: InstanceSpec, name: str, replicas: int = 1, scale_to_zero: bool = True
+    ) -> InstanceGroup:
+        group = self.groups.get(spec.key)
+        if group is None:
+            group = InstanceGroup(self, spec, name, replicas, scale_to_zero)
+            self.groups[spec.key] = group
+        return group
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise_forever())
+
+    async def _supervise_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_SECONDS)
+            for group in list(self.groups.values()):
+                try:
+                    await group.supervise(self.idle_seconds)
+                except Exception:
+                    log.exception("supervising %s failed", group.name)
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
+
+    def describe(self) -> list[InstanceInfo]:
+        return [i.info(g.name) for g in self.groups.values() for i in g.instances]

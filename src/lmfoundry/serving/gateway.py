@@ -1,0 +1,393 @@
+"""The data plane's hot path: key -> request -> tokens -> quota -> instance -> metering.
+
+Every request is admitted with exact numbers (the prompt is tokenized here, so a bad request
+never wakes an instance), reserves `prompt_tokens + max_tokens` of its target's quota, and
+settles the reservation to what it really used, whether it completed, failed or was
+cancelled mid-stream. One usage record is written per request that reached the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmfoundry.access.keys import KeyStore
+from lmfoundry.catalog.service import CatalogService, ResolvedModel
+from lmfoundry.config import Settings
+from lmfoundry.deployments.serverless import ServingTarget
+from lmfoundry.engines.base import EngineError, GenerationRequest, Tokenizer
+from lmfoundry.engines.registry import create_tokenizer
+from lmfoundry.errors import (
+    Forbidden,
+    InvalidRequest,
+    LmfError,
+    RateLimited,
+    Unauthorized,
+)
+from lmfoundry.metering.service import MeteringService, Usage
+from lmfoundry.quotas.service import QuotaService, rate_limit_headers
+from lmfoundry.quotas.window import Decision
+from lmfoundry.runtime.local import InstanceGroup, LocalBackend
+from lmfoundry.runtime.spec import InstanceSpec
+from lmfoundry.serving import wire
+from lmfoundry.storage.db import Database
+
+GRAMMAR_ENGINES = {"llamacpp"}
+
+
+@dataclass
+class Admitted:
+    """A request that passed admission: what to run and what it reserved."""
+
+    target: ServingTarget
+    deployment: str
+    key_slot: str
+    model: ResolvedModel
+    group: InstanceGroup
+    generation: GenerationRequest
+    reservation: str
+    headers: dict[str, str]
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.generation.prompt)
+
+    def usage(self) -> Usage:
+        return Usage(
+            request_id=self.request_id,
+            project_id=self.target.project_id,
+            target_kind=self.target.kind,
+            target=self.target.name,
+            deployment=self.deployment,
+            key_slot=self.key_slot,
+            model=self.model.card.id,
+            price_input_per_1k=self.target.price_input_per_1k,
+            price_output_per_1k=self.target.price_output_per_1k,
+        )
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        catalog: CatalogService,
+        keys: KeyStore,
+        backend: LocalBackend,
+        quotas: QuotaService,
+        metering: MeteringService,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.catalog = catalog
+        self.keys = keys
+        self.backend = backend
+        self.quotas = quotas
+        self.metering = metering
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._tokenizer_locks: dict[str, asyncio.Lock] = {}
+        self._resolved: dict[str, ResolvedModel] = {}
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def check_key(self, target: ServingTarget, presented: str | None) -> str:
+        """The key's slot (`primary` / `secondary`); 401 for a missing or unknown key, 403 for
+        the key of another deployment."""
+        if not presented:
+            raise Unauthorized(
+                "Missing key: send `Authorization: Bearer <key>` or `api-key: <key>` "
+                "(`lmfoundry serverless keys NAME` shows them)."
+            )
+        with self.db.session() as s:
+            match = self.keys.match(s, presented)
+        if match is None:
+            raise Unauthorized(
+                "Invalid key for this deployment; check it or regenerate it "
+                "with `lmfoundry serverless keys NAME --regenerate primary`."
+            )
+        if (match.target_kind, match.target_id) != (target.kind, target.id):
+            raise Forbidden(
+                f"This key belongs to another deployment, not {target.name!r}; "
+                "each key opens only its own deployment."
+            )
+        return match.slot
+
+    def resolve(self, model_id: str) -> ResolvedModel:
+        resolved = self._resolved.get(model_id)
+        if resolved is None or not resolved.path.exists():
+            resolved = self._resolved[model_id] = self.catalog.resolve(model_id)
+        return resolved
+
+    async def tokenizer(self, model: ResolvedModel) -> Tokenizer:
+        key = f"{model.card.id}:{model.instance_key}"
+        tokenizer = self._tokenizers.get(key)
+        if tokenizer is not None:
+            return tokenizer
+        lock = self._tokenizer_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._tokenizers:
+                self._tokenizers[key] = await asyncio.to_thread(
+                    create_tokenizer,
+                    model.engine,
+                    str(model.path),
+                    model.card.chat_template,
+                    model.card.context_length,
+                )
+        return self._tokenizers[key]
+
+    def instance_spec(self, model: ResolvedModel) -> InstanceSpec:
+        options: dict[str, Any] = {}
+        if model.engine == "llamacpp":
+            options = {
+                "n_threads": self.settings.engine_threads,
+                "max_sequences": self.settings.engine_max_sequences,
+                "kv_tokens": self.settings.engine_kv_tokens,
+            }
+        return InstanceSpec.make(model.engine, str(model.path), options)
+
+    async def admit(
+        self,
+        target: ServingTarget,
+        key_slot: str,
+        deployment: str,
+        request: wire.ChatCompletionsRequest,
+        extra: wire.ExtraMode,
+        request_id: str,
+        group: InstanceGroup | None = None,
+    ) -> Admitted:
+        model = self.resolve(target.model)
+        tokenizer = await self.tokenizer(model)
+        request.check_supported(tokenizer.supports_tools, model.engine in GRAMMAR_ENGINES)
+        try:
+            text = tokenizer.render(request.chat_messages(), request.tools)
+        except EngineError as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from exc
+        prompt = tokenizer.encode(text)
+        context = tokenizer.context_length
+        if len(prompt) >= context:
+            raise InvalidRequest(
+                f"messages: the prompt is {len(prompt)} tokens but {model.card.id} has a "
+                f"context of {context} tokens; shorten the messages.",
+                param="messages",
+            )
+        requested = request.completion_cap()
+        if requested is None:
+            max_tokens = min(model.card.default_max_tokens, context - len(prompt))
+        elif len(prompt) + requested > context:
+            raise InvalidRequest(
+                f"max_tokens: the prompt ({len(prompt)} tokens) plus max_tokens ({requested}) "
+                f"exceeds the context of {context} tokens; set max_tokens to at most "
+                f"{context - len(prompt)}.",
+                param="max_tokens",
+            )
+        else:
+            max_tokens = requested
+        reserve = len(prompt) + max_tokens
+        limits = target.limits
+        if reserve > limits.tokens_per_minute:
+            raise InvalidRequest(
+                f"max_tokens: this request needs {reserve} tokens (prompt {len(prompt)} + "
+                f"max_tokens {max_tokens}) but {target.name!r} allows "
+                f"{limits.tokens_per_minute} tokens per minute; lower max_tokens or raise "
+                "the deployment's tokens_per_minute.",
+                param="max_tokens",
+            )
+        params = request.to_sampling_params(max_tokens, extra)
+        decision = await self.quotas.reserve(self._quota_key(target), reserve, limits)
+        headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
+        if not decision.allowed:
+            raise self._over_quota(target, decision, headers)
+        if group is None:
+            group = self.backend.group(self.instance_spec(model), name=model.card.id)
+        return Admitted(
+            target=target,
+            deployment=deployment,
+            key_slot=key_slot,
+            model=model,
+            group=group,
+            generation=GenerationRequest(prompt=prompt, params=params, request_id=request_id),
+            reservation=decision.reservation or "",
+            headers=headers,
+            request_id=request_id,
+        )
+
+    @staticmethod
+    def _quota_key(target: ServingTarget) -> str:
+        return f"{target.kind}:{target.id}"
+
+    @staticmethod
+    def _over_quota(
+        target: ServingTarget, decision: Decision, headers: dict[str, str]
+    ) -> RateLimited:
+        seconds = decision.retry_after_seconds
+        return RateLimited(
+            f"{target.name!r} is over its quota of {decision.reason}; retry after {seconds} s "
+            "or raise the deployment's quota.",
+            headers={
+                **headers,
+                "Retry-After": str(seconds),
+                "retry-after-ms": str(int(decision.retry_after * 1000) + 1),
+            },
+        )
+
+    async def remaining_headers(self, target: ServingTarget) -> dict[str, str]:
+        tokens, requests = await self.quotas.remaining(self._quota_key(target), target.limits)
+        return rate_limit_headers(target.limits, tokens, requests)
+
+    async def chat(
+        self,
+        target: ServingTarget,
+        key_slot: str,
+        body: bytes,
+        extra_header: str | None,
+        request_id: str,
+        deployment: str | None = None,
+        group: InstanceGroup | None = None,
+    ) -> ChatResult:
+        """Parse, admit and run one chat completion for an authenticated caller."""
+        try:
+            extra = extra_mode(extra_header)
+            request = wire.ChatCompletionsRequest.parse(body, extra)
+            admitted = await self.admit(
+                target, key_slot, deployment or target.name, request, extra, request_id, group
+            )
+        except LmfError as exc:
+            exc.headers = {**await self.remaining_headers(target), **exc.headers}
+            raise
+        headers = {**admitted.headers, "azureml-model-deployment": admitted.deployment}
+        if request.stream:
+            return ChatResult(headers=headers, stream=self.stream(admitted))
+        try:
+            return ChatResult(headers=headers, body=await self.complete(admitted))
+        except LmfError as exc:
+            exc.headers = {**headers, **exc.headers}
+            raise
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def complete(self, admitted: Admitted) -> dict[str, Any]:
+        """Run a non-streaming request to the end and return the response body."""
+        usage = admitted.usage()
+        text: list[str] = []
+        finish = "stop"
+        completion = 0
+        try:
+            async for delta in admitted.group.generate(admitted.generation):
+                if usage.ttft_ms is None:
+                    usage.ttft_ms = (time.perf_counter() - admitted.started) * 1000
+                text.append(delta.text)
+                completion = delta.completion_tokens
+                if delta.finish_reason:
+                    finish = delta.finish_reason
+        except BaseException as exc:
+            await self._finish(admitted, usage, 0, completion, _status_of(exc), False)
+            raise
+        await self._finish(admitted, usage, admitted.prompt_tokens, completion, 200, False)
+        return wire.completion_body(
+            wire.completion_id(),
+            admitted.model.card.id,
+            "".join(text),
+            finish,
+            admitted.prompt_tokens,
+            completion,
+        )
+
+    async def stream(self, admitted: Admitted) -> AsyncIterator[bytes]:
+        """Data-only server-sent events: chunks, a final chunk with usage, then [DONE]."""
+        usage = admitted.usage()
+        usage.streamed = True
+        cid = wire.completion_id()
+        created = int(time.time())
+        model = admitted.model.card.id
+        completion = 0
+        status = 200
+        delivered = False
+        deltas = admitted.group.generate(admitted.generation)
+        try:
+            yield _sse(wire.chunk_body(cid, model, created, {"role": "assistant", "content": ""}))
+            async for delta in deltas:
+                completion = delta.completion_tokens
+                delivered = True
+                if delta.text:
+                    if usage.ttft_ms is None:
+                        usage.ttft_ms = (time.perf_counter() - admitted.started) * 1000
+                    yield _sse(wire.chunk_body(cid, model, created, {"content": delta.text}))
+                if delta.finish_reason:
+                    yield _sse(
+                        wire.chunk_body(
+                            cid,
+                            model,
+                            created,
+                            {},
+                            delta.finish_reason,
+                            wire.usage(admitted.prompt_tokens, completion),
+                        )
+                    )
+            yield b"data: [DONE]\n\n"
+        except LmfError as exc:
+            status = exc.status_code
+            yield _sse(exc.to_body())
+        except BaseException as exc:  # client gone (cancelled) or anything unexpected
+            status = _status_of(exc)
+            raise
+        finally:
+            await deltas.aclose()
+            prompt = admitted.prompt_tokens if delivered else 0
+            await self._finish(admitted, usage, prompt, completion, status, True)
+
+    async def _finish(
+        self,
+        admitted: Admitted,
+        usage: Usage,
+        prompt: int,
+        completion: int,
+        status: int,
+        streamed: bool,
+    ) -> None:
+        """Settle the reservation to what was used and write the usage record."""
+        usage.prompt_tokens = prompt
+        usage.completion_tokens = completion
+        usage.status_code = status
+        usage.streamed = streamed
+        usage.latency_ms = (time.perf_counter() - admitted.started) * 1000
+        self.metering.record(usage)
+        await self.quotas.settle(
+            self._quota_key(admitted.target), admitted.reservation, prompt + completion
+        )
+
+
+def _sse(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, LmfError):
+        return exc.status_code
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return 499  # client closed the request
+    return 500
+
+
+@dataclass
+class ChatResult:
+    """A finished body, or a stream of server-sent events, and the headers to send."""
+
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+def extra_mode(header: str | None) -> wire.ExtraMode:
+    value = (header or "error").strip().lower()
+    if value not in ("error", "drop", "pass-through"):
+        raise InvalidRequest(
+            f"extra-parameters header must be error, drop or pass-through, not {header!r}.",
+            param="extra-parameters",
+        )
+    return value  # type: ignore[return-value]

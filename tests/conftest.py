@@ -1,0 +1,176 @@
+"""Shared fixtures: a fresh home per test, the app in-process, and a real server process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from lmfoundry.config import Settings, reset_settings
+
+ADMIN_TOKEN = "lmf_pat_" + "t" * 43
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty LMFOUNDRY_HOME; settings read from the environment see it."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("LMFOUNDRY_HOME", str(path))
+    for name in (
+        "LMFOUNDRY_DATABASE_URL",
+        "LMFOUNDRY_ADMIN_TOKEN",
+        "LMFOUNDRY_URL",
+        "LMFOUNDRY_TOKEN",
+        "LMFOUNDRY_REDIS_URL",
+        "LMFOUNDRY_MASTER_KEY",
+    ):
+        if name != "LMFOUNDRY_DATABASE_URL" or "LMFOUNDRY_TEST_DATABASE_URL" not in os.environ:
+            monkeypatch.delenv(name, raising=False)
+    if "LMFOUNDRY_TEST_DATABASE_URL" in os.environ:
+        monkeypatch.setenv("LMFOUNDRY_DATABASE_URL", os.environ["LMFOUNDRY_TEST_DATABASE_URL"])
+    reset_settings()
+    yield path
+    reset_settings()
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return Settings(home=home, admin_token=ADMIN_TOKEN, instance_idle_seconds=600)
+
+
+@dataclass
+class Api:
+    """The app in-process, with the admin's token."""
+
+    client: TestClient
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return self.client.get(path, headers=self.auth, **kw)  # type: ignore[arg-type]
+
+    def post(self, path: str, **kw: object) -> httpx.Response:
+        return self.client.post(path, headers=self.auth, **kw)  # type: ignore[arg-type]
+
+    def put(self, path: str, **kw: object) -> httpx.Response:
+        return self.client.put(path, headers=self.auth, **kw)  # type: ignore[arg-type]
+
+    def patch(self, path: str, **kw: object) -> httpx.Response:
+        return self.client.patch(path, headers=self.auth, **kw)  # type: ignore[arg-type]
+
+    def delete(self, path: str, **kw: object) -> httpx.Response:
+        return self.client.delete(path, headers=self.auth, **kw)  # type: ignore[arg-type]
+
+    def deploy(
+        self, name: str, model: str = "echo", project: str = "default", **quota: object
+    ) -> dict[str, str]:
+        """Create a serverless deployment; returns its view plus its keys."""
+        created = self.post(
+            f"/api/v1/projects/{project}/serverless-deployments",
+            json={"name": name, "model": model, **quota},
+        )
+        assert created.status_code == 201, created.text
+        keys = self.get(f"/api/v1/projects/{project}/serverless-deployments/{name}/keys")
+        return {**created.json(), **keys.json()}
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    from lmfoundry.api.app import create_app
+
+    with TestClient(create_app(settings)) as client:
+        yield Api(client, ADMIN_TOKEN)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    home: Path
+    token: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(
+    home: Path,
+    token: str | None = ADMIN_TOKEN,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> LiveServer:
+    """`lmfoundry up` as a real process on loopback; waits until /healthz answers."""
+    port = port or free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LMFOUNDRY_")}
+    environ.update(
+        {
+            "LMFOUNDRY_HOME": str(home),
+            "LMFOUNDRY_PORT": str(port),
+            "LMFOUNDRY_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if "LMFOUNDRY_TEST_DATABASE_URL" in os.environ:
+        environ["LMFOUNDRY_DATABASE_URL"] = os.environ["LMFOUNDRY_TEST_DATABASE_URL"]
+    if token:
+        environ["LMFOUNDRY_ADMIN_TOKEN"] = token
+    environ.update(env or {})
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / f"server-{port}.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lmfoundry", "up"],
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return LiveServer(url, home, token or "", process, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server did not start: {log.read_text()}")
+
+
+def stop_server(server: LiveServer, sig: int = signal.SIGTERM) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(sig)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    return server.process.returncode
