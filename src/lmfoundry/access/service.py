@@ -249,6 +249,7 @@ class AccessService:
             if member is None:
                 member = Membership(project_id=access.project_id, user_id=target.id, role=role)
                 s.add(member)
+                s.flush()
             else:
                 if before == Role.owner and role != Role.owner:
                     self._keep_an_owner(s, access.project_id, target.id)

@@ -55,7 +55,7 @@ class Window:
         self._tokens = 0
 
     def _prune(self, now: float) -> None:
-        horizon = now - WINDOW_SECONDS
+        horizon = now - WINDOW_SECONDS + 1e-6  # so `now + retry_after` is never a hair early
         while self._entries and self._entries[0].at <= horizon:
             entry = self._entries.popleft()
             self._tokens -= entry.tokens

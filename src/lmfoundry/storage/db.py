@@ -71,7 +71,7 @@ class Database:
         config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, "heads")  # concept branches from 0001 may coexist
 
     def dispose(self) -> None:
         self.engine.dispose()
