@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         description="Fernet key for secrets at rest; default $LMFOUNDRY_HOME/master.key (0600).",
     )
     redis_url: str | None = Field(default=None, description="Share quotas through this Redis.")
+    quotas_enabled: bool = Field(
+        default=True, description="Enforce deployment quotas (off: count nothing, refuse nothing)."
+    )
+    metering_enabled: bool = Field(
+        default=True, description="Write a usage record per inference request."
+    )
     ray_address: str | None = Field(default=None, description="Run instances and jobs on Ray.")
     instance_idle_seconds: float = Field(
         default=600.0, description="Stop a serverless instance after this long without requests."
@@ -58,6 +64,16 @@ class Settings(BaseSettings):
     )
     engine_kv_tokens: int = Field(
         default=16384, description="KV cache cells shared by the sequences of one instance."
+    )
+    flow_line_timeout: float = Field(
+        default=600.0,
+        description="Seconds one line of a flow (a test, a score, one line of a run) may take.",
+    )
+    flow_workers: int = Field(
+        default=2, description="Flow processes that share the lines of one batch run."
+    )
+    flow_max_bytes: int = Field(
+        default=50 * 1024 * 1024, description="Largest flow folder accepted (packed)."
     )
     url: str | None = Field(
         default=None,

@@ -46,8 +46,8 @@ class Platform:
         backend = LocalBackend(
             settings.home, settings.instance_start_timeout, settings.instance_idle_seconds
         )
-        quotas = QuotaService(make_store(settings.redis_url))
-        metering = MeteringService(db)
+        quotas = QuotaService(make_store(settings.redis_url, settings.quotas_enabled))
+        metering = MeteringService(db, settings.metering_enabled)
         gateway = Gateway(settings, db, catalog, keys, backend, quotas, metering)
         return cls(
             settings=settings,

@@ -78,14 +78,16 @@ class Usage:
 
 
 class MeteringService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, enabled: bool = True) -> None:
         self.db = db
+        self.enabled = enabled
         self._pending: list[Usage] = []
         self._flush_lock = threading.Lock()  # the flusher task and report requests both flush
         self._task: asyncio.Task[None] | None = None
 
     def record(self, usage: Usage) -> None:
-        self._pending.append(usage)
+        if self.enabled:
+            self._pending.append(usage)
 
     def start(self) -> None:
         if self._task is None:

@@ -6,14 +6,16 @@ import time
 import uuid
 from typing import Protocol
 
-from lmfoundry.quotas.window import Decision, Limits, Window
+from lmfoundry.quotas.window import WINDOW_SECONDS, Decision, Limits, Window
 
 DEFAULT_TOKENS_PER_MINUTE = 200_000
 DEFAULT_REQUESTS_PER_MINUTE = 1_000
 
 
 class QuotaStore(Protocol):
-    async def reserve(self, target: str, id: str, tokens: int, limits: Limits) -> Decision: ...
+    async def reserve(
+        self, target: str, id: str, tokens: int, limits: Limits, claim: str = ""
+    ) -> Decision: ...
 
     async def settle(self, target: str, id: str, tokens: int) -> None: ...
 
@@ -25,17 +27,20 @@ class QuotaStore(Protocol):
 class MemoryQuotaStore:
     """One process's windows (the event loop serialises access, so no lock is needed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_seconds: float = WINDOW_SECONDS) -> None:
+        self.window_seconds = window_seconds
         self._windows: dict[str, Window] = {}
 
     def _window(self, target: str) -> Window:
         window = self._windows.get(target)
         if window is None:
-            window = self._windows[target] = Window()
+            window = self._windows[target] = Window(self.window_seconds)
         return window
 
-    async def reserve(self, target: str, id: str, tokens: int, limits: Limits) -> Decision:
-        return self._window(target).reserve(id, tokens, limits, time.monotonic())
+    async def reserve(
+        self, target: str, id: str, tokens: int, limits: Limits, claim: str = ""
+    ) -> Decision:
+        return self._window(target).reserve(id, tokens, limits, time.monotonic(), claim)
 
     async def settle(self, target: str, id: str, tokens: int) -> None:
         self._window(target).settle(id, tokens)
@@ -47,12 +52,32 @@ class MemoryQuotaStore:
         return None
 
 
+class UnlimitedQuotaStore:
+    """Quotas switched off (`LMFOUNDRY_QUOTAS_ENABLED=false`): everything is admitted."""
+
+    async def reserve(
+        self, target: str, id: str, tokens: int, limits: Limits, claim: str = ""
+    ) -> Decision:
+        return Decision(True, id, limits.tokens_per_minute, limits.requests_per_minute, 0.0)
+
+    async def settle(self, target: str, id: str, tokens: int) -> None:
+        return None
+
+    async def remaining(self, target: str, limits: Limits) -> tuple[int, int]:
+        return limits.tokens_per_minute, limits.requests_per_minute
+
+    async def aclose(self) -> None:
+        return None
+
+
 class QuotaService:
     def __init__(self, store: QuotaStore) -> None:
         self.store = store
 
-    async def reserve(self, target: str, tokens: int, limits: Limits) -> Decision:
-        return await self.store.reserve(target, uuid.uuid4().hex, tokens, limits)
+    async def reserve(self, target: str, tokens: int, limits: Limits, claim: str = "") -> Decision:
+        """`claim` identifies the caller's retry (key slot and cost), so a refused caller who
+        comes back when told finds its place in line kept."""
+        return await self.store.reserve(target, uuid.uuid4().hex, tokens, limits, claim)
 
     async def settle(self, target: str, reservation: str, tokens: int) -> None:
         await self.store.settle(target, reservation, tokens)
@@ -72,7 +97,9 @@ def rate_limit_headers(
     }
 
 
-def make_store(redis_url: str | None) -> QuotaStore:
+def make_store(redis_url: str | None, enabled: bool = True) -> QuotaStore:
+    if not enabled:
+        return UnlimitedQuotaStore()
     if redis_url:
         from lmfoundry.quotas.redis_store import RedisQuotaStore
 

@@ -1,11 +1,19 @@
-"""Sliding-window quota arithmetic with reservations that settle later.
+"""Sliding-window quota arithmetic with reservations that settle later, and fair retries.
 
 Written here rather than taken from `limits`: its moving window can add cost but never take
 it back, and a quota that bills the real token count must settle a reservation
 (`prompt_tokens + max_tokens`) down to what the request used, and release all of it when a
-request fails. Each window is a time-ordered log of admissions; an admission is allowed when
-the log of the last 60 seconds plus the new reservation stays within both limits, so no
-60-second window ever admits more than the quota.
+request fails.
+
+Each window is a time-ordered log of admissions; a request is admitted when the log of the
+last 60 seconds plus its reservation stays within both limits, so no 60-second window ever
+admits more than the quota.
+
+A refused request gets a *promise*: a place in the log at the earliest time the quota can
+take it after every earlier promise, and `Retry-After` says when that is. Until the promise
+is claimed (by the same caller's retry: same key slot and same cost) or expires, newcomers
+queue behind it, so a client that waits as told is admitted on its retry instead of losing
+the freed capacity to whoever asked last.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 
 WINDOW_SECONDS = 60.0
+PROMISE_GRACE_SECONDS = 5.0  # how long a promise waits for its caller to come back
+CLAIM_SLACK_SECONDS = 1.5
+EPSILON = 1e-6  # added to waits so `now + retry_after` is never a hair early (float rounding)
 
 
 @dataclass(frozen=True)
@@ -34,66 +45,92 @@ class Decision:
 
     @property
     def retry_after_seconds(self) -> int:
-        return max(1, math.ceil(self.retry_after))
+        return max(1, math.ceil(self.retry_after - 2 * EPSILON))
 
 
 class _Entry:
-    __slots__ = ("at", "id", "tokens")
+    __slots__ = ("at", "claim", "expires", "id", "tokens")
 
-    def __init__(self, id: str, at: float, tokens: int) -> None:
+    def __init__(
+        self, id: str, at: float, tokens: int, claim: str = "", expires: float = 0.0
+    ) -> None:
         self.id = id
         self.at = at
         self.tokens = tokens
+        self.claim = claim
+        self.expires = expires
 
 
 class Window:
-    """One target's admissions in the last minute."""
+    """One target's admissions in the last minute, and the promises made to refused callers."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float = WINDOW_SECONDS) -> None:
+        self.seconds = seconds  # 60 in production; tests shorten it
+        # How late a promised caller may claim without crowding the next promise: Retry-After
+        # is rounded up to whole seconds, so up to 1 s, plus the network.
+        self.claim_slack = min(CLAIM_SLACK_SECONDS, seconds / 10)
         self._entries: deque[_Entry] = deque()
         self._by_id: dict[str, _Entry] = {}
         self._tokens = 0
+        self._promises: deque[_Entry] = deque()
 
     def _prune(self, now: float) -> None:
-        horizon = now - WINDOW_SECONDS + 1e-6  # so `now + retry_after` is never a hair early
+        horizon = now - self.seconds
         while self._entries and self._entries[0].at <= horizon:
             entry = self._entries.popleft()
             self._tokens -= entry.tokens
             self._by_id.pop(entry.id, None)
+        if self._promises and any(p.expires < now for p in self._promises):
+            self._promises = deque(p for p in self._promises if p.expires >= now)
 
-    def reserve(self, id: str, tokens: int, limits: Limits, now: float) -> Decision:
+    def reserve(
+        self, id: str, tokens: int, limits: Limits, now: float, claim: str = ""
+    ) -> Decision:
+        """Admit `tokens` now, or refuse with the time the caller should come back."""
         self._prune(now)
-        used_requests = len(self._entries)
-        wait = 0.0
-        reason = ""
-        if used_requests + 1 > limits.requests_per_minute:
-            wait = (
-                self._entries[used_requests - limits.requests_per_minute].at + WINDOW_SECONDS - now
-            )
-            reason = f"{limits.requests_per_minute} requests per minute"
-        if tokens > limits.tokens_per_minute:
-            # Never admissible; callers reject such requests with a 400 before asking.
-            wait, reason = WINDOW_SECONDS, f"{limits.tokens_per_minute} tokens per minute"
-        elif self._tokens + tokens > limits.tokens_per_minute:
-            excess = self._tokens + tokens - limits.tokens_per_minute
-            freed = 0
+        mine = next((p for p in self._promises if p.claim == claim), None)
+        if self._fits(tokens, limits) and self._promises_hold(tokens, limits, now, mine):
+            if mine is not None:
+                self._promises.remove(mine)  # its place in line is used, or not needed
+            return self._admit(id, tokens, limits, now)
+        if mine is not None:
+            # Back before its time (or a limit was lowered meanwhile): keep the place in line.
+            wait = mine.at - now if mine.at > now + 2 * EPSILON else 1.0
+            return self._refuse(wait, limits, self._reason(tokens, limits))
+        return self._promise(id, tokens, limits, now, claim)
+
+    def _promises_hold(
+        self, tokens: int, limits: Limits, now: float, claimed: _Entry | None
+    ) -> bool:
+        """Whether admitting `tokens` now still leaves room for every other promise at its
+        time (capacity freed early by settlements goes to newcomers only if it is spare)."""
+        for promise in self._promises:
+            if promise is claimed:
+                continue
+            at = max(promise.at, now)
+            if at >= now + self.seconds:
+                break  # this and later promises' windows start after `now` leaves
+            low = at - self.seconds
+            count, used = 1, tokens  # the request being admitted
             for entry in self._entries:
-                freed += entry.tokens
-                if freed >= excess:
-                    token_wait = entry.at + WINDOW_SECONDS - now
-                    if token_wait > wait:
-                        wait = token_wait
-                        reason = f"{limits.tokens_per_minute} tokens per minute"
-                    break
-        if wait > 0 or reason:
-            return Decision(
-                False,
-                None,
-                self._remaining_tokens(limits),
-                max(0, limits.requests_per_minute - used_requests),
-                max(wait, 0.001),
-                reason,
-            )
+                if entry.at > low:
+                    count += 1
+                    used += entry.tokens
+            for other in self._promises:
+                if other is not claimed and low < other.at <= at:
+                    count += 1
+                    used += other.tokens
+            if count > limits.requests_per_minute or used > limits.tokens_per_minute:
+                return False
+        return True
+
+    def _fits(self, tokens: int, limits: Limits) -> bool:
+        return (
+            len(self._entries) + 1 <= limits.requests_per_minute
+            and self._tokens + tokens <= limits.tokens_per_minute
+        )
+
+    def _admit(self, id: str, tokens: int, limits: Limits, now: float) -> Decision:
         entry = _Entry(id, now, tokens)
         self._entries.append(entry)
         self._by_id[id] = entry
@@ -102,8 +139,47 @@ class Window:
             True,
             id,
             self._remaining_tokens(limits),
-            max(0, limits.requests_per_minute - used_requests - 1),
+            max(0, limits.requests_per_minute - len(self._entries)),
             0.0,
+        )
+
+    def _promise(self, id: str, tokens: int, limits: Limits, now: float, claim: str) -> Decision:
+        reason = self._reason(tokens, limits)
+        if tokens > limits.tokens_per_minute:
+            # Never admissible; callers reject such requests with a 400 before asking.
+            return self._refuse(self.seconds, limits, reason)
+        # The log (admissions, then promises) only ever loses its oldest items as time
+        # passes, so the earliest time is when enough of the oldest have left the window.
+        log = [*self._entries, *self._promises]
+        total = sum(e.tokens for e in log)
+        need_requests = len(log) + 1 - limits.requests_per_minute
+        at = self._promises[-1].at if self._promises else now
+        freed = 0
+        for k, entry in enumerate(log, start=1):
+            if k - 1 >= need_requests and total - freed + tokens <= limits.tokens_per_minute:
+                break
+            freed += entry.tokens
+            # A promised caller may come back a little late and so stay in the log longer.
+            slack = self.claim_slack if k > len(self._entries) else EPSILON
+            at = max(at, entry.at + self.seconds + slack)
+        self._promises.append(_Entry(id, at, tokens, claim, at + PROMISE_GRACE_SECONDS))
+        return self._refuse(max(at - now, 0.001), limits, reason)
+
+    def _reason(self, tokens: int, limits: Limits) -> str:
+        if len(self._entries) + 1 > limits.requests_per_minute:
+            return f"{limits.requests_per_minute} requests per minute"
+        if self._tokens + tokens > limits.tokens_per_minute:
+            return f"{limits.tokens_per_minute} tokens per minute"
+        return "requests waiting ahead of this one"
+
+    def _refuse(self, wait: float, limits: Limits, reason: str) -> Decision:
+        return Decision(
+            False,
+            None,
+            self._remaining_tokens(limits),
+            max(0, limits.requests_per_minute - len(self._entries)),
+            wait,
+            reason,
         )
 
     def settle(self, id: str, tokens: int) -> None:

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from lmfoundry.access.keys import KeyStore
@@ -52,6 +53,7 @@ class Admitted:
     reservation: str
     headers: dict[str, str]
     request_id: str
+    admitted_at: datetime
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -61,6 +63,7 @@ class Admitted:
     def usage(self) -> Usage:
         return Usage(
             request_id=self.request_id,
+            at=self.admitted_at,
             project_id=self.target.project_id,
             target_kind=self.target.kind,
             target=self.target.name,
@@ -199,7 +202,10 @@ class Gateway:
                 param="max_tokens",
             )
         params = request.to_sampling_params(max_tokens, extra)
-        decision = await self.quotas.reserve(self._quota_key(target), reserve, limits)
+        admitted_at = datetime.now(UTC)
+        decision = await self.quotas.reserve(
+            self._quota_key(target), reserve, limits, claim=f"{key_slot}:{reserve}"
+        )
         headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
         if not decision.allowed:
             raise self._over_quota(target, decision, headers)
@@ -215,6 +221,7 @@ class Gateway:
             reservation=decision.reservation or "",
             headers=headers,
             request_id=request_id,
+            admitted_at=admitted_at,
         )
 
     @staticmethod
