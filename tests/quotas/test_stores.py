@@ -57,8 +57,9 @@ async def test_redis_store_is_shared_between_clients(redis_url: str) -> None:
     try:
         assert (await one.reserve("t", "a", 600, LIMITS)).allowed
         assert not (await two.reserve("t", "b", 600, LIMITS)).allowed
-        await one.settle("t", "a", 0)
-        assert (await two.reserve("t", "b", 600, LIMITS)).allowed
+        await one.settle("t", "a", 0)  # seen by the other client, which keeps b's place
+        assert (await two.reserve("t", "c", 400, LIMITS, claim="c")).allowed
+        assert not (await two.reserve("t", "d", 1, LIMITS, claim="d")).allowed
     finally:
         await one.aclose()
         await two.aclose()

@@ -46,7 +46,7 @@ def test_a_request_bigger_than_the_quota_is_never_admitted() -> None:
     assert not Window().reserve("a", 1001, LIMITS, now=0.0).allowed
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.integers(1, 8),
     st.lists(
@@ -54,13 +54,21 @@ def test_a_request_bigger_than_the_quota_is_never_admitted() -> None:
         min_size=1,
         max_size=60,
     ),
+    st.booleans(),
+    st.booleans(),
 )
 def test_fair_retries_and_no_window_over_the_quota(
-    clients: int, requests: list[tuple[int, int, float]]
+    clients: int, requests: list[tuple[int, int, float]], shared_claim: bool, whole_seconds: bool
 ) -> None:
-    """Clients send requests as fast as they can, each waiting Retry-After when refused:
-    every retry is admitted, and no 60 s window admits more than the quota."""
+    """Clients send requests as fast as they can, each waiting Retry-After when refused
+    (exactly, or rounded up to whole seconds as the header says): every retry is admitted,
+    and no 60 s window admits more than the quota. Clients whose requests are identical
+    (one key, the same body) cannot be told apart, so there only the quota is checked."""
     window = Window()
+
+    def claim(client: int, cost: int) -> str:
+        return f"primary:{cost}" if shared_claim else str(client)
+
     ready = [0.0] * clients  # when each client sends next
     queue = list(enumerate(requests))
     waiting: dict[int, tuple[int, int, int, float]] = {}  # client -> (request, cost, used, at)
@@ -70,14 +78,21 @@ def test_fair_retries_and_no_window_over_the_quota(
         now = ready[client]
         if client in waiting:
             index, cost, used, _ = waiting.pop(client)
-            decision = window.reserve(str(index), cost, LIMITS, now, claim=str(client))
-            assert decision.allowed, "a retry after Retry-After must succeed"
+            decision = window.reserve(str(index), cost, LIMITS, now, claim=claim(client, cost))
+            if not shared_claim:
+                assert decision.allowed, "a retry after Retry-After must succeed"
+            elif not decision.allowed:  # an identical caller took its place: wait again
+                wait = decision.retry_after_seconds if whole_seconds else decision.retry_after
+                waiting[client] = (index, cost, used, now + wait)
+                ready[client] = now + wait
+                continue
         elif queue:
             index, (cost, used, think) = queue.pop(0)
-            decision = window.reserve(str(index), cost, LIMITS, now, claim=str(client))
+            decision = window.reserve(str(index), cost, LIMITS, now, claim=claim(client, cost))
             if not decision.allowed:
-                waiting[client] = (index, cost, used, now + decision.retry_after)
-                ready[client] = now + decision.retry_after
+                wait = decision.retry_after_seconds if whole_seconds else decision.retry_after
+                waiting[client] = (index, cost, used, now + wait)
+                ready[client] = now + wait
                 continue
             now += think
         else:

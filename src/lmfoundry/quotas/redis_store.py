@@ -68,6 +68,7 @@ end
 
 local claimed = nil
 for _, p in ipairs(promises) do
+  if p.at > now + 2 * eps then break end
   if p.claim == claim then claimed = p break end
 end
 
@@ -126,10 +127,7 @@ if fits then
           math.max(0, rpm - used_requests - 1), ''}
 end
 if claimed then
-  local wait = 1
-  if claimed.at > now + 2 * eps then wait = claimed.at - now end
-  return {0, tostring(wait), math.max(0, tpm - used_tokens), math.max(0, rpm - used_requests),
-          reason()}
+  return {0, '1', math.max(0, tpm - used_tokens), math.max(0, rpm - used_requests), reason()}
 end
 if tokens > tpm then
   return {0, tostring(window), math.max(0, tpm - used_tokens),

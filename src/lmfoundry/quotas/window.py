@@ -88,16 +88,28 @@ class Window:
     ) -> Decision:
         """Admit `tokens` now, or refuse with the time the caller should come back."""
         self._prune(now)
-        mine = next((p for p in self._promises if p.claim == claim), None)
+        mine = self._due_promise(claim, now)
         if self._fits(tokens, limits) and self._promises_hold(tokens, limits, now, mine):
             if mine is not None:
-                self._promises.remove(mine)  # its place in line is used, or not needed
+                self._promises.remove(mine)
             return self._admit(id, tokens, limits, now)
         if mine is not None:
-            # Back before its time (or a limit was lowered meanwhile): keep the place in line.
-            wait = mine.at - now if mine.at > now + 2 * EPSILON else 1.0
-            return self._refuse(wait, limits, self._reason(tokens, limits))
+            # Its time has come but a limit was lowered meanwhile: keep the place in line.
+            return self._refuse(1.0, limits, self._reason(tokens, limits))
+        # A caller back early gets a new place; its old one expires unclaimed. (Callers with
+        # the same key and cost share a claim, so an early caller cannot be told apart from
+        # another one that is waiting its turn.)
         return self._promise(id, tokens, limits, now, claim)
+
+    def _due_promise(self, claim: str, now: float) -> _Entry | None:
+        """A promise whose time has come, for this claim (the same key slot and cost: such
+        callers are interchangeable)."""
+        for promise in self._promises:
+            if promise.at > now + 2 * EPSILON:
+                return None
+            if promise.claim == claim:
+                return promise
+        return None
 
     def _promises_hold(
         self, tokens: int, limits: Limits, now: float, claimed: _Entry | None

@@ -49,7 +49,8 @@ class LocalInstance:
     def __init__(self, spec: InstanceSpec, index: int, sockets: Path, logs: Path) -> None:
         self.spec = spec
         self.id = f"{spec.key}-{index}"
-        self.socket = sockets / f"{self.id}.sock"
+        # The pid keeps two servers on one home (several gateways) from sharing a socket.
+        self.socket = sockets / f"{os.getpid()}-{self.id}.sock"
         self.log_path = logs / f"{self.id}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.state = "stopped"

@@ -9,6 +9,7 @@ cancelled mid-stream. One usage record is written per request that reached the e
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -163,7 +164,10 @@ class Gateway:
         extra: wire.ExtraMode,
         request_id: str,
         group: InstanceGroup | None = None,
+        claim: str = "",
     ) -> Admitted:
+        """Check the request, count its prompt, and reserve its quota. `claim` names the
+        caller's retry (same key, same body) so a refused caller keeps its place in line."""
         model = self.resolve(target.model)
         tokenizer = await self.tokenizer(model)
         request.check_supported(tokenizer.supports_tools, model.engine in GRAMMAR_ENGINES)
@@ -203,9 +207,7 @@ class Gateway:
             )
         params = request.to_sampling_params(max_tokens, extra)
         admitted_at = datetime.now(UTC)
-        decision = await self.quotas.reserve(
-            self._quota_key(target), reserve, limits, claim=f"{key_slot}:{reserve}"
-        )
+        decision = await self.quotas.reserve(self._quota_key(target), reserve, limits, claim=claim)
         headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
         if not decision.allowed:
             raise self._over_quota(target, decision, headers)
@@ -261,8 +263,16 @@ class Gateway:
         try:
             extra = extra_mode(extra_header)
             request = wire.ChatCompletionsRequest.parse(body, extra)
+            claim = f"{key_slot}:{hashlib.sha256(body).hexdigest()[:24]}"
             admitted = await self.admit(
-                target, key_slot, deployment or target.name, request, extra, request_id, group
+                target,
+                key_slot,
+                deployment or target.name,
+                request,
+                extra,
+                request_id,
+                group,
+                claim,
             )
         except LmfError as exc:
             exc.headers = {**await self.remaining_headers(target), **exc.headers}
