@@ -22,8 +22,14 @@ def create_engine(kind: str, model_path: str, options: dict[str, Any]) -> Engine
         from lmfoundry.engines.llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(Path(model_path), **options)
+    if kind == "transformers":
+        _require_train_extra()
+        from lmfoundry.engines.transformers import TransformersEngine
+
+        return TransformersEngine(Path(model_path), **options)
     raise Unavailable(
-        f"Engine {kind!r} is not available in this installation; engines: llamacpp, echo."
+        f"Engine {kind!r} is not available in this installation; "
+        "engines: llamacpp, transformers, echo."
     )
 
 
@@ -39,6 +45,23 @@ def create_tokenizer(
         from lmfoundry.engines.gguf import GGUFTokenizer
 
         return GGUFTokenizer(Path(model_path), chat_template, context_length)
+    if kind == "transformers":
+        from lmfoundry.engines.hf import HFTokenizer
+
+        return HFTokenizer(Path(model_path), chat_template, context_length)
     raise Unavailable(
-        f"Engine {kind!r} is not available in this installation; engines: llamacpp, echo."
+        f"Engine {kind!r} is not available in this installation; "
+        "engines: llamacpp, transformers, echo."
     )
+
+
+def _require_train_extra() -> None:
+    """The `transformers` engine needs torch, transformers and peft (the `train` extra)."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise Unavailable(
+            f"The transformers engine needs {', '.join(missing)}; "
+            "install them with `pip install 'lmfoundry[train]'`."
+        )
