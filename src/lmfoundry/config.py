@@ -75,6 +75,26 @@ class Settings(BaseSettings):
     flow_max_bytes: int = Field(
         default=50 * 1024 * 1024, description="Largest flow folder accepted (packed)."
     )
+    max_concurrent_jobs: int = Field(
+        default=1, ge=1, description="Fine-tuning jobs that run at once; the others wait queued."
+    )
+    job_checkpoint_steps: int = Field(
+        default=50,
+        ge=1,
+        description="Steps between a job's checkpoints unless its checkpoint_steps says otherwise.",
+    )
+    job_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads per job process; default: the cores shared among "
+        "LMFOUNDRY_MAX_CONCURRENT_JOBS jobs.",
+    )
+    job_max_restarts: int = Field(
+        default=3,
+        ge=0,
+        description="Times a job whose process dies is resumed from its last checkpoint before "
+        "it is marked failed.",
+    )
     url: str | None = Field(
         default=None,
         description="Server the CLI and SDK talk to; default: the one in the credentials file.",
@@ -102,6 +122,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Fine-tuning jobs' checkpoints and process logs."""
+        return self.home / "jobs"
 
     @property
     def run_dir(self) -> Path:

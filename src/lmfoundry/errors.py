@@ -102,6 +102,13 @@ class EngineFailed(LmfError):
     code = "engine_failed"
 
 
+class FlowFailed(LmfError):
+    """A flow ran and one of its nodes raised (Prompt flow answers a user error with 400)."""
+
+    status_code = 400
+    code = "flow_failed"
+
+
 class Timeout(LmfError):
     status_code = 504
     code = "timeout"

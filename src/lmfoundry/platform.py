@@ -9,9 +9,17 @@ from lmfoundry.access.secrets import SecretBox, load_master_key
 from lmfoundry.access.service import AccessService, Bootstrap
 from lmfoundry.catalog.service import CatalogService
 from lmfoundry.config import Settings
+from lmfoundry.connections.service import ConnectionService
+from lmfoundry.connections.targets import ServerlessTargets
+from lmfoundry.datasets.service import DatasetService
+from lmfoundry.deployments.serverless import KIND as SERVERLESS
 from lmfoundry.deployments.serverless import ServerlessService
+from lmfoundry.finetune.service import FineTuneService
+from lmfoundry.flows.runs import RunService
+from lmfoundry.flows.service import FlowService
 from lmfoundry.metering.service import MeteringService
 from lmfoundry.quotas.service import QuotaService, make_store
+from lmfoundry.runtime.jobs import JobSupervisor
 from lmfoundry.runtime.local import LocalBackend
 from lmfoundry.serving.gateway import Gateway
 from lmfoundry.storage.db import Database
@@ -31,6 +39,12 @@ class Platform:
     metering: MeteringService
     gateway: Gateway
     bootstrap: Bootstrap
+    connections: ConnectionService
+    flows: FlowService
+    runs: RunService
+    datasets: DatasetService
+    finetune: FineTuneService
+    jobs: JobSupervisor
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
@@ -48,7 +62,29 @@ class Platform:
         )
         quotas = QuotaService(make_store(settings.redis_url, settings.quotas_enabled))
         metering = MeteringService(db, settings.metering_enabled)
+        connections = ConnectionService(db, box)
+        connections.register_target(SERVERLESS, ServerlessTargets(db, serverless, keys))
+        flows = FlowService(db, settings, connections, keys)
+        runs = RunService(db, settings, flows)
         gateway = Gateway(settings, db, catalog, keys, backend, quotas, metering)
+        datasets = DatasetService(db, catalog, settings.artifacts_dir)
+        finetune = FineTuneService(
+            db,
+            catalog,
+            datasets,
+            settings.artifacts_dir,
+            settings.jobs_dir,
+            settings.home / "models",
+            settings.job_checkpoint_steps,
+        )
+        jobs = JobSupervisor(
+            db,
+            settings.jobs_dir,
+            settings.resolved_database_url,
+            settings.max_concurrent_jobs,
+            settings.job_max_restarts,
+            settings.job_threads,
+        )
         return cls(
             settings=settings,
             db=db,
@@ -62,13 +98,23 @@ class Platform:
             metering=metering,
             gateway=gateway,
             bootstrap=bootstrap,
+            connections=connections,
+            flows=flows,
+            runs=runs,
+            datasets=datasets,
+            finetune=finetune,
+            jobs=jobs,
         )
 
     async def start(self) -> None:
         self.backend.start()
         self.metering.start()
+        self.runs.start()
+        self.jobs.start()
 
     async def stop(self) -> None:
+        await self.jobs.stop()  # stops job processes; their jobs resume on the next start
+        await self.runs.stop()
         await self.metering.stop()
         await self.backend.shutdown()
         await self.quotas.store.aclose()

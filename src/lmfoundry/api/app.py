@@ -9,7 +9,20 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from lmfoundry import __version__
-from lmfoundry.api import catalog, errors, inference, instances, projects, serverless, usage
+from lmfoundry.api import (
+    catalog,
+    connections,
+    datasets,
+    errors,
+    finetune,
+    flow_score,
+    flows,
+    inference,
+    instances,
+    projects,
+    serverless,
+    usage,
+)
 from lmfoundry.api.middleware import RequestContext
 from lmfoundry.config import Settings, get_settings
 from lmfoundry.platform import Platform
@@ -38,9 +51,20 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     app.state.platform = plat
     errors.install(app)
-    for module in (catalog, projects, serverless, usage, instances):
+    for module in (
+        catalog,
+        projects,
+        serverless,
+        usage,
+        instances,
+        connections,
+        flows,
+        datasets,
+        finetune,
+    ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(inference.router)
+    app.include_router(flow_score.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:

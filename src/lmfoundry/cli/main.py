@@ -8,7 +8,18 @@ import sys
 import typer
 
 from lmfoundry import __version__
-from lmfoundry.cli import access, catalog, chat, serverless, up, usage
+from lmfoundry.cli import (
+    access,
+    catalog,
+    chat,
+    connections,
+    datasets,
+    flows,
+    jobs,
+    serverless,
+    up,
+    usage,
+)
 from lmfoundry.cli._output import err_console
 from lmfoundry.errors import LmfError
 
@@ -30,6 +41,10 @@ app.add_typer(access.projects_app, name="projects")
 app.add_typer(access.users_app, name="users")
 app.add_typer(access.tokens_app, name="tokens")
 app.add_typer(serverless.app, name="serverless")
+app.add_typer(datasets.app, name="datasets")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(connections.app, name="connections")
+app.add_typer(flows.app, name="flow")
 
 
 @app.command("version")

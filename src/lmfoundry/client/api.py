@@ -9,6 +9,7 @@ keys = lmf.serverless_keys("my-smol")
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import httpx
 
 from lmfoundry import errors
 from lmfoundry.config import get_settings
+from lmfoundry.flows.archive import pack
 
 _BY_STATUS: dict[int, type[errors.LmfError]] = {
     400: errors.InvalidRequest,
@@ -198,6 +200,257 @@ class Client:
             if v is not None
         }
         return self._call("GET", self._p(project) + "/usage", params=params)
+
+    # -- connections and flows ---------------------------------------------------------------
+
+    def put_connection(
+        self,
+        name: str,
+        type: str = "custom",
+        configs: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace a connection; a secret given as "***" keeps its stored value."""
+        body = {"type": type, "configs": configs or {}, "secrets": secrets or {}}
+        return self._call("PUT", self._p(project) + f"/connections/{name}", json=body)
+
+    def connections(self, project: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", self._p(project) + "/connections")
+
+    def get_connection(self, name: str, project: str | None = None) -> dict[str, Any]:
+        return self._call("GET", self._p(project) + f"/connections/{name}")
+
+    def delete_connection(self, name: str, project: str | None = None) -> None:
+        self._call("DELETE", self._p(project) + f"/connections/{name}")
+
+    def upload_flow(
+        self, path: str | Path, name: str, project: str | None = None
+    ) -> dict[str, Any]:
+        """Upload a flow folder (a new version when the name exists)."""
+        files = {"file": ("flow.tar.gz", pack(Path(path)), "application/gzip")}
+        return self._call("POST", self._p(project) + "/flows", data={"name": name}, files=files)
+
+    def flows(self, project: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", self._p(project) + "/flows")
+
+    def get_flow(self, name: str, project: str | None = None) -> dict[str, Any]:
+        return self._call("GET", self._p(project) + f"/flows/{name}")
+
+    def delete_flow(self, name: str, project: str | None = None) -> None:
+        self._call("DELETE", self._p(project) + f"/flows/{name}")
+
+    def _test_request(
+        self, flow: str | Path, inputs: dict[str, Any] | None, project: str | None
+    ) -> tuple[str, dict[str, Any]]:
+        if Path(flow).is_dir():
+            return self._p(project) + "/flows/test", {
+                "data": {"inputs": json.dumps(inputs or {})},
+                "files": {"file": ("flow.tar.gz", pack(Path(flow)), "application/gzip")},
+            }
+        return self._p(project) + f"/flows/{flow}/test", {"json": {"inputs": inputs or {}}}
+
+    def test_flow(
+        self, flow: str | Path, inputs: dict[str, Any] | None = None, project: str | None = None
+    ) -> dict[str, Any]:
+        """Run one line of a flow folder (a path) or of an uploaded flow (a name) on the server:
+        {status, outputs, error, metrics, duration_s}."""
+        path, request = self._test_request(flow, inputs, project)
+        return self._call("POST", path, **request)
+
+    def stream_test_flow(
+        self, flow: str | Path, inputs: dict[str, Any] | None = None, project: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """As test_flow, streamed: `outputs` and `chunk` events, then the `result` event."""
+        path, request = self._test_request(flow, inputs, project)
+        with self._http.stream(
+            "POST", path, **request, headers={"Accept": "text/event-stream"}, timeout=None
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise_for(response)
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+
+    def deploy_flow(self, name: str, project: str | None = None) -> dict[str, Any]:
+        return self._call("POST", self._p(project) + f"/flows/{name}/deploy")
+
+    def undeploy_flow(self, name: str, project: str | None = None) -> dict[str, Any]:
+        return self._call("DELETE", self._p(project) + f"/flows/{name}/deploy")
+
+    def flow_keys(self, name: str, project: str | None = None) -> dict[str, str]:
+        return self._call("GET", self._p(project) + f"/flows/{name}/keys")
+
+    def regenerate_flow_key(
+        self, name: str, key_type: str, project: str | None = None
+    ) -> dict[str, str]:
+        return self._call(
+            "POST",
+            self._p(project) + f"/flows/{name}/keys/regenerate",
+            json={"key_type": key_type},
+        )
+
+    def create_run(
+        self,
+        flow: str,
+        data: str | Path | None = None,
+        column_mapping: dict[str, str] | None = None,
+        run: str | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """Start a batch run of an uploaded flow over a JSONL file and/or an earlier run."""
+        form = {"column_mapping": json.dumps(column_mapping or {})}
+        if run:
+            form["run"] = run
+        files = None
+        if data is not None:
+            path = Path(data).expanduser()
+            files = {"data": (path.name, path.read_bytes(), "application/jsonl")}
+        return self._call("POST", self._p(project) + f"/flows/{flow}/runs", data=form, files=files)
+
+    def runs(self, flow: str | None = None, project: str | None = None) -> list[dict[str, Any]]:
+        if flow:
+            return self._call("GET", self._p(project) + f"/flows/{flow}/runs")
+        return self._call("GET", self._p(project) + "/runs")
+
+    def get_run(
+        self, run_id: str, offset: int = 0, limit: int = 1000, project: str | None = None
+    ) -> dict[str, Any]:
+        params = {"offset": offset, "limit": limit}
+        return self._call("GET", self._p(project) + f"/runs/{run_id}", params=params)
+
+    def cancel_run(self, run_id: str, project: str | None = None) -> dict[str, Any]:
+        return self._call("POST", self._p(project) + f"/runs/{run_id}/cancel")
+
+    def wait_run(
+        self,
+        run_id: str,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the run has finished; returns it with its lines."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id, project=project)
+            if run["status"] not in ("queued", "running"):
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise errors.Timeout(
+                    f"Run {run_id} is still {run['status']} after {timeout:g} s "
+                    f"({run['completed_lines'] + run['failed_lines']}/{run['total_lines']} lines)."
+                )
+            time.sleep(poll)
+
+    # -- datasets and fine-tuning jobs -------------------------------------------------------
+
+    def upload_dataset(
+        self,
+        path: str | Path,
+        name: str,
+        model: str | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload a chat JSONL file (a new version when the name exists). With `model`, rows
+        are also checked against its context length and its tokens counted."""
+        path = Path(path)
+        data = {"name": name, **({"model": model} if model else {})}
+        with path.open("rb") as f:
+            files = {"file": (path.name, f, "application/jsonl")}
+            return self._call("POST", self._p(project) + "/datasets", data=data, files=files)
+
+    def datasets(self, name: str | None = None, project: str | None = None) -> list[dict[str, Any]]:
+        params = {"name": name} if name else {}
+        return self._call("GET", self._p(project) + "/datasets", params=params)
+
+    def dataset(self, ref: str, project: str | None = None) -> dict[str, Any]:
+        """A dataset by id, NAME:VERSION or NAME (its newest version)."""
+        return self._call("GET", self._p(project) + f"/datasets/{ref}")
+
+    def create_job(
+        self,
+        model: str,
+        training_data: str,
+        validation_data: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+        suffix: str | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a LoRA fine-tuning job; datasets by NAME, NAME:VERSION or id."""
+        body = {
+            "model": model,
+            "training_data": training_data,
+            "validation_data": validation_data,
+            "hyperparameters": hyperparameters or {},
+            "suffix": suffix,
+        }
+        return self._call("POST", self._p(project) + "/fine-tuning-jobs", json=body)
+
+    def jobs(self, status: str | None = None, project: str | None = None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else {}
+        return self._call("GET", self._p(project) + "/fine-tuning-jobs", params=params)
+
+    def job(self, job_id: str, project: str | None = None) -> dict[str, Any]:
+        return self._call("GET", self._p(project) + f"/fine-tuning-jobs/{job_id}")
+
+    def job_events(
+        self, job_id: str, after: int | None = None, limit: int = 1000, project: str | None = None
+    ) -> dict[str, Any]:
+        """{"data": [events], "status", "has_more"}: the events after the event id `after`."""
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        return self._call(
+            "GET", self._p(project) + f"/fine-tuning-jobs/{job_id}/events", params=params
+        )
+
+    def follow_job(
+        self, job_id: str, after: int | None = None, project: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The job's events as they happen (server-sent events), ending with
+        {"kind": "end", "status": ...} once the job has finished."""
+        params = {"after": after} if after is not None else {}
+        path = self._p(project) + f"/fine-tuning-jobs/{job_id}/events"
+        try:
+            with self._http.stream(
+                "GET",
+                path,
+                params=params,
+                headers={"Accept": "text/event-stream"},
+                timeout=httpx.Timeout(None, connect=10.0),  # a job can be quiet for minutes
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for(response)
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+        except httpx.ConnectError as exc:
+            raise errors.Unavailable(
+                f"Cannot reach lmfoundry at {self.url}; start it with `lmfoundry up`."
+            ) from exc
+        except httpx.TransportError as exc:
+            raise errors.Unavailable(
+                f"Lost the connection to lmfoundry while following {job_id} ({exc}); the job "
+                f"goes on: `lmfoundry jobs logs {job_id} -f` follows it again."
+            ) from exc
+
+    def cancel_job(self, job_id: str, project: str | None = None) -> dict[str, Any]:
+        """Cancel a job; answers once its process has stopped."""
+        return self._call("POST", self._p(project) + f"/fine-tuning-jobs/{job_id}/cancel")
+
+    def wait_for_job(
+        self, job_id: str, timeout: float = 3600.0, project: str | None = None
+    ) -> dict[str, Any]:
+        """Follow a job until it completes, fails or is canceled; returns the job."""
+        deadline = time.monotonic() + timeout
+        for event in self.follow_job(job_id, project=project):
+            if event.get("kind") == "end":
+                break
+            if time.monotonic() > deadline:
+                raise errors.Timeout(f"Job {job_id} did not finish within {timeout:.0f} s.")
+        return self.job(job_id, project=project)
 
 
 def chat_stream(

@@ -159,3 +159,158 @@ class UsageRecord(Base):
     price_input_per_1k: Mapped[float] = mapped_column(Float)
     price_output_per_1k: Mapped[float] = mapped_column(Float)
     cost: Mapped[float] = mapped_column(Float)
+
+
+# -- connections and flows (migration 0003) ------------------------------------------------------
+
+
+class Connection(Base):
+    """Named configs + secrets a project's flows read. `secrets` is one Fernet token holding a
+    JSON object; `secret_names` lists its keys so listings never decrypt."""
+
+    __tablename__ = "connections"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(20))
+    configs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    secret_names: Mapped[list[str]] = mapped_column(JSON)
+    secrets: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Flow(Base):
+    """An uploaded flow; each upload is a new version folder under the artifact store. Names are
+    unique across projects because a deployed flow answers at /flows/{name}/score."""
+
+    __tablename__ = "flows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    interface: Mapped[dict[str, Any]] = mapped_column(JSON)
+    deployed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FlowRun(Base):
+    """A batch run of a flow version over a JSONL file; lines are recorded as they finish."""
+
+    __tablename__ = "flow_runs"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    flow: Mapped[str] = mapped_column(String(64), index=True)
+    flow_version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    data_name: Mapped[str] = mapped_column(String(200))
+    column_mapping: Mapped[dict[str, Any]] = mapped_column(JSON)
+    parent_run: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    total_lines: Mapped[int] = mapped_column(Integer)
+    completed_lines: Mapped[int] = mapped_column(Integer, default=0)
+    failed_lines: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class FlowRunLine(Base):
+    """One finished line of a run: its inputs, outputs or error (secrets already redacted)."""
+
+    __tablename__ = "flow_run_lines"
+    __table_args__ = (UniqueConstraint("run_id", "line_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("flow_runs.id", ondelete="CASCADE"), index=True
+    )
+    line_number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    outputs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    aggregation_inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    duration_s: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- datasets and fine-tuning jobs (migration 0002) -----------------------------------------------
+
+
+class Dataset(Base):
+    """One version of an uploaded, validated chat JSONL file. The row and the file are written
+    together: the file is renamed into place only once the row can be committed."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "name", "version"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FineTuningJob(Base):
+    """A LoRA fine-tuning job: queued -> running -> completed | failed | canceled. `spec` is
+    the resolved `FineTuneConfig` the job process runs; `output_path` the MLflow model folder."""
+
+    __tablename__ = "fine_tuning_jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    model: Mapped[str] = mapped_column(String(128))
+    training_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    validation_dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id"), nullable=True
+    )
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    suffix: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    output_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class FineTuningEvent(Base):
+    """A job's step metrics (`kind` metrics or validation, one row per step: a step replayed
+    after a resume replaces its row) and log lines (`kind` log, no step)."""
+
+    __tablename__ = "fine_tuning_events"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "step"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(20))
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,366 @@
+"""`lmfoundry flow validate|test|upload|list|show|delete|deploy|undeploy|keys|run` and
+`lmfoundry flow runs list|show|cancel`.
+
+Flows run on the server, in their own processes, with the project's connections: the CLI
+sends the folder and the inputs and prints what comes back, so no secret ever reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lmfoundry.cli._output import (
+    JsonOpt,
+    ProjectOpt,
+    client,
+    console,
+    err_console,
+    print_json,
+    show,
+)
+from lmfoundry.client import Client
+from lmfoundry.errors import InvalidRequest
+from lmfoundry.flows.dag import load_dag
+
+app = typer.Typer(help="Prompt flows: test, upload, run in batch, deploy.", no_args_is_help=True)
+runs_app = typer.Typer(help="Batch runs of flows.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+FLOW_COLUMNS = ["name", "version", "kind", "connections", "deployed_version", "updated_at"]
+RUN_COLUMNS = [
+    "id",
+    "flow",
+    "status",
+    "total_lines",
+    "completed_lines",
+    "failed_lines",
+    "created_at",
+]
+FlowArg = Annotated[
+    str, typer.Argument(help="A flow folder (with flow.dag.yaml), or the name of an uploaded flow.")
+]
+PairsArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="More NAME=VALUE pairs (Prompt flow's CLI style).", show_default=False),
+]
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"{what} takes NAME=VALUE pairs, not {value!r}.", param=what)
+        pairs[key] = item
+    return pairs
+
+
+def _is_folder(flow: str) -> bool:
+    return Path(flow).expanduser().is_dir()
+
+
+def _default_name(folder: Path) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", folder.resolve().name.lower()).strip("-")
+    if not name:
+        raise InvalidRequest(f"Name the flow with --name (its folder {folder} gives none).")
+    return name[:64]
+
+
+def _print_error(error: dict[str, Any] | None) -> None:
+    error = error or {}
+    err_console.print(f"[bold red]Failed:[/] {error.get('message')}", highlight=False)
+    if error.get("traceback"):
+        err_console.print(error["traceback"].rstrip(), style="dim", highlight=False, markup=False)
+
+
+# -- local ----------------------------------------------------------------------------------
+
+
+@app.command("validate")
+def validate(folder: Path, json_: JsonOpt = False) -> None:
+    """Check a flow folder without running it: references, cycles, @tool functions, templates."""
+    try:
+        dag = load_dag(folder.expanduser())
+    except InvalidRequest as exc:
+        problems = (exc.detail or {}).get("problems") or [{"message": exc.message}]
+        if json_:
+            print_json({"valid": False, "problems": problems})
+        else:
+            err_console.print(f"[bold red]Invalid flow[/] {folder}:", highlight=False)
+            for item in problems:
+                err_console.print(f"  - {item['message']}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    if json_:
+        print_json(dag.interface())
+        return
+    interface = dag.interface()
+    console.print(
+        f"[green]Valid[/] {interface['kind']} flow: {len(dag.nodes)} node(s), inputs "
+        f"{', '.join(dag.inputs) or 'none'}, outputs {', '.join(dag.outputs) or 'none'}"
+        + (f", connections {', '.join(dag.connection_names)}" if dag.connection_names else ""),
+        highlight=False,
+    )
+
+
+# -- one line -------------------------------------------------------------------------------
+
+
+@app.command("test")
+def test(
+    flow: FlowArg,
+    pairs: PairsArg = None,
+    inputs: Annotated[
+        list[str] | None, typer.Option("--inputs", "-i", help="An input as NAME=VALUE.")
+    ] = None,
+    interactive: Annotated[
+        bool, typer.Option("--interactive", help="Chat with a chat flow, keeping the history.")
+    ] = False,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run one line of a flow on the server with the project's connections."""
+    values = _pairs([*(inputs or []), *(pairs or [])], "--inputs")
+    target: str | Path = Path(flow).expanduser() if _is_folder(flow) else flow
+    with client(project) as lmf:
+        if interactive:
+            _chat(lmf, target, values)
+            return
+        result = lmf.test_flow(target, values)
+    if json_:
+        print_json(result)
+    elif result["status"] == "completed":
+        outputs = result["outputs"]
+        if len(outputs) == 1:
+            value = next(iter(outputs.values()))
+            typer.echo(value if isinstance(value, str) else json.dumps(value, indent=2))
+        else:
+            print_json(outputs)
+        if result.get("metrics"):
+            console.print(f"metrics: {json.dumps(result['metrics'])}", highlight=False)
+    if result["status"] != "completed":
+        if not json_:
+            _print_error(result.get("error"))
+        raise typer.Exit(1)
+
+
+def _chat_fields(lmf: Client, target: str | Path) -> tuple[str, str | None, str]:
+    if isinstance(target, Path):
+        interface = load_dag(target).interface()
+    else:
+        flow = lmf.get_flow(target)
+        interface = {"inputs": flow["inputs"], "outputs": flow["outputs"]}
+    chat_input = next((k for k, v in interface["inputs"].items() if v["is_chat_input"]), None)
+    chat_output = next((k for k, v in interface["outputs"].items() if v["is_chat_output"]), None)
+    if chat_input is None or chat_output is None:
+        raise InvalidRequest(
+            "--interactive needs a chat flow: mark an input is_chat_input: true and an output "
+            "is_chat_output: true in flow.dag.yaml."
+        )
+    history = next((k for k, v in interface["inputs"].items() if v["is_chat_history"]), None)
+    return chat_input, history, chat_output
+
+
+def _chat(lmf: Client, target: str | Path, fixed: dict[str, Any]) -> None:
+    chat_input, history_input, chat_output = _chat_fields(lmf, target)
+    history: list[dict[str, Any]] = []
+    console.print("Chatting with the flow; an empty line or Ctrl-D ends.")
+    while True:
+        try:
+            text = console.input("[bold green]you>[/] ")
+        except EOFError:
+            break
+        if not text.strip():
+            break
+        turn = {**fixed, chat_input: text}
+        inputs = {**turn, history_input: history} if history_input else turn
+        result: dict[str, Any] = {}
+        streamed = False
+        for event in lmf.stream_test_flow(target, inputs):
+            if event["event"] == "chunk":
+                streamed = True
+                console.print(event["text"], end="", highlight=False, markup=False)
+            elif event["event"] == "result":
+                result = event
+        if result.get("status") != "completed":
+            console.print()
+            _print_error(result.get("error"))
+            continue
+        answer = result["outputs"].get(chat_output)
+        if streamed:
+            console.print()
+        else:
+            console.print(str(answer), highlight=False, markup=False)
+        history.append({"inputs": turn, "outputs": result["outputs"]})
+
+
+# -- uploaded flows -------------------------------------------------------------------------
+
+
+@app.command("upload")
+def upload(
+    folder: Path,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Flow name (default: the folder's).")
+    ] = None,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Upload a flow folder to the project (a new version if the name exists)."""
+    with client(project) as lmf:
+        view = lmf.upload_flow(folder, name or _default_name(folder))
+    show(view, json_, ["name", "version", "kind", "connections", "deployed_version"])
+
+
+@app.command("list")
+def list_(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Uploaded flows."""
+    with client(project) as lmf:
+        show(lmf.flows(), json_, FLOW_COLUMNS)
+
+
+@app.command("show")
+def show_(name: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """One uploaded flow: inputs, outputs, nodes, connections, deployment."""
+    with client(project) as lmf:
+        show(lmf.get_flow(name), json_)
+
+
+@app.command("delete")
+def delete(name: str, project: ProjectOpt = None) -> None:
+    """Delete a flow, its versions and its keys (runs stay)."""
+    with client(project) as lmf:
+        lmf.delete_flow(name)
+    console.print(f"Deleted {name}.")
+
+
+@app.command("deploy")
+def deploy(name: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Serve the flow's latest version at /flows/NAME/score behind a key."""
+    with client(project) as lmf:
+        view = lmf.deploy_flow(name)
+    show(view, json_, ["name", "deployed_version", "scoring_uri"])
+    if not json_:
+        console.print(f"Keys: lmfoundry flow keys {name}")
+
+
+@app.command("undeploy")
+def undeploy(name: str, project: ProjectOpt = None) -> None:
+    """Stop serving the flow; its keys stop working."""
+    with client(project) as lmf:
+        lmf.undeploy_flow(name)
+    console.print(f"{name} is no longer served.")
+
+
+@app.command("keys")
+def keys(
+    name: str,
+    regenerate: Annotated[
+        str | None, typer.Option(help="Regenerate one key: primary or secondary.")
+    ] = None,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show a deployed flow's keys, or regenerate one."""
+    with client(project) as lmf:
+        result = lmf.regenerate_flow_key(name, regenerate) if regenerate else lmf.flow_keys(name)
+    show(result, json_)
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+@app.command("run")
+def run(
+    flow: FlowArg,
+    pairs: PairsArg = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="JSONL file, one line per run line.")
+    ] = None,
+    column_mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--column-mapping", "-m", help="INPUT='${data.COLUMN}' or INPUT='${run.outputs.X}'."
+        ),
+    ] = None,
+    earlier: Annotated[
+        str | None, typer.Option("--run", help="An earlier run to evaluate (its lines).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Name to upload a folder under.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = True,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run a flow over a JSONL file on the server (a folder is uploaded first)."""
+    mapping = _pairs([*(column_mapping or []), *(pairs or [])], "--column-mapping")
+    with client(project) as lmf:
+        if _is_folder(flow):
+            folder = Path(flow).expanduser()
+            uploaded = lmf.upload_flow(folder, name or _default_name(folder))
+            flow = uploaded["name"]
+            if not json_:
+                console.print(f"Uploaded flow {flow} version {uploaded['version']}.")
+        created = lmf.create_run(flow, data, mapping, earlier)
+        if not wait:
+            show(created, json_, RUN_COLUMNS)
+            return
+        if not json_:
+            console.print(f"Run {created['id']}: {created['total_lines']} lines.")
+        finished = lmf.wait_run(created["id"])
+    _print_run(finished, json_, lines=False)
+    if finished["status"] != "completed":
+        raise typer.Exit(1)
+
+
+def _print_run(run: dict[str, Any], as_json: bool, lines: bool) -> None:
+    if as_json:
+        print_json(run if lines else {k: v for k, v in run.items() if k != "lines"})
+        return
+    show({k: v for k, v in run.items() if k != "lines"}, False)
+    if lines and run.get("lines"):
+        rows = [
+            {
+                "line": line["line_number"],
+                "status": line["status"],
+                "outputs": line["outputs"],
+                "error": (line["error"] or {}).get("message"),
+            }
+            for line in run["lines"]
+        ]
+        show(rows, False, ["line", "status", "outputs", "error"])
+
+
+@runs_app.command("list")
+def runs_list(
+    flow: Annotated[str | None, typer.Option(help="Only runs of this flow.")] = None,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Runs of the project, newest first."""
+    with client(project) as lmf:
+        show(lmf.runs(flow), json_, RUN_COLUMNS)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str,
+    lines: Annotated[bool, typer.Option(help="Show each line's result.")] = True,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """A run's progress, metrics and per-line results."""
+    with client(project) as lmf:
+        _print_run(lmf.get_run(run_id), json_, lines)
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Stop a run; finished lines stay recorded."""
+    with client(project) as lmf:
+        show(lmf.cancel_run(run_id), json_, RUN_COLUMNS)

@@ -1,0 +1,1 @@
+"""Connections: named configs and encrypted secrets that flows read."""

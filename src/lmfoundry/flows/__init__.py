@@ -1,0 +1,1 @@
+"""Flows: flow.dag.yaml loading and validation, the executor, flow processes and runs."""

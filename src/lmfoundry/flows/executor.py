@@ -1,0 +1,384 @@
+"""Runs a validated flow inside a flow process: nodes in order, one line at a time.
+
+Semantics follow Prompt flow: a node whose `activate` condition is not met is bypassed (its
+output is None); a node without `activate` is bypassed when every node it refers to was; an
+input that refers to a bypassed node is left out when the tool parameter has a default and is
+None otherwise. Aggregation nodes run once after all lines, with one list per input. A python
+node that yields makes a generator output, streamed when the caller asked for a stream and
+joined into a string otherwise (and whenever another node reads it).
+
+This module runs user code: it is imported only in the flow process (`process.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from lmfoundry.flows.models import Dag, Node, Reference, parse_reference
+from lmfoundry.flows.tools import CustomConnection, collecting_metrics
+
+# llm node inputs sent to chat/completions; the other inputs fill the template.
+LLM_PARAMETERS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "response_format",
+)
+# Prompt flow names the Azure OpenAI deployment in the node; a connection fixes it here.
+LLM_IGNORED = ("deployment_name", "model", "logit_bias", "user", "n")
+_ROLE_LINE = re.compile(r"^\s*#?\s*(system|user|assistant)\s*:\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+class NodeError(Exception):
+    """A node failed; carries the node's name and the user-facing error."""
+
+    def __init__(self, node: str, error: BaseException) -> None:
+        super().__init__(f"node {node!r}: {type(error).__name__}: {error}")
+        self.node = node
+        self.error = error
+
+
+def describe(exc: BaseException) -> dict[str, Any]:
+    """An error as the API shows it: type, message, the node, and the user's frames."""
+    node = exc.node if isinstance(exc, NodeError) else None
+    inner = exc.error if isinstance(exc, NodeError) else exc
+    frames = traceback.extract_tb(inner.__traceback__)
+    user_frames = [f for f in frames if "/lmfoundry/flows/" not in f.filename] or frames[-1:]
+    here = Path.cwd()  # the flow's folder (a private copy): name its files as the user does
+    for frame in user_frames:
+        if Path(frame.filename).is_relative_to(here):
+            frame.filename = str(Path(frame.filename).relative_to(here))
+    trace = "".join(traceback.format_list(user_frames))
+    message = f"{type(inner).__name__}: {inner}"
+    return {
+        "type": type(inner).__name__,
+        "message": (f"Node {node!r} failed: {message}" if node else message),
+        "node": node,
+        "traceback": trace,
+    }
+
+
+@dataclass
+class LineResult:
+    status: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    aggregation_inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stream_output: str | None = None  # the output left as a generator, when streaming
+
+
+class Executor:
+    def __init__(self, dag: Dag, connections: dict[str, dict[str, Any]]) -> None:
+        self.dag = dag
+        self.connections = {
+            name: CustomConnection(
+                configs=c.get("configs"), secrets=c.get("secrets"), name=c.get("name", name)
+            )
+            for name, c in connections.items()
+        }
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._templates: dict[str, jinja2.Template] = {}
+        self._jinja = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Import every python node's file and compile every template, so a broken import
+        fails before the first line, naming the node."""
+        for node in self.dag.nodes:
+            try:
+                if node.type == "python":
+                    self._functions[node.name] = self._load_function(node)
+                else:
+                    text = (self.dag.folder / node.source).read_text(encoding="utf-8")
+                    self._templates[node.name] = self._jinja.from_string(text)
+            except Exception as exc:  # user code: report any import failure
+                raise NodeError(node.name, exc) from exc
+
+    def _load_function(self, node: Node) -> Callable[..., Any]:
+        path = self.dag.folder / node.source
+        module_name = ".".join(Path(node.source).with_suffix("").parts)
+        module = sys.modules.get(module_name)
+        if module is None or Path(getattr(module, "__file__", "") or "").resolve() != path:
+            if module is not None:  # the name is taken (a stdlib module, say): load beside it
+                module_name = f"_flow_{module_name}"
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {node.source}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        function = getattr(module, node.function or "", None)
+        if not callable(function):
+            raise ImportError(f"{node.source} has no function {node.function!r}")
+        return function  # type: ignore[no-any-return]
+
+    # -- one line ----------------------------------------------------------------------------
+
+    def run_line(self, inputs: dict[str, Any], stream: bool = False) -> LineResult:
+        outputs: dict[str, Any] = {}
+        bypassed: set[str] = set()
+        try:
+            for node in self.dag.line_nodes:
+                if self._bypass(node, inputs, outputs, bypassed):
+                    bypassed.add(node.name)
+                    continue
+                outputs[node.name] = self._run_node(node, inputs, outputs, bypassed)
+            aggregation = self._aggregation_inputs(inputs, outputs, bypassed)
+            flow_outputs: dict[str, Any] = {}
+            stream_output = None
+            for output in self.dag.outputs.values():
+                if output.reference.node in bypassed:
+                    flow_outputs[output.name] = None
+                    continue
+                value = self._value(output.reference, inputs, outputs)
+                if isinstance(value, Iterator) and not isinstance(value, str):
+                    wanted = stream and stream_output is None
+                    preferred = self.dag.chat_output in (None, output.name)
+                    if wanted and preferred:
+                        stream_output = output.name
+                    else:
+                        value = self._join(output.reference, value, outputs)
+                flow_outputs[output.name] = value
+        except NodeError as exc:
+            return LineResult("failed", error=describe(exc))
+        return LineResult("completed", flow_outputs, None, aggregation, stream_output)
+
+    def _bypass(
+        self, node: Node, inputs: dict[str, Any], outputs: dict[str, Any], bypassed: set[str]
+    ) -> bool:
+        if node.activate is not None:
+            when = node.activate.when
+            if when.node in bypassed:
+                return True
+            value = self._materialized(when, inputs, outputs)
+            return bool(value != node.activate.value)
+        depends = [r.node for r in node.references() if r.node is not None]
+        return bool(depends) and all(d in bypassed for d in depends)
+
+    def _run_node(
+        self, node: Node, inputs: dict[str, Any], outputs: dict[str, Any], bypassed: set[str]
+    ) -> Any:
+        kwargs: dict[str, Any] = {}
+        defaults = {p.name for p in node.params if p.has_default}
+        try:
+            for key, raw in node.inputs.items():
+                if key in node.connection_inputs:
+                    kwargs[key] = self.connections[node.connection_inputs[key]]
+                    continue
+                ref = parse_reference(raw)
+                if ref is None:
+                    kwargs[key] = raw
+                elif ref.node in bypassed:
+                    if key not in defaults:
+                        kwargs[key] = None
+                else:
+                    kwargs[key] = self._materialized(ref, inputs, outputs)
+        except NodeError:
+            raise
+        except Exception as exc:  # a reference into user data failed
+            raise NodeError(node.name, exc) from exc
+        try:
+            if node.type == "python":
+                return self._call(self._functions[node.name], kwargs)
+            if node.type == "prompt":
+                return self._templates[node.name].render(**kwargs)
+            return self._llm(node, kwargs)
+        except Exception as exc:  # user code: any failure fails the line
+            raise NodeError(node.name, exc) from exc
+
+    @staticmethod
+    def _call(function: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        result = function(**kwargs)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        return result
+
+    def _value(self, ref: Reference, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
+        if ref.root == "inputs":
+            return inputs[ref.path[0]]
+        value = outputs[ref.root]
+        for part in ref.path[1:]:
+            value = self._join(ref, value, outputs) if isinstance(value, Iterator) else value
+            if isinstance(value, dict):
+                if part not in value:
+                    raise NodeError(
+                        ref.root,
+                        KeyError(f"{ref.text}: the output has no field {part!r}"),
+                    )
+                value = value[part]
+            elif isinstance(value, list | tuple) and part.isdigit():
+                value = value[int(part)]
+            else:
+                value = getattr(value, part)
+        return value
+
+    def _materialized(self, ref: Reference, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
+        value = self._value(ref, inputs, outputs)
+        if isinstance(value, Iterator) and not isinstance(value, str):
+            value = self._join(ref, value, outputs)
+        return value
+
+    @staticmethod
+    def _join(ref: Reference, value: Iterator[Any], outputs: dict[str, Any]) -> str:
+        """Consume a generator output once; later readers see the joined string."""
+        try:
+            text = "".join(str(chunk) for chunk in value)
+        except Exception as exc:  # the generator is user code
+            raise NodeError(ref.root, exc) from exc
+        if ref.node is not None and outputs.get(ref.node) is value:
+            outputs[ref.node] = text
+        return text
+
+    def _aggregation_inputs(
+        self, inputs: dict[str, Any], outputs: dict[str, Any], bypassed: set[str]
+    ) -> dict[str, dict[str, Any]]:
+        """This line's values of what aggregation nodes read from lines."""
+        result: dict[str, dict[str, Any]] = {}
+        line_nodes = {n.name for n in self.dag.line_nodes}
+        for node in self.dag.aggregation_nodes:
+            for key, raw in node.inputs.items():
+                ref = parse_reference(raw)
+                if ref is None or (ref.node is not None and ref.node not in line_nodes):
+                    continue
+                value = None if ref.node in bypassed else self._materialized(ref, inputs, outputs)
+                result.setdefault(node.name, {})[key] = value
+        return result
+
+    # -- aggregation -------------------------------------------------------------------------
+
+    def aggregate(self, lists: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+        """Run the aggregation nodes once with the per-line values gathered by the caller."""
+        outputs: dict[str, Any] = {}
+        try:
+            with collecting_metrics() as metrics:
+                for node in self.dag.aggregation_nodes:
+                    kwargs: dict[str, Any] = {}
+                    for key, raw in node.inputs.items():
+                        ref = parse_reference(raw)
+                        if key in node.connection_inputs:
+                            kwargs[key] = self.connections[node.connection_inputs[key]]
+                        elif ref is None:
+                            kwargs[key] = raw
+                        elif ref.node is not None and ref.node in outputs:
+                            kwargs[key] = self._value(ref, {}, outputs)
+                        else:
+                            kwargs[key] = lists.get(node.name, {}).get(key, [])
+                    try:
+                        if node.type == "python":
+                            outputs[node.name] = self._call(self._functions[node.name], kwargs)
+                        elif node.type == "prompt":
+                            outputs[node.name] = self._templates[node.name].render(**kwargs)
+                        else:
+                            outputs[node.name] = self._llm(node, kwargs)
+                    except Exception as exc:  # user code
+                        raise NodeError(node.name, exc) from exc
+                return {"status": "completed", "metrics": dict(metrics), "outputs": outputs}
+        except NodeError as exc:
+            return {"status": "failed", "error": describe(exc), "metrics": {}, "outputs": {}}
+
+    # -- llm nodes ---------------------------------------------------------------------------
+
+    def _llm(self, node: Node, kwargs: dict[str, Any]) -> Any:
+        params = {
+            k: kwargs.pop(k)
+            for k in (*LLM_PARAMETERS, "stream")
+            if k in kwargs and kwargs[k] not in (None, "", [])
+        }
+        for key in LLM_IGNORED:
+            kwargs.pop(key, None)
+        messages = parse_chat(self._templates[node.name].render(**kwargs))
+        connection = self.connections[node.connection or ""]
+        return chat_completion(connection, messages, params)
+
+
+def parse_chat(text: str) -> list[dict[str, str]]:
+    """A rendered chat template in Prompt flow's format (`# system:`, `# user:` and
+    `# assistant:` lines, the `#` optional) as chat messages."""
+    parts = _ROLE_LINE.split(text)
+    if parts[0].strip():
+        raise ValueError(
+            "The chat template must start with a role line such as '# system:' or '# user:' "
+            f"(it starts with {parts[0].strip()[:40]!r})."
+        )
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2], strict=True):
+        messages.append({"role": role.lower(), "content": content.strip()})
+    if not messages:
+        raise ValueError("The chat template has no '# user:' line, so there is nothing to send.")
+    return messages
+
+
+def chat_url(connection: CustomConnection) -> str:
+    """Where an llm node posts: an lmfoundry connection's target URL, or a custom connection's
+    `endpoint` (a target URL, a chat/completions URL, or an lmfoundry endpoint's /score URL)."""
+    target = connection.get("target_url")
+    if target:
+        return str(target).rstrip("/") + "/chat/completions"
+    endpoint = connection.get("endpoint") or connection.get("api_base")
+    if not endpoint:
+        raise ValueError(
+            f"Connection {connection.name!r} has no endpoint; an llm node needs an lmfoundry "
+            "connection or a custom one with configs.endpoint and secrets.key."
+        )
+    url = str(endpoint).rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    if url.endswith("/score"):
+        url = url[: -len("/score")]
+    return url + "/chat/completions"
+
+
+def chat_completion(
+    connection: CustomConnection, messages: list[dict[str, str]], params: dict[str, Any]
+) -> Any:
+    import httpx  # imported here: most flows never call it, and it is slow to import
+
+    url = chat_url(connection)
+    key = connection.get("key") or connection.get("api_key") or ""
+    headers = {"api-key": key, "Authorization": f"Bearer {key}"}
+    body = {"messages": messages, **params}
+    if not params.get("stream"):
+        response = httpx.post(url, json=body, headers=headers, timeout=600)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{url} answered {response.status_code}: {_message(response)}")
+        return response.json()["choices"][0]["message"]["content"]
+
+    def deltas() -> Iterator[str]:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=600) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise RuntimeError(f"{url} answered {response.status_code}: {_message(response)}")
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                for choice in json.loads(line[6:]).get("choices", []):
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield text
+
+    return deltas()
+
+
+def _message(response: Any) -> str:
+    try:
+        body = response.json()
+        return str(body.get("error", body).get("message") or body)[:500]
+    except (ValueError, AttributeError):
+        return str(response.text[:500])

@@ -1,0 +1,458 @@
+"""Flows: upload (a new version per upload), test, deploy behind a key, and score.
+
+A flow's folders live under `$LMFOUNDRY_HOME/artifacts/flows/{name}/{version}/`. Every
+execution happens in a flow process (`launcher.py`) that receives only the connections the
+flow names; a test or a score runs one line in a fresh process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lmfoundry.access.audit import record
+from lmfoundry.access.keys import KeyStore
+from lmfoundry.access.models import ProjectAccess, Role
+from lmfoundry.access.service import check_name
+from lmfoundry.config import Settings
+from lmfoundry.connections.models import ResolvedConnection
+from lmfoundry.connections.service import ConnectionService
+from lmfoundry.errors import (
+    Conflict,
+    FlowFailed,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    Timeout,
+    Unauthorized,
+)
+from lmfoundry.flows.archive import unpack
+from lmfoundry.flows.dag import load_dag
+from lmfoundry.flows.launcher import FlowProcess
+from lmfoundry.flows.models import Dag
+from lmfoundry.storage.db import Database
+from lmfoundry.storage.models import Flow, Project, utcnow
+
+KIND = "flow"  # target kind of flow keys in the key store
+
+
+class FlowCall:
+    """One line of a flow in its own flow process: a test or a score, streamed or not."""
+
+    def __init__(
+        self,
+        process: FlowProcess,
+        inputs: dict[str, Any],
+        aggregate: bool,
+        hidden_outputs: frozenset[str] = frozenset(),
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
+        self.process = process
+        self.inputs = inputs
+        self.aggregate = aggregate
+        self.hidden = hidden_outputs
+        self._cleanup = cleanup
+        self.started = time.monotonic()
+
+    async def close(self) -> None:
+        await self.process.close()
+        if self._cleanup is not None:
+            await asyncio.to_thread(self._cleanup)
+            self._cleanup = None
+
+    def _visible(self, outputs: dict[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in (outputs or {}).items() if k not in self.hidden}
+
+    async def _finish(self, line: dict[str, Any]) -> dict[str, Any]:
+        result = {
+            "status": line["status"],
+            "outputs": self._visible(line.get("outputs")),
+            "error": line.get("error"),
+            "metrics": {},
+        }
+        if self.aggregate and line["status"] == "completed" and self.process.alive:
+            values = line.get("aggregation_inputs") or {}
+            lists = {n: {k: [v] for k, v in ins.items()} for n, ins in values.items()}
+            aggregated = await self.process.aggregate(lists)
+            result["metrics"] = aggregated.get("metrics") or {}
+            if aggregated.get("status") != "completed":
+                result["status"], result["error"] = "failed", aggregated.get("error")
+        result["duration_s"] = round(time.monotonic() - self.started, 3)
+        return result
+
+    async def result(self) -> dict[str, Any]:
+        """Run the line to the end: {status, outputs, error, metrics, duration_s}."""
+        try:
+            return await self._finish(await self.process.run_line(0, self.inputs))
+        finally:
+            await self.close()
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Stream the line: `outputs` (the non-streamed outputs), `chunk` events of the streamed
+        output, then `result` (as `result()` returns it)."""
+        try:
+            async for event in self.process.line(0, self.inputs, stream=True):
+                if event["event"] == "outputs":
+                    yield {**event, "outputs": self._visible(event["outputs"])}
+                elif event["event"] == "chunk":
+                    yield event
+                else:
+                    yield {"event": "result", **(await self._finish(event))}
+        finally:
+            await self.close()
+
+
+class FlowService:
+    def __init__(
+        self, db: Database, settings: Settings, connections: ConnectionService, keys: KeyStore
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.connections = connections
+        self.keys = keys
+        self.root = settings.artifacts_dir / "flows"
+        self.logs = settings.home / "logs" / "flows"
+        self.base_url = settings.base_url.rstrip("/")
+
+    def folder(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)
+
+    def scoring_uri(self, name: str) -> str:
+        return f"{self.base_url}/flows/{name}/score"
+
+    def _view(self, row: Flow, project: str) -> dict[str, Any]:
+        return {
+            "name": row.name,
+            "project": project,
+            "version": row.version,
+            **row.interface,
+            "deployed_version": row.deployed_version,
+            "scoring_uri": self.scoring_uri(row.name) if row.deployed_version else None,
+            "created_by": row.created_by,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
+
+    def _row(self, s: Session, access: ProjectAccess, name: str) -> Flow:
+        row = s.scalar(select(Flow).where(Flow.project_id == access.project_id, Flow.name == name))
+        if row is None:
+            raise NotFound(
+                f"Flow {name!r} not found in project {access.project!r}; `lmfoundry flow list` "
+                "shows them and `lmfoundry flow upload DIR --name NAME` adds one."
+            )
+        return row
+
+    # -- storage -----------------------------------------------------------------------------
+
+    def _unpack_checked(self, archive: bytes, into: Path) -> tuple[Path, Dag]:
+        if len(archive) > self.settings.flow_max_bytes:
+            raise PayloadTooLarge(
+                f"The flow archive is larger than {self.settings.flow_max_bytes:,} bytes "
+                "(LMFOUNDRY_FLOW_MAX_BYTES)."
+            )
+        folder = unpack(archive, into, self.settings.flow_max_bytes)
+        return folder, load_dag(folder)
+
+    def upload(
+        self, access: ProjectAccess, name: str, archive: bytes
+    ) -> tuple[dict[str, Any], bool]:
+        """Validate the packed flow and store it as the next version; returns (view, created)."""
+        access.require(Role.developer, "upload flows")
+        check_name("flow", name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
+        try:
+            folder, dag = self._unpack_checked(archive, staging / "flow")
+            with self.db.session() as s:
+                row = s.scalar(select(Flow).where(Flow.name == name))
+                if row is not None and row.project_id != access.project_id:
+                    raise Conflict(
+                        f"A flow named {name!r} exists in another project; flow names are "
+                        "unique because a deployed flow answers at /flows/{name}/score.",
+                        param="name",
+                    )
+                created = row is None
+                now = utcnow()
+                if row is None:
+                    row = Flow(
+                        project_id=access.project_id,
+                        name=name,
+                        version=0,
+                        created_by=access.principal.name,
+                        created_at=now,
+                    )
+                    s.add(row)
+                row.version += 1
+                row.kind = dag.kind
+                row.interface = dag.interface()
+                row.updated_at = now
+                target = self.folder(name, row.version)
+                if target.exists():  # left over from a flow of the same name, deleted
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(folder, target)
+                record(
+                    s,
+                    access.principal.name,
+                    access.project_id,
+                    "flow.upload",
+                    name,
+                    {"version": row.version, "connections": dag.connection_names},
+                )
+                s.flush()
+                return self._view(row, access.project), created
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def list(self, access: ProjectAccess) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(Flow).where(Flow.project_id == access.project_id).order_by(Flow.name)
+            ).all()
+            return [self._view(r, access.project) for r in rows]
+
+    def get(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+        with self.db.session() as s:
+            return self._view(self._row(s, access, name), access.project)
+
+    def delete(self, access: ProjectAccess, name: str) -> None:
+        access.require(Role.developer, "delete flows")
+        with self.db.session() as s:
+            row = self._row(s, access, name)
+            self.keys.delete(s, KIND, row.id)
+            s.delete(row)
+            record(s, access.principal.name, access.project_id, "flow.delete", name, {})
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def dag_of(self, access: ProjectAccess, name: str) -> tuple[Dag, int]:
+        """The latest version of an uploaded flow, loaded: (dag, version)."""
+        with self.db.session() as s:
+            version = self._row(s, access, name).version
+        return load_dag(self.folder(name, version)), version
+
+    # -- running -----------------------------------------------------------------------------
+
+    def resolve_connections(self, project_id: int, dag: Dag) -> dict[str, ResolvedConnection]:
+        """The flow's connections, decrypted; 400 naming the node for each missing one."""
+        try:
+            return self.connections.resolve(project_id, dag.connection_names)
+        except NotFound as exc:
+            missing = (exc.detail or {}).get("missing")
+            if not missing:  # an lmfoundry connection whose deployment is gone
+                raise InvalidRequest(exc.message, param="connection") from exc
+            uses = [(n, i, c) for n, i, c in dag.connection_uses() if c in missing]
+            node, field, name = uses[0]
+            raise InvalidRequest(
+                f"Node {node!r} input {field!r} names connection {name!r}, which does not "
+                "exist in this project; create it with `lmfoundry connections create "
+                f"{name} --config endpoint=URL --secret key` (or --file connection.yaml).",
+                param=f"nodes.{node}.inputs.{field}",
+                detail={"missing": missing},
+            ) from exc
+
+    def process(
+        self, dag: Dag, connections: dict[str, ResolvedConnection], log: str
+    ) -> FlowProcess:
+        return FlowProcess(dag, connections, self.settings.flow_line_timeout, self.logs / log)
+
+    async def _call(
+        self,
+        project_id: int,
+        dag: Dag,
+        inputs: dict[str, Any],
+        log: str,
+        aggregate: bool,
+        hidden: frozenset[str] = frozenset(),
+        cleanup: Callable[[], None] | None = None,
+    ) -> FlowCall:
+        try:
+            connections = await asyncio.to_thread(self.resolve_connections, project_id, dag)
+            process = self.process(dag, connections, log)
+            await process.start()
+        except BaseException:
+            if cleanup is not None:
+                cleanup()
+            raise
+        return FlowCall(process, inputs, aggregate, hidden, cleanup)
+
+    async def test(
+        self,
+        access: ProjectAccess,
+        inputs: dict[str, Any],
+        name: str | None = None,
+        archive: bytes | None = None,
+    ) -> FlowCall:
+        """Start one line of an uploaded flow (`name`) or of a packed folder (`archive`), with
+        its aggregation nodes run over that one line, as `pf flow test` does."""
+        access.require(Role.developer, "test flows (they run code with the project's connections)")
+        cleanup = None
+        if archive is not None:
+            staging = Path(tempfile.mkdtemp(prefix="lmfoundry-flow-test-"))
+            cleanup = _remover(staging)
+            try:
+                _, dag = await asyncio.to_thread(self._unpack_checked, archive, staging / "flow")
+                log = f"{access.project}/draft.log"
+            except BaseException:
+                cleanup()
+                raise
+        elif name is not None:
+            dag, _ = await asyncio.to_thread(self.dag_of, access, name)
+            log = f"{access.project}/{name}.log"
+        else:
+            raise InvalidRequest("Give a flow: its name, or the packed folder.", param="flow")
+        try:
+            values = dag.resolve_inputs(inputs, strict=True)
+        except BaseException:
+            if cleanup is not None:
+                cleanup()
+            raise
+        return await self._call(access.project_id, dag, values, log, True, cleanup=cleanup)
+
+    # -- deployment --------------------------------------------------------------------------
+
+    def deploy(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+        """Serve the latest version at /flows/{name}/score behind a key (keys are created on
+        the first deploy and kept on later ones)."""
+        access.require(Role.developer, "deploy flows")
+        with self.db.session() as s:
+            row = self._row(s, access, name)
+            if row.deployed_version is None and not self.keys.read(s, KIND, row.id):
+                self.keys.create(s, KIND, row.id)
+            previous, row.deployed_version = row.deployed_version, row.version
+            record(
+                s,
+                access.principal.name,
+                access.project_id,
+                "flow.deploy",
+                name,
+                {"version": row.version, "previous_version": previous},
+            )
+            return self._view(row, access.project)
+
+    def undeploy(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+        access.require(Role.developer, "undeploy flows")
+        with self.db.session() as s:
+            row = self._row(s, access, name)
+            row.deployed_version = None
+            self.keys.delete(s, KIND, row.id)
+            record(s, access.principal.name, access.project_id, "flow.undeploy", name, {})
+            return self._view(row, access.project)
+
+    def _deployed(self, s: Session, access: ProjectAccess, name: str) -> Flow:
+        row = self._row(s, access, name)
+        if row.deployed_version is None:
+            raise InvalidRequest(
+                f"Flow {name!r} is not deployed; `lmfoundry flow deploy {name}` serves it "
+                "behind a key.",
+                param="name",
+            )
+        return row
+
+    def read_keys(self, access: ProjectAccess, name: str) -> dict[str, str]:
+        access.require(Role.developer, "read keys")
+        with self.db.session() as s:
+            return self.keys.read(s, KIND, self._deployed(s, access, name).id)
+
+    def regenerate_key(self, access: ProjectAccess, name: str, slot: str) -> dict[str, str]:
+        access.require(Role.developer, "regenerate keys")
+        with self.db.session() as s:
+            row = self._deployed(s, access, name)
+            keys = self.keys.regenerate(s, KIND, row.id, slot)
+            record(
+                s,
+                access.principal.name,
+                access.project_id,
+                "flow.regenerate_key",
+                name,
+                {"key_type": slot},
+            )
+            return keys
+
+    # -- data plane --------------------------------------------------------------------------
+
+    async def score(self, name: str, key: str | None, body: bytes) -> FlowCall:
+        """Start one line of a deployed flow for `POST /flows/{name}/score` (Prompt flow's
+        contract: the body is the flow's inputs as JSON, or the text of its only input)."""
+        project_id, project, version = await asyncio.to_thread(self._check_key, name, key)
+        dag = await asyncio.to_thread(load_dag, self.folder(name, version))
+        given = _score_inputs(dag, body)
+        values = dag.resolve_inputs(given, strict=False)
+        hidden = frozenset(o.name for o in dag.outputs.values() if o.evaluation_only)
+        return await self._call(project_id, dag, values, f"{project}/{name}.log", False, hidden)
+
+    def _check_key(self, name: str, key: str | None) -> tuple[int, str, int]:
+        if not key:
+            raise Unauthorized(
+                "Missing key: send `Authorization: Bearer <key>` or `api-key: <key>` "
+                "(`lmfoundry flow keys NAME` shows them)."
+            )
+        with self.db.session() as s:
+            row = s.scalar(select(Flow).where(Flow.name == name))
+            if row is None or row.deployed_version is None:
+                raise NotFound(
+                    f"No deployed flow named {name!r}; `lmfoundry flow deploy NAME` serves one."
+                )
+            match = self.keys.match(s, key)
+            if match is None:
+                raise Unauthorized(
+                    "Invalid key for this flow; check it or regenerate it with "
+                    "`lmfoundry flow keys NAME --regenerate primary`."
+                )
+            if (match.target_kind, match.target_id) != (KIND, row.id):
+                raise Forbidden(
+                    f"This key belongs to something else, not flow {name!r}; each key opens "
+                    "only its own flow or deployment."
+                )
+            project = s.get(Project, row.project_id)
+            return row.project_id, project.name if project else "", row.deployed_version
+
+
+def _score_inputs(dag: Dag, body: bytes) -> dict[str, Any]:
+    if not dag.inputs:
+        return {}
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        if len(dag.inputs) > 1:
+            raise InvalidRequest(
+                "The body is not JSON; send the flow's inputs as a JSON object "
+                f"({', '.join(dag.inputs)}).",
+            ) from None
+        return {next(iter(dag.inputs)): body.decode("utf-8", errors="replace")}
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            f"Send the flow's inputs as a JSON object with {', '.join(dag.inputs)}."
+        )
+    return data
+
+
+def _remover(path: Path) -> Callable[[], None]:
+    def remove() -> None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path)
+
+    return remove
+
+
+def raise_if_failed(result: dict[str, Any]) -> dict[str, Any]:
+    """A score's outputs, or FlowFailed naming the node (Prompt flow answers 400)."""
+    if result["status"] == "completed":
+        return dict(result["outputs"])
+    error = result.get("error") or {}
+    if error.get("type") == "Timeout":
+        raise Timeout(error.get("message") or "The flow took too long.")
+    raise FlowFailed(
+        error.get("message") or "The flow failed.",
+        detail={"node": error.get("node"), "type": error.get("type")},
+    )

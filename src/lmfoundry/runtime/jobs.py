@@ -1,0 +1,310 @@
+"""Fine-tuning jobs as local processes, supervised by the server.
+
+The database is the source of truth; the supervisor reconciles to it twice a second:
+- queued jobs start, oldest first, while fewer than `max_concurrent` run;
+- a job whose process exits is left alone if the process recorded an outcome (completed,
+  failed); marked canceled if a cancel was asked; otherwise resumed from its last checkpoint,
+  at most `max_restarts` times, then failed with the reason and the end of its log;
+- a job asked to cancel has its process group sent SIGTERM, then SIGKILL after a grace period.
+
+Job processes run in their own session (a Ctrl-C in the server's terminal does not reach them)
+and die with the server (`lifeline.die_with_parent`). Stopping the server stops them and
+leaves them `running` in the database: the next start resumes them from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from lmfoundry.finetune.events import JobEvents
+from lmfoundry.storage.db import Database
+from lmfoundry.storage.models import FineTuningJob, utcnow
+
+log = logging.getLogger("lmfoundry.jobs")
+
+POLL_SECONDS = 0.5
+STOP_GRACE_SECONDS = 5.0
+JOB_MODULE = "lmfoundry.finetune.run"
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class JobSupervisor:
+    def __init__(
+        self,
+        db: Database,
+        jobs_dir: Path,
+        database_url: str,
+        max_concurrent: int,
+        max_restarts: int,
+        threads: int | None = None,
+    ) -> None:
+        self.db = db
+        self.jobs_dir = jobs_dir
+        self.database_url = database_url
+        self.max_concurrent = max_concurrent
+        self.max_restarts = max_restarts
+        # Concurrent jobs share the cores: oversubscribed OpenMP threads spin and stall.
+        self.threads = threads or max(1, (os.cpu_count() or 1) // max_concurrent)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        recovered = False
+        while True:
+            try:
+                if not recovered:
+                    async with self._lock:
+                        await self._recover()
+                    recovered = True
+                await self.reconcile()
+            except Exception:  # keep supervising whatever one pass hit
+                log.exception("supervising fine-tuning jobs failed")
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def stop(self) -> None:
+        """Stop supervising and stop the job processes; their jobs stay `running` so the next
+        start resumes them."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with self.db.session() as s:
+            interrupted = s.scalars(
+                select(FineTuningJob.id).where(
+                    FineTuningJob.id.in_(list(self.processes)), FineTuningJob.status == "running"
+                )
+            ).all()
+        for job_id in interrupted:
+            JobEvents(self.db, job_id).log(
+                "The server is stopping; the job resumes from its last checkpoint when it "
+                "starts again.",
+                "warning",
+            )
+        await asyncio.gather(*(self._terminate(job_id) for job_id in list(self.processes)))
+
+    async def _recover(self) -> None:
+        """On start: resume the jobs that were running when the server last stopped."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(FineTuningJob.id, FineTuningJob.pid, FineTuningJob.cancel_requested).where(
+                    FineTuningJob.status == "running"
+                )
+            ).all()
+        for job_id, pid, cancel_requested in rows:
+            if job_id in self.processes:
+                continue
+            if pid:
+                await _kill_stray(pid, job_id)
+            if cancel_requested:
+                self._finish(job_id, "canceled", "Canceled.")
+                continue
+            JobEvents(self.db, job_id).log(
+                "The server restarted; resuming from the last checkpoint.", "warning"
+            )
+            self._spawn(job_id)
+
+    # -- reconciling -------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        async with self._lock:
+            self._reap()
+            await self._stop_canceled()
+            self._start_queued()
+
+    async def cancel(self, job_id: str) -> None:
+        """Stop a job whose cancel was just recorded, now rather than at the next pass."""
+        async with self._lock:
+            await self._stop_canceled()
+
+    def _reap(self) -> None:
+        for job_id, process in list(self.processes.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            del self.processes[job_id]
+            restart = False
+            with self.db.session() as s:
+                row = s.get(FineTuningJob, job_id)
+                if row is None or row.status != "running":
+                    continue  # the job process recorded how it ended
+                events = JobEvents(self.db, job_id)
+                if row.cancel_requested:
+                    row.status, row.finished_at, row.pid = "canceled", utcnow(), None
+                    events.log("Canceled.")
+                elif row.restarts < self.max_restarts:
+                    row.restarts += 1
+                    events.log(
+                        f"The job process {describe_exit(code)}; resuming from the last "
+                        f"checkpoint (restart {row.restarts} of {self.max_restarts}).",
+                        "warning",
+                    )
+                    restart = True
+                else:
+                    row.status, row.finished_at, row.pid = "failed", utcnow(), None
+                    row.error = (
+                        f"The job process {describe_exit(code)}, after {row.restarts} "
+                        f"restart(s) (LMFOUNDRY_JOB_MAX_RESTARTS={self.max_restarts}). "
+                        f"End of its log: {self._log_tail(job_id)}"
+                    )
+                    events.log(f"Failed: {row.error}", "error")
+            if restart:
+                self._spawn(job_id)
+
+    async def _stop_canceled(self) -> None:
+        if not self.processes:
+            return
+        with self.db.session() as s:
+            asked = s.scalars(
+                select(FineTuningJob.id).where(
+                    FineTuningJob.id.in_(list(self.processes)),
+                    FineTuningJob.cancel_requested.is_(True),
+                )
+            ).all()
+        for job_id in asked:
+            await self._terminate(job_id)
+            self._finish(job_id, "canceled", "Canceled; the job process was stopped.")
+
+    def _start_queued(self) -> None:
+        free = self.max_concurrent - len(self.processes)
+        if free <= 0:
+            return
+        with self.db.session() as s:
+            queued = s.scalars(
+                select(FineTuningJob.id)
+                .where(FineTuningJob.status == "queued")
+                .order_by(FineTuningJob.created_at, FineTuningJob.id)
+                .limit(free)
+            ).all()
+        for job_id in queued:
+            with self.db.session() as s:
+                claimed = s.execute(
+                    update(FineTuningJob)
+                    .where(FineTuningJob.id == job_id, FineTuningJob.status == "queued")
+                    .values(status="running", started_at=utcnow())
+                )
+            if getattr(claimed, "rowcount", 0) == 1:  # another server may have taken it
+                self._spawn(job_id)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _spawn(self, job_id: str) -> None:
+        work = self.jobs_dir / job_id
+        work.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "LMFOUNDRY_DATABASE_URL": self.database_url,
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(self.threads),  # torch's intra-op threads
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.setdefault("HF_HUB_OFFLINE", "1")  # everything a job reads is on this machine
+        try:
+            with open(work / "job.log", "ab") as out:
+                process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        JOB_MODULE,
+                        "--job",
+                        job_id,
+                        "--parent",
+                        str(os.getpid()),
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,  # terminal signals go to the server, not to jobs
+                )
+        except OSError as exc:
+            self._finish(job_id, "failed", f"Could not start the job process: {exc}", error=True)
+            return
+        self.processes[job_id] = process
+        with self.db.session() as s:
+            s.execute(
+                update(FineTuningJob).where(FineTuningJob.id == job_id).values(pid=process.pid)
+            )
+        log.info("job %s started (pid %s)", job_id, process.pid)
+
+    async def _terminate(self, job_id: str) -> None:
+        process = self.processes.pop(job_id, None)
+        if process is None or process.poll() is not None:
+            return
+        _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if process.poll() is None:
+            _signal_group(process.pid, signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
+
+    def _finish(self, job_id: str, status: str, message: str, error: bool = False) -> None:
+        JobEvents(self.db, job_id).log(message, "error" if error else "info")
+        with self.db.session() as s:
+            s.execute(
+                update(FineTuningJob)
+                .where(FineTuningJob.id == job_id, FineTuningJob.status.in_(("queued", "running")))
+                .values(
+                    status=status,
+                    finished_at=utcnow(),
+                    pid=None,
+                    **({"error": message} if error else {}),
+                )
+            )
+
+    def _log_tail(self, job_id: str, lines: int = 5) -> str:
+        try:
+            text = (self.jobs_dir / job_id / "job.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+    def describe(self) -> dict[str, int]:
+        return {job_id: process.pid for job_id, process in self.processes.items()}
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _kill_stray(pid: int, job_id: str) -> None:
+    """A job process left by an earlier server (it should have died with it): stop it before
+    resuming, so two processes never train into the same checkpoints."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return
+    if JOB_MODULE not in cmdline or job_id not in cmdline:
+        return  # the pid was reused by an unrelated process
+    _signal_group(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)

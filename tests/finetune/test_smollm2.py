@@ -1,0 +1,114 @@
+"""The acceptance run, as a new user types it: from the bundled SmolLM2-135M-Instruct, prepare
+train/test files from local parquet files with the CLI, upload them, fine-tune a few dozen
+LoRA steps on the CPU through a real server, follow the job live, and see the validation loss
+fall."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import start_server, stop_server
+from tests.finetune.helpers import JOBS, events
+from tests.finetune.tiny import EXAMPLE_DATA
+
+# About 2.5 minutes on an idle two-core machine; more when other work shares the cores.
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.timeout(1200)]
+
+
+def lmfoundry(home: Path, *args: str, timeout: float = 1100) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMFOUNDRY_")}
+    env.update(LMFOUNDRY_HOME=str(home), HF_DATASETS_CACHE=str(home / "hf-datasets"))
+    done = subprocess.run(
+        [sys.executable, "-m", "lmfoundry", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, f"lmfoundry {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def write_parquet_shards(folder: Path) -> None:
+    """The example rows in the layout of ultrachat_200k's parquet files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in EXAMPLE_DATA.read_text().splitlines()]
+    folder.mkdir(parents=True)
+    for i, part in enumerate((rows[:40], rows[40:])):
+        pq.write_table(pa.Table.from_pylist(part), folder / f"train_sft-0000{i}-of-00002.parquet")
+
+
+def test_smollm2_fine_tunes_on_cpu_and_the_validation_loss_falls(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    source = tmp_path / "ultrachat" / "data"
+    write_parquet_shards(source)
+    server = start_server(home)
+    try:
+        prepared = json.loads(
+            lmfoundry(
+                home,
+                "datasets",
+                "prepare",
+                str(source),
+                "--split",
+                "train_sft",
+                "--output-dir",
+                str(tmp_path / "data"),
+                "--upload",
+                "chat",
+                "--model",
+                "SmolLM2-135M-Instruct",
+                "--json",
+            ).stdout
+        )
+        assert (prepared["train_rows"], prepared["test_rows"]) == (64, 16)
+        assert (tmp_path / "data" / "train_data.jsonl").read_text().count("\n") == 64
+        assert prepared["training_data"] == "chat-train:1"
+
+        job = json.loads(
+            lmfoundry(
+                home,
+                "jobs",
+                "create",
+                "--model",
+                "SmolLM2-135M-Instruct",
+                "--training-data",
+                prepared["training_data"],
+                "--validation-data",
+                prepared["validation_data"],
+                "--max-steps",
+                "30",
+                "--learning-rate",
+                "1e-3",
+                "--max-seq-length",
+                "256",
+                "--checkpoint-steps",
+                "15",
+                "--json",
+            ).stdout
+        )
+        followed = lmfoundry(home, "jobs", "logs", job["id"], "-f").stdout
+        assert "Completed. Model:" in followed
+        assert "Converting SmolLM2-135M-Instruct.Q4_1.gguf" in followed  # a GGUF base
+
+        with server.client() as http:
+            done = http.get(f"{JOBS}/{job['id']}").json()
+            listed = events(http, job["id"])
+    finally:
+        stop_server(server)
+    assert (done["status"], done["step"]) == ("completed", 30), done
+    validation = {e["step"]: e["validation_loss"] for e in listed if e["kind"] == "validation"}
+    assert sorted(validation) == [0, 15, 30]
+    assert validation[30] < 0.7 * validation[0], validation
+    output = Path(done["output_model_path"])
+    assert (output / "peft" / "adapter_model.safetensors").exists()
+    converted = list((home / "models" / "converted").iterdir())
+    assert [p.name.startswith("SmolLM2-135M-Instruct-") for p in converted] == [True]
