@@ -9,10 +9,15 @@ from lmfoundry.access.secrets import SecretBox, load_master_key
 from lmfoundry.access.service import AccessService, Bootstrap
 from lmfoundry.catalog.service import CatalogService
 from lmfoundry.config import Settings
+from lmfoundry.deployments.endpoints import EndpointService
+from lmfoundry.deployments.fleet import Fleet
+from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import ServerlessService
 from lmfoundry.metering.service import MeteringService
 from lmfoundry.quotas.service import QuotaService, make_store
+from lmfoundry.registry.service import RegistryService
 from lmfoundry.runtime.local import LocalBackend
+from lmfoundry.serving.endpoint import EndpointRouter
 from lmfoundry.serving.gateway import Gateway
 from lmfoundry.storage.db import Database
 
@@ -25,7 +30,12 @@ class Platform:
     keys: KeyStore
     access: AccessService
     catalog: CatalogService
+    registry: RegistryService
+    resolver: ModelResolver
     serverless: ServerlessService
+    endpoints: EndpointService
+    fleet: Fleet
+    router: EndpointRouter
     backend: LocalBackend
     quotas: QuotaService
     metering: MeteringService
@@ -42,13 +52,19 @@ class Platform:
         access = AccessService(db)
         bootstrap = access.bootstrap(settings.admin_token, settings.default_project)
         catalog = CatalogService(db, settings.home / "models")
-        serverless = ServerlessService(db, catalog, keys, settings.base_url)
+        registry = RegistryService(db, catalog, settings.artifacts_dir)
+        resolver = ModelResolver(catalog, registry)
+        serverless = ServerlessService(db, resolver, keys, settings.base_url)
+        endpoints = EndpointService(db, resolver, keys, settings.base_url)
         backend = LocalBackend(
             settings.home, settings.instance_start_timeout, settings.instance_idle_seconds
         )
         quotas = QuotaService(make_store(settings.redis_url, settings.quotas_enabled))
         metering = MeteringService(db, settings.metering_enabled)
-        gateway = Gateway(settings, db, catalog, keys, backend, quotas, metering)
+        gateway = Gateway(settings, db, resolver, keys, backend, quotas, metering)
+        fleet = Fleet(endpoints, resolver, backend, gateway.instance_spec)
+        endpoints.on_change = fleet.changed
+        router = EndpointRouter(gateway, endpoints, fleet)
         return cls(
             settings=settings,
             db=db,
@@ -56,7 +72,12 @@ class Platform:
             keys=keys,
             access=access,
             catalog=catalog,
+            registry=registry,
+            resolver=resolver,
             serverless=serverless,
+            endpoints=endpoints,
+            fleet=fleet,
+            router=router,
             backend=backend,
             quotas=quotas,
             metering=metering,
@@ -67,8 +88,10 @@ class Platform:
     async def start(self) -> None:
         self.backend.start()
         self.metering.start()
+        self.fleet.start()
 
     async def stop(self) -> None:
+        await self.fleet.stop()
         await self.metering.stop()
         await self.backend.shutdown()
         await self.quotas.store.aclose()

@@ -9,7 +9,17 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from lmfoundry import __version__
-from lmfoundry.api import catalog, errors, inference, instances, projects, serverless, usage
+from lmfoundry.api import (
+    catalog,
+    endpoints,
+    errors,
+    inference,
+    instances,
+    projects,
+    registry,
+    serverless,
+    usage,
+)
 from lmfoundry.api.middleware import RequestContext
 from lmfoundry.config import Settings, get_settings
 from lmfoundry.platform import Platform
@@ -38,9 +48,10 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     app.state.platform = plat
     errors.install(app)
-    for module in (catalog, projects, serverless, usage, instances):
+    for module in (catalog, projects, serverless, usage, instances, registry, endpoints):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(inference.router)
+    app.include_router(endpoints.data_plane)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from lmfoundry import __version__
-from lmfoundry.cli import access, catalog, chat, serverless, up, usage
+from lmfoundry.cli import access, catalog, chat, endpoints, serverless, up, usage
 from lmfoundry.cli._output import err_console
 from lmfoundry.errors import LmfError
 
@@ -30,6 +30,7 @@ app.add_typer(access.projects_app, name="projects")
 app.add_typer(access.users_app, name="users")
 app.add_typer(access.tokens_app, name="tokens")
 app.add_typer(serverless.app, name="serverless")
+app.add_typer(endpoints.app, name="endpoints")
 
 
 @app.command("version")

@@ -46,9 +46,11 @@ class InstanceInfo:
 
 
 class LocalInstance:
-    def __init__(self, spec: InstanceSpec, index: int, sockets: Path, logs: Path) -> None:
+    def __init__(
+        self, group: str, spec: InstanceSpec, index: int, sockets: Path, logs: Path
+    ) -> None:
         self.spec = spec
-        self.id = f"{spec.key}-{index}"
+        self.id = f"{group}-{index}"
         # The pid keeps two servers on one home (several gateways) from sharing a socket.
         self.socket = sockets / f"{os.getpid()}-{self.id}.sock"
         self.log_path = logs / f"{self.id}.log"
@@ -240,12 +242,14 @@ class InstanceGroup:
     def __init__(
         self,
         backend: LocalBackend,
+        key: str,
         spec: InstanceSpec,
         name: str,
         replicas: int,
         scale_to_zero: bool,
     ) -> None:
         self.backend = backend
+        self.key = key
         self.spec = spec
         self.name = name
         self.replicas = replicas
@@ -259,7 +263,9 @@ class InstanceGroup:
     def _resize(self) -> None:
         while len(self.instances) < self.replicas:
             self.instances.append(
-                LocalInstance(self.spec, self._next_index, self.backend.sockets, self.backend.logs)
+                LocalInstance(
+                    self.key, self.spec, self._next_index, self.backend.sockets, self.backend.logs
+                )
             )
             self._next_index += 1
 
@@ -283,14 +289,53 @@ class InstanceGroup:
         return min(ready, key=lambda i: i.active)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        instance = await self.acquire()
+        """Run on the least busy instance. If that instance dies before the first delta, the
+        request moves to another ready one, so a lost instance costs no request that had
+        not started answering."""
         self.in_use += 1
         try:
-            async for delta in instance.generate(request):
-                yield delta
+            for attempt in range(3):
+                instance = await self.acquire()
+                started = False
+                try:
+                    async for delta in instance.generate(request):
+                        started = True
+                        yield delta
+                    return
+                except EngineFailed:
+                    if started or attempt == 2 or instance.alive():
+                        raise
+                    log.warning(
+                        "instance %s died before answering; retrying elsewhere", instance.id
+                    )
         finally:
             self.in_use -= 1
             self.last_used = time.monotonic()
+
+    async def start_all(self) -> None:
+        """Start every instance and wait until all are ready (deployments start eagerly)."""
+        self.last_used = time.monotonic()
+        results = await asyncio.gather(
+            *(i.ensure_started(self.backend.start_timeout) for i in self.instances),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def scale(self, replicas: int) -> None:
+        """Grow by starting instances; shrink by stopping the idlest ones once drained."""
+        self.replicas = replicas
+        if len(self.instances) < replicas:
+            self._resize()
+            await self.start_all()
+            return
+        while len(self.instances) > replicas:
+            victim = min(reversed(self.instances), key=lambda i: i.active)
+            self.instances.remove(victim)
+            while victim.active:
+                await asyncio.sleep(0.05)
+            await victim.stop()
 
     async def supervise(self, idle_seconds: float) -> None:
         idle = time.monotonic() - self.last_used
@@ -327,13 +372,30 @@ class LocalBackend:
         self._task: asyncio.Task[None] | None = None
 
     def group(
-        self, spec: InstanceSpec, name: str, replicas: int = 1, scale_to_zero: bool = True
+        self,
+        spec: InstanceSpec,
+        name: str,
+        replicas: int = 1,
+        scale_to_zero: bool = True,
+        key: str | None = None,
     ) -> InstanceGroup:
-        group = self.groups.get(spec.key)
+        """The group for `key` (default: the spec's own key, shared by every serverless
+        deployment of the same weights), created on first use."""
+        key = key or spec.key
+        group = self.groups.get(key)
         if group is None:
-            group = InstanceGroup(self, spec, name, replicas, scale_to_zero)
-            self.groups[spec.key] = group
+            group = InstanceGroup(self, key, spec, name, replicas, scale_to_zero)
+            self.groups[key] = group
         return group
+
+    async def remove(self, key: str) -> None:
+        """Stop a group's instances once their requests are done, and forget it."""
+        group = self.groups.pop(key, None)
+        if group is None:
+            return
+        while group.in_use:
+            await asyncio.sleep(0.05)
+        await group.stop()
 
     def start(self) -> None:
         if self._task is None:
