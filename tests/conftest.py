@@ -150,6 +150,7 @@ def start_server(
     port: int | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 60,
+    args: list[str] | None = None,
 ) -> LiveServer:
     """`lmfoundry up` as a real process on loopback; waits until /healthz answers."""
     port = port or free_port()
@@ -167,10 +168,10 @@ def start_server(
         environ["LMFOUNDRY_ADMIN_TOKEN"] = token
     environ.update(env or {})
     home.mkdir(parents=True, exist_ok=True)
-    log = home / f"server-{port}.log"
+    log = home / f"server-{port}-{time.monotonic_ns()}.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lmfoundry", "up"],
+            [sys.executable, "-m", "lmfoundry", "up", *(args or [])],
             env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -181,7 +182,9 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            health = httpx.get(url + "/healthz", timeout=1)
+            # On a shared port (--reuse-port) another process may answer: wait for this one.
+            if health.status_code == 200 and health.json().get("pid") == process.pid:
                 return LiveServer(url, home, token or "", process, log)
         except httpx.TransportError:
             pass

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         default=True, description="Write a usage record per inference request."
     )
     ray_address: str | None = Field(default=None, description="Run instances and jobs on Ray.")
+    supervisor: bool = Field(
+        default=True,
+        description="Own instances and jobs. Gateway processes (`up --no-supervisor`) route "
+        "to the instances a supervisor on the same database publishes.",
+    )
     instance_idle_seconds: float = Field(
         default=600.0, description="Stop a serverless instance after this long without requests."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from lmfoundry.access.keys import KeyStore
@@ -16,7 +17,10 @@ from lmfoundry.deployments.serverless import ServerlessService
 from lmfoundry.metering.service import MeteringService
 from lmfoundry.quotas.service import QuotaService, make_store
 from lmfoundry.registry.service import RegistryService
+from lmfoundry.runtime.backend import Backend
 from lmfoundry.runtime.local import LocalBackend
+from lmfoundry.runtime.registry import InstanceRegistry
+from lmfoundry.runtime.remote import RemoteBackend
 from lmfoundry.serving.endpoint import EndpointRouter
 from lmfoundry.serving.gateway import Gateway
 from lmfoundry.storage.db import Database
@@ -36,7 +40,7 @@ class Platform:
     endpoints: EndpointService
     fleet: Fleet
     router: EndpointRouter
-    backend: LocalBackend
+    backend: Backend
     quotas: QuotaService
     metering: MeteringService
     gateway: Gateway
@@ -56,13 +60,23 @@ class Platform:
         resolver = ModelResolver(catalog, registry)
         serverless = ServerlessService(db, resolver, keys, settings.base_url)
         endpoints = EndpointService(db, resolver, keys, settings.base_url)
-        backend = LocalBackend(
-            settings.home, settings.instance_start_timeout, settings.instance_idle_seconds
-        )
+        registry_of_instances = InstanceRegistry(db, uuid.uuid4().hex)
+        backend: Backend
+        if settings.supervisor:
+            backend = LocalBackend(
+                settings.home,
+                settings.instance_start_timeout,
+                settings.instance_idle_seconds,
+                registry_of_instances,
+            )
+        else:
+            backend = RemoteBackend(registry_of_instances, settings.instance_start_timeout)
         quotas = QuotaService(make_store(settings.redis_url, settings.quotas_enabled))
-        metering = MeteringService(db, settings.metering_enabled)
+        metering = MeteringService(db, settings.metering_enabled, settings.redis_url)
         gateway = Gateway(settings, db, resolver, keys, backend, quotas, metering)
-        fleet = Fleet(endpoints, resolver, backend, gateway.instance_spec)
+        fleet = Fleet(
+            endpoints, resolver, backend, gateway.instance_spec, owner=settings.supervisor
+        )
         endpoints.on_change = fleet.changed
         router = EndpointRouter(gateway, endpoints, fleet)
         return cls(

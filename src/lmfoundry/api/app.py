@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -55,7 +56,14 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "supervisor": settings.supervisor,
+            }
+        )
 
     app.add_middleware(
         RequestContext, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes

@@ -98,7 +98,7 @@ def create(body: EndpointCreate, access: ProjectDep, plat: PlatformDep) -> dict[
 
 @router.get(P, response_model=list[EndpointView])
 def list_(access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
-    return plat.endpoints.list(access)
+    return plat.endpoints.list_endpoints(access)
 
 
 @router.get(P + "/{name}", response_model=EndpointView)

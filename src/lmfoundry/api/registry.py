@@ -68,7 +68,7 @@ def register(body: RegisterRequest, access: ProjectDep, plat: PlatformDep) -> di
 
 @router.get(PREFIX, response_model=list[ModelVersionView])
 def list_(access: ProjectDep, plat: PlatformDep, name: str | None = None) -> list[dict[str, Any]]:
-    return plat.registry.list(access, name)
+    return plat.registry.versions(access, name)
 
 
 @router.get(PREFIX + "/{ref}", response_model=ModelVersionView)

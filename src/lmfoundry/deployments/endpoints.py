@@ -185,7 +185,7 @@ class EndpointService:
             record(s, access.principal.name, access.project_id, "endpoint.create", name, {})
             return self._endpoint_view(s, row, access.project)
 
-    def list(self, access: ProjectAccess) -> list[dict[str, Any]]:
+    def list_endpoints(self, access: ProjectAccess) -> list[dict[str, Any]]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(OnlineEndpoint)
@@ -432,7 +432,7 @@ class EndpointService:
         access.require(Role.developer, "delete deployments")
         with self.db.session() as s:
             row = self._deployment(s, access, endpoint, name)
-            endpoint_row = s.get(OnlineEndpoint, row.endpoint_id)
+            endpoint_row = self._endpoint(s, access, endpoint)
             if endpoint_row.traffic.get(name) or endpoint_row.mirror_traffic.get(name):
                 raise Conflict(
                     f"{name} still gets traffic on {endpoint}; set its traffic "

@@ -19,7 +19,7 @@ from lmfoundry.catalog.service import ResolvedModel
 from lmfoundry.deployments.endpoints import DeploymentState, EndpointService
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.errors import LmfError, RateLimited, Unavailable
-from lmfoundry.runtime.local import InstanceGroup, LocalBackend
+from lmfoundry.runtime.backend import Backend, Group
 from lmfoundry.runtime.spec import InstanceSpec
 
 log = logging.getLogger("lmfoundry.fleet")
@@ -33,7 +33,7 @@ class Running:
 
     state: DeploymentState
     model: ResolvedModel
-    group: InstanceGroup
+    group: Group
     in_flight: int = 0
 
     @property
@@ -60,8 +60,9 @@ class Running:
 class Fleet:
     endpoints: EndpointService
     resolver: ModelResolver
-    backend: LocalBackend
+    backend: Backend
     spec_for: Callable[[ResolvedModel], InstanceSpec]  # the gateway's instance_spec
+    owner: bool = True  # the supervisor owns instances; a gateway's fleet only routes
     running: dict[int, Running] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -147,11 +148,15 @@ class Fleet:
         await self._mark(state, "succeeded", None)
 
     async def _mark(self, state: DeploymentState, value: str, error: str | None) -> None:
+        if not self.owner:
+            return
         await asyncio.to_thread(self.endpoints.set_state, state.id, state.generation, value, error)
 
     async def _release_unused(self) -> None:
+        if not self.owner:
+            return
         used = {r.group.key for r in self.running.values()}
-        for key in [k for k in self.backend.groups if k.startswith("ep-") and k not in used]:
+        for key in [k for k in self.backend.group_keys() if k.startswith("ep-") and k not in used]:
             asyncio.create_task(self.backend.remove(key))  # noqa: RUF006 - drains, then stops
 
     def serving(self, state: DeploymentState) -> Running:

@@ -157,7 +157,7 @@ class ServerlessService:
             )
             return self._view(row, access.project)
 
-    def list(self, access: ProjectAccess) -> list[dict[str, Any]]:
+    def list_deployments(self, access: ProjectAccess) -> list[dict[str, Any]]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(ServerlessDeployment)

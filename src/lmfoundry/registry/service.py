@@ -241,7 +241,7 @@ class RegistryService:
             )
             return self._view(row)
 
-    def list(self, access: ProjectAccess, name: str | None = None) -> list[dict[str, Any]]:
+    def versions(self, access: ProjectAccess, name: str | None = None) -> list[dict[str, Any]]:
         with self.db.session() as s:
             query = select(RegisteredModel).where(RegisteredModel.project_id == access.project_id)
             if name:

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from lmfoundry.engines.base import Delta, GenerationRequest
-from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
+from lmfoundry.errors import EngineFailed, Unavailable
+from lmfoundry.runtime.client import InstanceClient, InstanceLost
+from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
 
 log = logging.getLogger("lmfoundry.runtime")
@@ -61,7 +63,7 @@ class LocalInstance:
         self.started_at: float | None = None
         self.last_error: str | None = None
         self._starting: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: InstanceClient | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -112,12 +114,7 @@ class LocalInstance:
         finally:
             log_file.close()
         self.started_at = time.time()
-        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            base_url="http://instance",
-            timeout=httpx.Timeout(None, connect=5.0),
-        )
+        self._client = InstanceClient(str(self.socket))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -127,13 +124,13 @@ class LocalInstance:
                 )
             if self.socket.exists():
                 try:
-                    response = await self._client.get("/health", timeout=2.0)
-                    if response.status_code == 200:
-                        self.state = "ready"
-                        log.info("instance %s ready (pid %s)", self.id, self.process.pid)
-                        return
-                except httpx.TransportError:
+                    await self._client.health(timeout=2.0)
+                except httpx.HTTPError:
                     pass
+                else:
+                    self.state = "ready"
+                    log.info("instance %s ready (pid %s)", self.id, self.process.pid)
+                    return
             await asyncio.sleep(READY_POLL_SECONDS)
         await self._terminate()
         raise Unavailable(
@@ -182,8 +179,7 @@ class LocalInstance:
     async def health(self) -> dict[str, Any]:
         if self._client is None or not self.alive():
             raise Unavailable("instance is not running")
-        response = await self._client.get("/health", timeout=5.0)
-        return dict(response.json())
+        return await self._client.health()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         client = self._client
@@ -193,24 +189,9 @@ class LocalInstance:
             )
         self.active += 1
         try:
-            async with client.stream("POST", "/generate", json=request.to_dict()) as response:
-                if response.status_code != 200:
-                    body = (await response.aread()).decode(errors="replace")
-                    raise EngineFailed(f"The instance refused the request: {body[:300]}")
-                async for line in response.aiter_lines():
-                    if not line:
-                        continue
-                    item = json.loads(line)
-                    if "error" in item:
-                        raise InvalidRequest(
-                            item["error"]["message"], param=item["error"].get("param")
-                        )
-                    yield Delta(
-                        text=item["text"],
-                        completion_tokens=item["n"],
-                        finish_reason=item.get("finish_reason"),
-                    )
-        except (httpx.TransportError, json.JSONDecodeError) as exc:
+            async for delta in client.generate(request):
+                yield delta
+        except InstanceLost as exc:
             await asyncio.sleep(0.05)  # let the exit status settle
             if not self.alive():
                 self.mark_dead()
@@ -288,7 +269,7 @@ class InstanceGroup:
                 )
         return min(ready, key=lambda i: i.active)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """Run on the least busy instance. If that instance dies before the first delta, the
         request moves to another ready one, so a lost instance costs no request that had
         not started answering."""
@@ -363,13 +344,21 @@ class InstanceGroup:
 class LocalBackend:
     """Runs instances as child processes of the server."""
 
-    def __init__(self, home: Path, start_timeout: float, idle_seconds: float) -> None:
+    def __init__(
+        self,
+        home: Path,
+        start_timeout: float,
+        idle_seconds: float,
+        registry: InstanceRegistry | None = None,
+    ) -> None:
+        self.registry = registry  # publishes instances for gateway processes
         self.sockets = socket_dir(home)
         self.logs = home / "logs" / "instances"
         self.start_timeout = start_timeout
         self.idle_seconds = idle_seconds
         self.groups: dict[str, InstanceGroup] = {}
         self._task: asyncio.Task[None] | None = None
+        self._starting: set[asyncio.Task[Any]] = set()
 
     def group(
         self,
@@ -388,6 +377,9 @@ class LocalBackend:
             self.groups[key] = group
         return group
 
+    def group_keys(self) -> list[str]:
+        return list(self.groups)
+
     async def remove(self, key: str) -> None:
         """Stop a group's instances once their requests are done, and forget it."""
         group = self.groups.pop(key, None)
@@ -404,11 +396,48 @@ class LocalBackend:
     async def _supervise_forever(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_SECONDS)
+            if self.registry is not None:
+                try:
+                    await self._share()
+                except Exception:  # the database may be briefly unavailable: next tick
+                    log.exception("publishing instances failed")
             for group in list(self.groups.values()):
                 try:
                     await group.supervise(self.idle_seconds)
                 except Exception:
                     log.exception("supervising %s failed", group.name)
+
+    async def _share(self) -> None:
+        """Publish this supervisor's instances and start groups gateways asked for."""
+        registry = self.registry
+        if registry is None:
+            return
+        published = [
+            Published(
+                id=i.id,
+                group_key=g.key,
+                address=str(i.socket),
+                state=i.state,
+                pid=i.process.pid if i.process is not None else None,
+            )
+            for g in self.groups.values()
+            for i in g.instances
+            if i.state != "stopped"
+        ]
+        await asyncio.to_thread(registry.publish, published)
+        demands = await asyncio.to_thread(registry.demands, self.idle_seconds)
+        now_wall, now_mono = datetime.now(UTC), time.monotonic()
+        for key, spec, name, last_used in demands:
+            group = self.groups.get(key)
+            if group is None:
+                wanted = InstanceSpec.make(spec["engine"], spec["model_path"], spec.get("options"))
+                group = self.group(wanted, name, key=key)
+                task = asyncio.create_task(group.acquire())
+                task.add_done_callback(_log_failure)
+                self._starting.add(task)
+                task.add_done_callback(self._starting.discard)
+            used = now_mono - (now_wall - last_used).total_seconds()
+            group.last_used = max(group.last_used, used)
 
     async def shutdown(self) -> None:
         if self._task is not None:
@@ -417,6 +446,14 @@ class LocalBackend:
                 await self._task
             self._task = None
         await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
+        if self.registry is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.registry.withdraw)
 
     def describe(self) -> list[InstanceInfo]:
         return [i.info(g.name) for g in self.groups.values() for i in g.instances]
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("starting a group a gateway asked for failed: %s", task.exception())

@@ -35,7 +35,7 @@ from lmfoundry.errors import (
 from lmfoundry.metering.service import MeteringService, Usage
 from lmfoundry.quotas.service import QuotaService, rate_limit_headers
 from lmfoundry.quotas.window import Decision
-from lmfoundry.runtime.local import InstanceGroup, LocalBackend
+from lmfoundry.runtime.backend import Backend, Group
 from lmfoundry.runtime.spec import InstanceSpec
 from lmfoundry.serving import wire
 from lmfoundry.storage.db import Database
@@ -51,7 +51,7 @@ class Admitted:
     deployment: str
     key_slot: str
     model: ResolvedModel
-    group: InstanceGroup
+    group: Group
     generation: GenerationRequest
     reservation: str
     headers: dict[str, str]
@@ -87,7 +87,7 @@ class Gateway:
         db: Database,
         resolver: ModelResolver,
         keys: KeyStore,
-        backend: LocalBackend,
+        backend: Backend,
         quotas: QuotaService,
         metering: MeteringService,
     ) -> None:
@@ -168,7 +168,7 @@ class Gateway:
         request: wire.ChatCompletionsRequest,
         extra: wire.ExtraMode,
         request_id: str,
-        group: InstanceGroup | None = None,
+        group: Group | None = None,
         claim: str = "",
         model: ResolvedModel | None = None,
         mirrored: bool = False,
@@ -275,7 +275,7 @@ class Gateway:
         extra_header: str | None,
         request_id: str,
         deployment: str | None = None,
-        group: InstanceGroup | None = None,
+        group: Group | None = None,
         model: ResolvedModel | None = None,
     ) -> ChatResult:
         """Parse, admit and run one chat completion for an authenticated caller."""
@@ -314,7 +314,7 @@ class Gateway:
         extra_header: str | None,
         request_id: str,
         deployment: str,
-        group: InstanceGroup,
+        group: Group,
         model: ResolvedModel,
     ) -> None:
         """Run a mirrored copy of a request to the end; only its usage record remains."""
@@ -430,7 +430,7 @@ class Gateway:
         usage.status_code = status
         usage.streamed = streamed
         usage.latency_ms = (time.perf_counter() - admitted.started) * 1000
-        self.metering.record(usage)
+        await self.metering.record(usage)
         if admitted.reservation:
             await self.quotas.settle(
                 self._quota_key(admitted.target), admitted.reservation, prompt + completion

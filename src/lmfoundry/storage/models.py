@@ -221,3 +221,29 @@ class EndpointDeployment(Base):
     created_by: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# -- instances shared between a supervisor and gateway processes (migration 0005) ------------
+
+
+class InstanceRecord(Base):
+    """An instance as its supervisor publishes it, for gateway processes to route to."""
+
+    __tablename__ = "instances"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    group_key: Mapped[str] = mapped_column(String(100), index=True)
+    address: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20))
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    supervisor: Mapped[str] = mapped_column(String(64), index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstanceDemand(Base):
+    """A gateway's request for a group's instances (scale from zero), and its last use."""
+
+    __tablename__ = "instance_demand"
+    group_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    name: Mapped[str] = mapped_column(String(200))
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -33,8 +33,9 @@ def upgrade() -> None:
         sa.Column("tags", sa.JSON(), nullable=False),
         sa.Column("description", sa.Text(), nullable=False),
         sa.Column("created_by", sa.String(length=100), nullable=False),
-        sa.Column("created_at", lmfoundry.storage.models.UTCDateTime(timezone=True),
-                  nullable=False),
+        sa.Column(
+            "created_at", lmfoundry.storage.models.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.ForeignKeyConstraint(["project_id"], ["projects.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("project_id", "name", "version"),
@@ -51,8 +52,9 @@ def upgrade() -> None:
         sa.Column("tokens_per_minute", sa.Integer(), nullable=False),
         sa.Column("requests_per_minute", sa.Integer(), nullable=False),
         sa.Column("created_by", sa.String(length=100), nullable=False),
-        sa.Column("created_at", lmfoundry.storage.models.UTCDateTime(timezone=True),
-                  nullable=False),
+        sa.Column(
+            "created_at", lmfoundry.storage.models.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.ForeignKeyConstraint(["project_id"], ["projects.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
@@ -69,10 +71,12 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("generation", sa.Integer(), nullable=False),
         sa.Column("created_by", sa.String(length=100), nullable=False),
-        sa.Column("created_at", lmfoundry.storage.models.UTCDateTime(timezone=True),
-                  nullable=False),
-        sa.Column("updated_at", lmfoundry.storage.models.UTCDateTime(timezone=True),
-                  nullable=False),
+        sa.Column(
+            "created_at", lmfoundry.storage.models.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "updated_at", lmfoundry.storage.models.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.ForeignKeyConstraint(["endpoint_id"], ["online_endpoints.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("endpoint_id", "name"),
