@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, description="Largest inference request body accepted (413 above)."
     )
+    auth_failures_per_minute: int = Field(
+        default=30,
+        description="Failed authentications a client address may make per minute before "
+        "its credentialed requests get 429.",
+    )
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024, description="Largest dataset or model upload accepted."
     )

@@ -21,7 +21,7 @@ from lmfoundry.api import (
     serverless,
     usage,
 )
-from lmfoundry.api.middleware import RequestContext
+from lmfoundry.api.middleware import AuthThrottle, RequestContext
 from lmfoundry.config import Settings, get_settings
 from lmfoundry.platform import Platform
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             }
         )
 
+    app.add_middleware(AuthThrottle, limit=settings.auth_failures_per_minute)
     app.add_middleware(
         RequestContext, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )
