@@ -27,26 +27,52 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def database_url_for(home: Path) -> str:
+    """The database of one LMFOUNDRY_HOME: SQLite inside it, or, when the suite runs against
+    PostgreSQL (LMFOUNDRY_TEST_DATABASE_URL, set by scripts/test), a database of its own on
+    that server, so every home starts empty and a restarted server finds its data."""
+    server = os.environ.get("LMFOUNDRY_TEST_DATABASE_URL")
+    if not server:
+        return f"sqlite:///{home / 'lmfoundry.db'}"
+    import hashlib
+
+    import sqlalchemy
+
+    name = "lmf_" + hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:20]
+    engine = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        exists = connection.execute(
+            sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).first()
+        if not exists:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return server.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty LMFOUNDRY_HOME; settings read from the environment see it."""
+    """An empty LMFOUNDRY_HOME (and database); settings read from the environment see it."""
     path = tmp_path / "home"
     monkeypatch.setenv("LMFOUNDRY_HOME", str(path))
     for name in (
-        "LMFOUNDRY_DATABASE_URL",
         "LMFOUNDRY_ADMIN_TOKEN",
         "LMFOUNDRY_URL",
         "LMFOUNDRY_TOKEN",
         "LMFOUNDRY_REDIS_URL",
         "LMFOUNDRY_MASTER_KEY",
     ):
-        if name != "LMFOUNDRY_DATABASE_URL" or "LMFOUNDRY_TEST_DATABASE_URL" not in os.environ:
-            monkeypatch.delenv(name, raising=False)
-    if "LMFOUNDRY_TEST_DATABASE_URL" in os.environ:
-        monkeypatch.setenv("LMFOUNDRY_DATABASE_URL", os.environ["LMFOUNDRY_TEST_DATABASE_URL"])
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LMFOUNDRY_DATABASE_URL", database_url_for(path))
     reset_settings()
     yield path
     reset_settings()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """A fresh database for tests that use storage directly."""
+    return database_url_for(tmp_path / "db")
 
 
 @pytest.fixture
@@ -124,6 +150,7 @@ def start_server(
     port: int | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 60,
+    args: list[str] | None = None,
 ) -> LiveServer:
     """`lmfoundry up` as a real process on loopback; waits until /healthz answers."""
     port = port or free_port()
@@ -136,16 +163,15 @@ def start_server(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    if "LMFOUNDRY_TEST_DATABASE_URL" in os.environ:
-        environ["LMFOUNDRY_DATABASE_URL"] = os.environ["LMFOUNDRY_TEST_DATABASE_URL"]
+    environ["LMFOUNDRY_DATABASE_URL"] = database_url_for(home)
     if token:
         environ["LMFOUNDRY_ADMIN_TOKEN"] = token
     environ.update(env or {})
     home.mkdir(parents=True, exist_ok=True)
-    log = home / f"server-{port}.log"
+    log = home / f"server-{port}-{time.monotonic_ns()}.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lmfoundry", "up"],
+            [sys.executable, "-m", "lmfoundry", "up", *(args or [])],
             env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -156,7 +182,9 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            health = httpx.get(url + "/healthz", timeout=1)
+            # On a shared port (--reuse-port) another process may answer: wait for this one.
+            if health.status_code == 200 and health.json().get("pid") == process.pid:
                 return LiveServer(url, home, token or "", process, log)
         except httpx.TransportError:
             pass

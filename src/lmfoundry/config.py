@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         default=True, description="Write a usage record per inference request."
     )
     ray_address: str | None = Field(default=None, description="Run instances and jobs on Ray.")
+    supervisor: bool = Field(
+        default=True,
+        description="Own instances and jobs. Gateway processes (`up --no-supervisor`) route "
+        "to the instances a supervisor on the same database publishes.",
+    )
     instance_idle_seconds: float = Field(
         default=600.0, description="Stop a serverless instance after this long without requests."
     )
@@ -52,6 +57,11 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, description="Largest inference request body accepted (413 above)."
+    )
+    auth_failures_per_minute: int = Field(
+        default=30,
+        description="Failed authentications a client address may make per minute before "
+        "its credentialed requests get 429.",
     )
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024, description="Largest dataset or model upload accepted."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from lmfoundry.access.keys import KeyStore
@@ -10,8 +11,12 @@ from lmfoundry.access.service import AccessService, Bootstrap
 from lmfoundry.catalog.service import CatalogService
 from lmfoundry.config import Settings
 from lmfoundry.connections.service import ConnectionService
-from lmfoundry.connections.targets import ServerlessTargets
+from lmfoundry.connections.targets import EndpointTargets, ServerlessTargets
 from lmfoundry.datasets.service import DatasetService
+from lmfoundry.deployments.endpoints import KIND as ENDPOINT
+from lmfoundry.deployments.endpoints import EndpointService
+from lmfoundry.deployments.fleet import Fleet
+from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import KIND as SERVERLESS
 from lmfoundry.deployments.serverless import ServerlessService
 from lmfoundry.finetune.service import FineTuneService
@@ -19,8 +24,13 @@ from lmfoundry.flows.runs import RunService
 from lmfoundry.flows.service import FlowService
 from lmfoundry.metering.service import MeteringService
 from lmfoundry.quotas.service import QuotaService, make_store
+from lmfoundry.registry.service import RegistryService
+from lmfoundry.runtime.backend import Backend
 from lmfoundry.runtime.jobs import JobSupervisor
 from lmfoundry.runtime.local import LocalBackend
+from lmfoundry.runtime.registry import InstanceRegistry
+from lmfoundry.runtime.remote import RemoteBackend
+from lmfoundry.serving.endpoint import EndpointRouter
 from lmfoundry.serving.gateway import Gateway
 from lmfoundry.storage.db import Database
 
@@ -33,8 +43,13 @@ class Platform:
     keys: KeyStore
     access: AccessService
     catalog: CatalogService
+    registry: RegistryService
+    resolver: ModelResolver
     serverless: ServerlessService
-    backend: LocalBackend
+    endpoints: EndpointService
+    fleet: Fleet
+    router: EndpointRouter
+    backend: Backend
     quotas: QuotaService
     metering: MeteringService
     gateway: Gateway
@@ -56,17 +71,34 @@ class Platform:
         access = AccessService(db)
         bootstrap = access.bootstrap(settings.admin_token, settings.default_project)
         catalog = CatalogService(db, settings.home / "models")
-        serverless = ServerlessService(db, catalog, keys, settings.base_url)
-        backend = LocalBackend(
-            settings.home, settings.instance_start_timeout, settings.instance_idle_seconds
-        )
+        registry = RegistryService(db, catalog, settings.artifacts_dir)
+        resolver = ModelResolver(catalog, registry)
+        serverless = ServerlessService(db, resolver, keys, settings.base_url)
+        endpoints = EndpointService(db, resolver, keys, settings.base_url)
+        registry_of_instances = InstanceRegistry(db, uuid.uuid4().hex)
+        backend: Backend
+        if settings.supervisor:
+            backend = LocalBackend(
+                settings.home,
+                settings.instance_start_timeout,
+                settings.instance_idle_seconds,
+                registry_of_instances,
+            )
+        else:
+            backend = RemoteBackend(registry_of_instances, settings.instance_start_timeout)
         quotas = QuotaService(make_store(settings.redis_url, settings.quotas_enabled))
-        metering = MeteringService(db, settings.metering_enabled)
+        metering = MeteringService(db, settings.metering_enabled, settings.redis_url)
+        gateway = Gateway(settings, db, resolver, keys, backend, quotas, metering)
+        fleet = Fleet(
+            endpoints, resolver, backend, gateway.instance_spec, owner=settings.supervisor
+        )
+        endpoints.on_change = fleet.changed
+        router = EndpointRouter(gateway, endpoints, fleet)
         connections = ConnectionService(db, box)
         connections.register_target(SERVERLESS, ServerlessTargets(db, serverless, keys))
+        connections.register_target(ENDPOINT, EndpointTargets(db, endpoints, keys))
         flows = FlowService(db, settings, connections, keys)
         runs = RunService(db, settings, flows)
-        gateway = Gateway(settings, db, catalog, keys, backend, quotas, metering)
         datasets = DatasetService(db, catalog, settings.artifacts_dir)
         finetune = FineTuneService(
             db,
@@ -92,7 +124,12 @@ class Platform:
             keys=keys,
             access=access,
             catalog=catalog,
+            registry=registry,
+            resolver=resolver,
             serverless=serverless,
+            endpoints=endpoints,
+            fleet=fleet,
+            router=router,
             backend=backend,
             quotas=quotas,
             metering=metering,
@@ -109,12 +146,17 @@ class Platform:
     async def start(self) -> None:
         self.backend.start()
         self.metering.start()
-        self.runs.start()
-        self.jobs.start()
+        self.fleet.start()
+        if self.settings.supervisor:
+            # one process runs flow runs and fine-tuning jobs; --no-supervisor gateways serve only
+            self.runs.start()
+            self.jobs.start()
 
     async def stop(self) -> None:
-        await self.jobs.stop()  # stops job processes; their jobs resume on the next start
-        await self.runs.stop()
+        if self.settings.supervisor:
+            await self.jobs.stop()  # stops job processes; their jobs resume on the next start
+            await self.runs.stop()
+        await self.fleet.stop()
         await self.metering.stop()
         await self.backend.shutdown()
         await self.quotas.store.aclose()

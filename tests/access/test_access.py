@@ -13,8 +13,8 @@ from tests.conftest import Api
 
 
 @pytest.fixture
-def db(tmp_path) -> Database:  # type: ignore[no-untyped-def]
-    database = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def db(database_url: str) -> Database:
+    database = Database(database_url)
     database.migrate()
     database.migrate()  # migrations are idempotent
     return database

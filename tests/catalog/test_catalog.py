@@ -25,8 +25,8 @@ PHI3 = [
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> CatalogService:
-    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def catalog(tmp_path: Path, database_url: str) -> CatalogService:
+    db = Database(database_url)
     db.migrate()
     return CatalogService(db, tmp_path / "models")
 

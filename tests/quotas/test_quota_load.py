@@ -4,17 +4,18 @@ minutes at the same time."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
-from tests.conftest import LiveServer, start_server, stop_server
+from lmfoundry.storage.db import Database
+from lmfoundry.storage.models import UsageRecord
+from tests.conftest import LiveServer, database_url_for, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -63,14 +64,19 @@ def hammer(
             time.sleep(int(response.headers["retry-after"]))
 
 
-def admissions(database: Path, deployment: str) -> list[tuple[float, int]]:
-    with sqlite3.connect(database) as db:
-        rows = db.execute(
-            "SELECT at, prompt_tokens + completion_tokens FROM usage_records "
-            "WHERE target = ? AND status_code = 200 ORDER BY at",
-            (deployment,),
-        ).fetchall()
-    return [(datetime.fromisoformat(at).timestamp(), tokens) for at, tokens in rows]
+def admissions(home: Path, deployment: str) -> list[tuple[float, int]]:
+    """(admission time, tokens) of every admitted request, from the usage records."""
+    db = Database(database_url_for(home))
+    try:
+        with db.session() as s:
+            rows = s.execute(
+                select(UsageRecord.at, UsageRecord.prompt_tokens + UsageRecord.completion_tokens)
+                .where(UsageRecord.target == deployment, UsageRecord.status_code == 200)
+                .order_by(UsageRecord.at)
+            ).all()
+    finally:
+        db.dispose()
+    return [(at.timestamp(), tokens) for at, tokens in rows]
 
 
 def worst_window(times: list[tuple[float, int]]) -> int:
@@ -140,7 +146,7 @@ def test_quota_holds_under_load_in_process_and_through_redis(
         assert tally.missing_retry_after == 0, name
         assert tally.retries_refused == [], (name, tally.retries_refused[:3])
         assert tally.refused > 0, f"{name}: the load never reached the quota"
-        times = admissions(home / "lmfoundry.db", deployment)
+        times = admissions(home, deployment)
         assert sum(t for _, t in times) == tally.tokens  # every admitted request recorded
         assert worst_window(times) <= QUOTA, name
         # Two minutes of load admit at least 90% of two minutes of quota.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from lmfoundry.api import (
     catalog,
     connections,
     datasets,
+    endpoints,
     errors,
     finetune,
     flow_score,
@@ -20,10 +22,11 @@ from lmfoundry.api import (
     inference,
     instances,
     projects,
+    registry,
     serverless,
     usage,
 )
-from lmfoundry.api.middleware import RequestContext
+from lmfoundry.api.middleware import AuthThrottle, RequestContext
 from lmfoundry.config import Settings, get_settings
 from lmfoundry.platform import Platform
 
@@ -57,6 +60,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         serverless,
         usage,
         instances,
+        registry,
+        endpoints,
         connections,
         flows,
         datasets,
@@ -64,12 +69,21 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     ):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(inference.router)
+    app.include_router(endpoints.data_plane)
     app.include_router(flow_score.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "supervisor": settings.supervisor,
+            }
+        )
 
+    app.add_middleware(AuthThrottle, limit=settings.auth_failures_per_minute)
     app.add_middleware(
         RequestContext, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
+from collections import deque
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -105,3 +107,70 @@ async def _too_large(send: Any, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class AuthThrottle:
+    """Brute-force protection for tokens and keys: a client address that collects `limit`
+    authentication failures (401) within `window` seconds gets 429 for every credentialed
+    request until the oldest failure ages out — right or wrong credentials alike, so
+    guessing gains nothing. Counted per process (several gateways multiply the limit).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = 30, window: float = 60.0) -> None:
+        self.app = app
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        failures = self._failures.get(client)
+        if failures is None:
+            failures = self._failures[client] = deque()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return failures
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown", 0))[0]
+        headers = dict(scope["headers"])
+        credentialed = any(h in headers for h in (b"authorization", b"api-key", b"cookie"))
+        now = time.monotonic()
+        failures = self._recent(client, now)
+        if credentialed and len(failures) >= self.limit:
+            wait = max(1, int(failures[0] + self.window - now) + 1)
+            body = json.dumps(
+                {
+                    "error": {
+                        "code": "too_many_failures",
+                        "status": 429,
+                        "message": f"Too many failed authentication attempts from {client}; wait "
+                        f"{wait} s and check your token or key.",
+                    }
+                }
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"retry-after", str(wait).encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                failures.append(time.monotonic())
+                if len(self._failures) > 10_000:  # forget idle clients, keep memory bounded
+                    for key in [k for k, v in self._failures.items() if not v][:5_000]:
+                        del self._failures[key]
+            await send(message)
+
+        await self.app(scope, receive, watch)

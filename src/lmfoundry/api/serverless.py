@@ -65,7 +65,7 @@ def create(body: ServerlessCreate, access: ProjectDep, plat: PlatformDep) -> dic
 
 @router.get(PREFIX, response_model=list[ServerlessView])
 def list_(access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
-    return plat.serverless.list(access)
+    return plat.serverless.list_deployments(access)
 
 
 @router.get(PREFIX + "/{name}", response_model=ServerlessView)

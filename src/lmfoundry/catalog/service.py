@@ -27,10 +27,12 @@ class ResolvedModel:
     card: ModelCard
     path: Path
     engine: str
+    adapter: Path | None = None  # a LoRA adapter served on top of `path`
 
     @property
     def instance_key(self) -> str:
-        """Deployments of the same weights on the same engine share instances."""
+        """Deployments of the same weights on the same engine share instances (adapters
+        are loaded per request on top of them)."""
         return f"{self.engine}:{self.path}"
 
 

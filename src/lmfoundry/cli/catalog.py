@@ -1,4 +1,4 @@
-"""`lmfoundry catalog list|show` and `lmfoundry models import|remove`."""
+"""`lmfoundry catalog list|show`; `lmfoundry models register|list|show|delete|import|remove`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ from typing import Annotated
 
 import typer
 
-from lmfoundry.cli._output import JsonOpt, client, console, show
+from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, show
 
 catalog_app = typer.Typer(help="Model cards.", no_args_is_help=True)
-models_app = typer.Typer(help="Add local models to the catalog.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Registered models (versions, lineage) and local models added to the catalog.",
+    no_args_is_help=True,
+)
 
 CARD_COLUMNS = [
     "id",
@@ -76,3 +79,62 @@ def models_remove(model: str) -> None:
     with client() as lmf:
         lmf.remove_import(model)
     console.print(f"Removed {model} from the catalog.")
+
+
+MODEL_COLUMNS = ["name", "version", "format", "adapter", "base_model", "job_id", "created_at"]
+
+
+@models_app.command("register")
+def models_register(
+    name: str,
+    from_job: Annotated[str | None, typer.Option("--from-job", help="A completed job id.")] = None,
+    path: Annotated[
+        str | None, typer.Option(help="An MLflow/HF/PEFT folder or .gguf file.")
+    ] = None,
+    base_model: Annotated[str | None, typer.Option(help="For adapters: the base model.")] = None,
+    description: Annotated[str, typer.Option(help="What this version is.")] = "",
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Register a job's output (or a model folder) as the next version of NAME."""
+    with client(project) as lmf:
+        registered = lmf.register_model(
+            name, from_job=from_job, path=path, base_model=base_model, description=description
+        )
+    if json_:
+        show(registered, True)
+    else:
+        ref = f"{registered['name']}:{registered['version']}"
+        kind = registered["format"]
+        if registered["adapter"]:
+            kind += f", LoRA on {registered['base_model']}"
+        console.print(
+            f"Registered [bold]{ref}[/] ({kind}). Deploy it with "
+            f"`lmfoundry endpoints deploy ENDPOINT blue --model {ref}`."
+        )
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Registered models and their versions."""
+    with client(project) as lmf:
+        show(lmf.registered_models(name), json_, MODEL_COLUMNS)
+
+
+@models_app.command("show")
+def models_show(ref: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """One version (NAME:VERSION, or NAME for the latest) with its lineage."""
+    with client(project) as lmf:
+        show(lmf.registered_model(ref), json_)
+
+
+@models_app.command("delete")
+def models_delete(ref: str, project: ProjectOpt = None) -> None:
+    """Delete a version (NAME:VERSION); refused while a deployment uses it."""
+    with client(project) as lmf:
+        lmf.delete_registered_model(ref)
+    console.print(f"Deleted {ref}.")

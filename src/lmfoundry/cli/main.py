@@ -14,6 +14,7 @@ from lmfoundry.cli import (
     chat,
     connections,
     datasets,
+    endpoints,
     flows,
     jobs,
     serverless,
@@ -41,6 +42,7 @@ app.add_typer(access.projects_app, name="projects")
 app.add_typer(access.users_app, name="users")
 app.add_typer(access.tokens_app, name="tokens")
 app.add_typer(serverless.app, name="serverless")
+app.add_typer(endpoints.app, name="endpoints")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(connections.app, name="connections")

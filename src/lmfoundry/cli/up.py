@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import socket
 from typing import Annotated
 
 import typer
@@ -20,24 +21,59 @@ from lmfoundry.platform import Platform
 def up(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    supervisor: Annotated[
+        bool,
+        typer.Option(
+            help="Own instances and jobs. Start extra gateways with --no-supervisor on the same "
+            "database (and Redis): they route to the supervisor's instances."
+        ),
+    ] = True,
+    reuse_port: Annotated[
+        bool,
+        typer.Option(
+            help="Share the port with other lmfoundry processes (SO_REUSEPORT): the kernel "
+            "spreads connections over them, so adding gateways adds capacity."
+        ),
+    ] = False,
 ) -> None:
     """Start lmfoundry: API, inference gateway, instance supervisor and studio."""
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if not supervisor:
+        overrides["supervisor"] = False
     settings = Settings(**overrides) if overrides else get_settings()
     platform = Platform.create(settings)
-    _credentials(settings, platform)
-    _default_deployment(settings, platform)
+    if settings.supervisor:
+        _credentials(settings, platform)
+        _default_deployment(settings, platform)
+    else:
+        console.print(
+            f"Gateway (no supervisor) on {settings.base_url}; instances and jobs "
+            "belong to the supervisor on the same database."
+        )
 
     from lmfoundry.api.app import create_app
 
     app = create_app(settings, platform)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+    server = uvicorn.Server(config)
+    sockets = [_shared_socket(settings.host, settings.port)] if reuse_port else None
+    server.run(sockets=sockets)
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 def _credentials(settings: Settings, platform: Platform) -> None:

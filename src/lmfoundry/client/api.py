@@ -185,6 +185,132 @@ class Client:
             json={"key_type": key_type},
         )
 
+    # -- model registry ----------------------------------------------------------------------
+
+    def register_model(
+        self,
+        name: str,
+        from_job: str | None = None,
+        path: str | None = None,
+        base_model: str | None = None,
+        description: str = "",
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "description": description}
+        if from_job:
+            body["from_job"] = from_job
+        if path:
+            body["path"] = str(Path(path).expanduser().resolve())
+        if base_model:
+            body["base_model"] = base_model
+        return self._call("POST", self._p(project) + "/models", json=body)
+
+    def registered_models(
+        self, name: str | None = None, project: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"name": name} if name else None
+        return self._call("GET", self._p(project) + "/models", params=params)
+
+    def registered_model(self, ref: str, project: str | None = None) -> dict[str, Any]:
+        return self._call("GET", self._p(project) + f"/models/{ref}")
+
+    def delete_registered_model(self, ref: str, project: str | None = None) -> None:
+        self._call("DELETE", self._p(project) + f"/models/{ref}")
+
+    # -- online endpoints --------------------------------------------------------------------
+
+    def create_endpoint(
+        self, name: str, description: str = "", project: str | None = None
+    ) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            self._p(project) + "/online-endpoints",
+            json={"name": name, "auth_mode": "key", "description": description},
+        )
+
+    def endpoints(self, project: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", self._p(project) + "/online-endpoints")
+
+    def endpoint(self, name: str, project: str | None = None) -> dict[str, Any]:
+        return self._call("GET", self._p(project) + f"/online-endpoints/{name}")
+
+    def delete_endpoint(self, name: str, project: str | None = None) -> None:
+        self._call("DELETE", self._p(project) + f"/online-endpoints/{name}")
+
+    def put_endpoint_deployment(
+        self,
+        endpoint: str,
+        deployment: str,
+        model: str,
+        instance_count: int = 1,
+        request_settings: dict[str, int] | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "instance_count": instance_count}
+        if request_settings:
+            body["request_settings"] = request_settings
+        return self._call(
+            "PUT",
+            self._p(project) + f"/online-endpoints/{endpoint}/deployments/{deployment}",
+            json=body,
+        )
+
+    def endpoint_deployments(
+        self, endpoint: str, project: str | None = None
+    ) -> list[dict[str, Any]]:
+        return self._call("GET", self._p(project) + f"/online-endpoints/{endpoint}/deployments")
+
+    def endpoint_deployment(
+        self, endpoint: str, deployment: str, project: str | None = None
+    ) -> dict[str, Any]:
+        return self._call(
+            "GET", self._p(project) + f"/online-endpoints/{endpoint}/deployments/{deployment}"
+        )
+
+    def delete_endpoint_deployment(
+        self, endpoint: str, deployment: str, project: str | None = None
+    ) -> None:
+        self._call(
+            "DELETE", self._p(project) + f"/online-endpoints/{endpoint}/deployments/{deployment}"
+        )
+
+    def set_endpoint_traffic(
+        self, endpoint: str, split: dict[str, int], mirror: bool = False, project: str | None = None
+    ) -> dict[str, Any]:
+        kind = "mirror-traffic" if mirror else "traffic"
+        return self._call(
+            "PUT", self._p(project) + f"/online-endpoints/{endpoint}/{kind}", json=split
+        )
+
+    def endpoint_keys(self, name: str, project: str | None = None) -> dict[str, str]:
+        return self._call("GET", self._p(project) + f"/online-endpoints/{name}/keys")
+
+    def regenerate_endpoint_key(
+        self, name: str, key_type: str, project: str | None = None
+    ) -> dict[str, str]:
+        return self._call(
+            "POST",
+            self._p(project) + f"/online-endpoints/{name}/keys/regenerate",
+            json={"key_type": key_type},
+        )
+
+    def score_endpoint(
+        self,
+        name: str,
+        body: dict[str, Any],
+        deployment: str | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """Call `/endpoints/{name}/score` with the endpoint's primary key."""
+        endpoint = self.endpoint(name, project)
+        key = self.endpoint_keys(name, project)["primary_key"]
+        headers = {"Authorization": f"Bearer {key}"}
+        if deployment:
+            headers["azureml-model-deployment"] = deployment
+        response = httpx.post(endpoint["scoring_uri"], json=body, headers=headers, timeout=300)
+        raise_for(response)
+        return dict(response.json())
+
     # -- usage -------------------------------------------------------------------------------
 
     def usage(

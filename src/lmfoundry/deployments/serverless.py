@@ -12,8 +12,8 @@ from lmfoundry.access.audit import record
 from lmfoundry.access.keys import KeyStore
 from lmfoundry.access.models import ProjectAccess, Role
 from lmfoundry.access.service import check_name
-from lmfoundry.catalog.service import CatalogService
-from lmfoundry.errors import Conflict, InvalidRequest, NotFound
+from lmfoundry.deployments.resolve import ModelResolver
+from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.quotas.service import DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE
 from lmfoundry.quotas.window import Limits
 from lmfoundry.storage.db import Database
@@ -50,10 +50,10 @@ def _check_price(field: str, value: float | None) -> None:
 
 class ServerlessService:
     def __init__(
-        self, db: Database, catalog: CatalogService, keys: KeyStore, base_url: str
+        self, db: Database, resolver: ModelResolver, keys: KeyStore, base_url: str
     ) -> None:
         self.db = db
-        self.catalog = catalog
+        self.resolver = resolver
         self.keys = keys
         self.base_url = base_url.rstrip("/")
 
@@ -61,7 +61,7 @@ class ServerlessService:
         return f"{self.base_url}/serverless/{name}/"
 
     def _view(self, row: ServerlessDeployment, project: str) -> dict[str, Any]:
-        card = self.catalog.get_card(row.model)
+        card = self.resolver.card(row.project_id, row.model)
         return {
             "name": row.name,
             "project": project,
@@ -98,12 +98,10 @@ class ServerlessService:
         _check_quota("requests_per_minute", requests_per_minute, MAX_REQUESTS_PER_MINUTE)
         _check_price("price_input_per_1k", price_input_per_1k)
         _check_price("price_output_per_1k", price_output_per_1k)
-        card = self.catalog.get_card(model)  # 404 naming the catalog when unknown
-        if not card.weights_present:
-            raise InvalidRequest(
-                f"Cannot deploy {card.id}: its weights are not on this machine. {card.how_to_get}",
-                param="model",
-            )
+        try:  # a catalog id or a registered name:version; 404 naming both when unknown
+            card = self.resolver.resolve(access.project_id, model).card
+        except Unavailable as exc:  # weights not on this machine: say how to get them
+            raise InvalidRequest(f"Cannot deploy {model}: {exc.message}", param="model") from exc
         with self.db.session() as s:
             if (
                 s.scalar(select(ServerlessDeployment).where(ServerlessDeployment.name == name))
@@ -159,7 +157,7 @@ class ServerlessService:
             )
             return self._view(row, access.project)
 
-    def list(self, access: ProjectAccess) -> list[dict[str, Any]]:
+    def list_deployments(self, access: ProjectAccess) -> list[dict[str, Any]]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(ServerlessDeployment)
@@ -271,7 +269,7 @@ class ServerlessService:
                     f"No serverless deployment named {name!r}; check the target "
                     "URL (`lmfoundry serverless list`)."
                 )
-            card = self.catalog.get_card(row.model)
+            card = self.resolver.card(row.project_id, row.model)
             return ServingTarget(
                 kind=KIND,
                 id=row.id,

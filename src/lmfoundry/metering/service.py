@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,15 +79,29 @@ class Usage:
 
 
 class MeteringService:
-    def __init__(self, db: Database, enabled: bool = True) -> None:
+    """Queues usage records and writes them in batches.
+
+    Without Redis the queue is this process's memory (flushed on SIGTERM). With Redis
+    (several gateway processes) each record is pushed to a Redis list before the response
+    completes, so a gateway killed outright loses nothing: any gateway's drainer moves the
+    list into the database, and a record written twice (a drainer killed between the insert
+    and the trim) is dropped by the unique request id.
+    """
+
+    def __init__(self, db: Database, enabled: bool = True, redis_url: str | None = None) -> None:
         self.db = db
         self.enabled = enabled
         self._pending: list[Usage] = []
         self._flush_lock = threading.Lock()  # the flusher task and report requests both flush
         self._task: asyncio.Task[None] | None = None
+        self._journal = _RedisJournal(redis_url) if redis_url else None
 
-    def record(self, usage: Usage) -> None:
-        if self.enabled:
+    async def record(self, usage: Usage) -> None:
+        if not self.enabled:
+            return
+        if self._journal is not None:
+            await self._journal.push(usage)
+        else:
             self._pending.append(usage)
 
     def start(self) -> None:
@@ -98,22 +113,42 @@ class MeteringService:
             await asyncio.sleep(FLUSH_SECONDS)
             try:
                 await asyncio.to_thread(self.flush)
-            except Exception:
+            except Exception:  # keep the batch and try again next tick
                 log.exception("writing usage records failed; will retry")
 
     def flush(self) -> int:
         """Write every queued record; on failure they stay queued."""
         with self._flush_lock:
+            if self._journal is not None:
+                return self._journal.drain(self._insert)
             batch, self._pending = self._pending, []
             if not batch:
                 return 0
             try:
-                with self.db.session() as s:
-                    s.add_all([u.row() for u in batch])
+                self._insert([u.row() for u in batch])
             except BaseException:
                 self._pending[:0] = batch
                 raise
             return len(batch)
+
+    def _insert(self, rows: list[UsageRecord]) -> None:
+        """Insert, skipping request ids already written (a drain replayed after a crash)."""
+        values = [
+            {c.name: getattr(r, c.name) for c in UsageRecord.__table__.columns if c.name != "id"}
+            for r in rows
+        ]
+        if not values:
+            return
+        dialect = self.db.engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        statement = (
+            insert(UsageRecord).values(values).on_conflict_do_nothing(index_elements=["request_id"])
+        )
+        with self.db.session() as s:
+            s.execute(statement)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -121,7 +156,9 @@ class MeteringService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self.flush()
+        await asyncio.to_thread(self.flush)
+        if self._journal is not None:
+            await self._journal.aclose()
 
     # -- reports -----------------------------------------------------------------------------
 
@@ -214,3 +251,53 @@ def _string() -> Any:
     from sqlalchemy import String
 
     return String()
+
+
+class _RedisJournal:
+    """Usage records in a Redis list until a drainer writes them to the database."""
+
+    KEY = "lmf:usage:journal"
+    LOCK = "lmf:usage:drain"
+    BATCH = 500
+
+    def __init__(self, url: str) -> None:
+        import redis
+        import redis.asyncio as aredis
+
+        self._async = aredis.from_url(url)
+        self._sync = redis.from_url(url)
+
+    async def push(self, usage: Usage) -> None:
+        await self._async.rpush(self.KEY, json.dumps(_to_json(usage)))
+
+    def drain(self, insert: Any) -> int:
+        """Move the journal into the database, one batch at a time, one drainer at a time."""
+        lock = self._sync.lock(self.LOCK, timeout=30, blocking_timeout=5)
+        if not lock.acquire():
+            return 0
+        moved = 0
+        try:
+            while True:
+                raw = self._sync.lrange(self.KEY, 0, self.BATCH - 1)
+                if not raw:
+                    return moved
+                insert([Usage(**_from_json(json.loads(item))).row() for item in raw])
+                self._sync.ltrim(self.KEY, len(raw), -1)
+                moved += len(raw)
+        finally:
+            lock.release()
+
+    async def aclose(self) -> None:
+        await self._async.aclose()
+        self._sync.close()
+
+
+def _to_json(usage: Usage) -> dict[str, Any]:
+    data = asdict(usage)
+    data["at"] = usage.at.isoformat()
+    return data
+
+
+def _from_json(data: dict[str, Any]) -> dict[str, Any]:
+    data["at"] = datetime.fromisoformat(data["at"])
+    return data

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from lmfoundry.engines.base import Delta, GenerationRequest
-from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
+from lmfoundry.errors import EngineFailed, Unavailable
+from lmfoundry.runtime.client import InstanceClient, InstanceLost
+from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
 
 log = logging.getLogger("lmfoundry.runtime")
@@ -46,9 +48,11 @@ class InstanceInfo:
 
 
 class LocalInstance:
-    def __init__(self, spec: InstanceSpec, index: int, sockets: Path, logs: Path) -> None:
+    def __init__(
+        self, group: str, spec: InstanceSpec, index: int, sockets: Path, logs: Path
+    ) -> None:
         self.spec = spec
-        self.id = f"{spec.key}-{index}"
+        self.id = f"{group}-{index}"
         # The pid keeps two servers on one home (several gateways) from sharing a socket.
         self.socket = sockets / f"{os.getpid()}-{self.id}.sock"
         self.log_path = logs / f"{self.id}.log"
@@ -59,7 +63,7 @@ class LocalInstance:
         self.started_at: float | None = None
         self.last_error: str | None = None
         self._starting: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: InstanceClient | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -110,12 +114,7 @@ class LocalInstance:
         finally:
             log_file.close()
         self.started_at = time.time()
-        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            base_url="http://instance",
-            timeout=httpx.Timeout(None, connect=5.0),
-        )
+        self._client = InstanceClient(str(self.socket))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -125,13 +124,13 @@ class LocalInstance:
                 )
             if self.socket.exists():
                 try:
-                    response = await self._client.get("/health", timeout=2.0)
-                    if response.status_code == 200:
-                        self.state = "ready"
-                        log.info("instance %s ready (pid %s)", self.id, self.process.pid)
-                        return
-                except httpx.TransportError:
+                    await self._client.health(timeout=2.0)
+                except httpx.HTTPError:
                     pass
+                else:
+                    self.state = "ready"
+                    log.info("instance %s ready (pid %s)", self.id, self.process.pid)
+                    return
             await asyncio.sleep(READY_POLL_SECONDS)
         await self._terminate()
         raise Unavailable(
@@ -180,8 +179,7 @@ class LocalInstance:
     async def health(self) -> dict[str, Any]:
         if self._client is None or not self.alive():
             raise Unavailable("instance is not running")
-        response = await self._client.get("/health", timeout=5.0)
-        return dict(response.json())
+        return await self._client.health()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         client = self._client
@@ -191,24 +189,9 @@ class LocalInstance:
             )
         self.active += 1
         try:
-            async with client.stream("POST", "/generate", json=request.to_dict()) as response:
-                if response.status_code != 200:
-                    body = (await response.aread()).decode(errors="replace")
-                    raise EngineFailed(f"The instance refused the request: {body[:300]}")
-                async for line in response.aiter_lines():
-                    if not line:
-                        continue
-                    item = json.loads(line)
-                    if "error" in item:
-                        raise InvalidRequest(
-                            item["error"]["message"], param=item["error"].get("param")
-                        )
-                    yield Delta(
-                        text=item["text"],
-                        completion_tokens=item["n"],
-                        finish_reason=item.get("finish_reason"),
-                    )
-        except (httpx.TransportError, json.JSONDecodeError) as exc:
+            async for delta in client.generate(request):
+                yield delta
+        except InstanceLost as exc:
             await asyncio.sleep(0.05)  # let the exit status settle
             if not self.alive():
                 self.mark_dead()
@@ -240,12 +223,14 @@ class InstanceGroup:
     def __init__(
         self,
         backend: LocalBackend,
+        key: str,
         spec: InstanceSpec,
         name: str,
         replicas: int,
         scale_to_zero: bool,
     ) -> None:
         self.backend = backend
+        self.key = key
         self.spec = spec
         self.name = name
         self.replicas = replicas
@@ -259,7 +244,9 @@ class InstanceGroup:
     def _resize(self) -> None:
         while len(self.instances) < self.replicas:
             self.instances.append(
-                LocalInstance(self.spec, self._next_index, self.backend.sockets, self.backend.logs)
+                LocalInstance(
+                    self.key, self.spec, self._next_index, self.backend.sockets, self.backend.logs
+                )
             )
             self._next_index += 1
 
@@ -282,15 +269,54 @@ class InstanceGroup:
                 )
         return min(ready, key=lambda i: i.active)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        instance = await self.acquire()
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """Run on the least busy instance. If that instance dies before the first delta, the
+        request moves to another ready one, so a lost instance costs no request that had
+        not started answering."""
         self.in_use += 1
         try:
-            async for delta in instance.generate(request):
-                yield delta
+            for attempt in range(3):
+                instance = await self.acquire()
+                started = False
+                try:
+                    async for delta in instance.generate(request):
+                        started = True
+                        yield delta
+                    return
+                except EngineFailed:
+                    if started or attempt == 2 or instance.alive():
+                        raise
+                    log.warning(
+                        "instance %s died before answering; retrying elsewhere", instance.id
+                    )
         finally:
             self.in_use -= 1
             self.last_used = time.monotonic()
+
+    async def start_all(self) -> None:
+        """Start every instance and wait until all are ready (deployments start eagerly)."""
+        self.last_used = time.monotonic()
+        results = await asyncio.gather(
+            *(i.ensure_started(self.backend.start_timeout) for i in self.instances),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def scale(self, replicas: int) -> None:
+        """Grow by starting instances; shrink by stopping the idlest ones once drained."""
+        self.replicas = replicas
+        if len(self.instances) < replicas:
+            self._resize()
+            await self.start_all()
+            return
+        while len(self.instances) > replicas:
+            victim = min(reversed(self.instances), key=lambda i: i.active)
+            self.instances.remove(victim)
+            while victim.active:
+                await asyncio.sleep(0.05)
+            await victim.stop()
 
     async def supervise(self, idle_seconds: float) -> None:
         idle = time.monotonic() - self.last_used
@@ -318,22 +344,50 @@ class InstanceGroup:
 class LocalBackend:
     """Runs instances as child processes of the server."""
 
-    def __init__(self, home: Path, start_timeout: float, idle_seconds: float) -> None:
+    def __init__(
+        self,
+        home: Path,
+        start_timeout: float,
+        idle_seconds: float,
+        registry: InstanceRegistry | None = None,
+    ) -> None:
+        self.registry = registry  # publishes instances for gateway processes
         self.sockets = socket_dir(home)
         self.logs = home / "logs" / "instances"
         self.start_timeout = start_timeout
         self.idle_seconds = idle_seconds
         self.groups: dict[str, InstanceGroup] = {}
         self._task: asyncio.Task[None] | None = None
+        self._starting: set[asyncio.Task[Any]] = set()
 
     def group(
-        self, spec: InstanceSpec, name: str, replicas: int = 1, scale_to_zero: bool = True
+        self,
+        spec: InstanceSpec,
+        name: str,
+        replicas: int = 1,
+        scale_to_zero: bool = True,
+        key: str | None = None,
     ) -> InstanceGroup:
-        group = self.groups.get(spec.key)
+        """The group for `key` (default: the spec's own key, shared by every serverless
+        deployment of the same weights), created on first use."""
+        key = key or spec.key
+        group = self.groups.get(key)
         if group is None:
-            group = InstanceGroup(self, spec, name, replicas, scale_to_zero)
-            self.groups[spec.key] = group
+            group = InstanceGroup(self, key, spec, name, replicas, scale_to_zero)
+            self.groups[key] = group
         return group
+
+    def group_keys(self) -> list[str]:
+        return list(self.groups)
+
+    async def remove(self, key: str) -> None:
+        """Stop a group's instances once their requests are done, and forget it."""
+        group = self.groups.pop(key, None)
+        if group is None:
+            return
+        while group.in_use:
+            await asyncio.sleep(0.05)
+        await group.stop()
 
     def start(self) -> None:
         if self._task is None:
@@ -342,11 +396,48 @@ class LocalBackend:
     async def _supervise_forever(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_SECONDS)
+            if self.registry is not None:
+                try:
+                    await self._share()
+                except Exception:  # the database may be briefly unavailable: next tick
+                    log.exception("publishing instances failed")
             for group in list(self.groups.values()):
                 try:
                     await group.supervise(self.idle_seconds)
                 except Exception:
                     log.exception("supervising %s failed", group.name)
+
+    async def _share(self) -> None:
+        """Publish this supervisor's instances and start groups gateways asked for."""
+        registry = self.registry
+        if registry is None:
+            return
+        published = [
+            Published(
+                id=i.id,
+                group_key=g.key,
+                address=str(i.socket),
+                state=i.state,
+                pid=i.process.pid if i.process is not None else None,
+            )
+            for g in self.groups.values()
+            for i in g.instances
+            if i.state != "stopped"
+        ]
+        await asyncio.to_thread(registry.publish, published)
+        demands = await asyncio.to_thread(registry.demands, self.idle_seconds)
+        now_wall, now_mono = datetime.now(UTC), time.monotonic()
+        for key, spec, name, last_used in demands:
+            group = self.groups.get(key)
+            if group is None:
+                wanted = InstanceSpec.make(spec["engine"], spec["model_path"], spec.get("options"))
+                group = self.group(wanted, name, key=key)
+                task = asyncio.create_task(group.acquire())
+                task.add_done_callback(_log_failure)
+                self._starting.add(task)
+                task.add_done_callback(self._starting.discard)
+            used = now_mono - (now_wall - last_used).total_seconds()
+            group.last_used = max(group.last_used, used)
 
     async def shutdown(self) -> None:
         if self._task is not None:
@@ -355,6 +446,14 @@ class LocalBackend:
                 await self._task
             self._task = None
         await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
+        if self.registry is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.registry.withdraw)
 
     def describe(self) -> list[InstanceInfo]:
         return [i.info(g.name) for g in self.groups.values() for i in g.instances]
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("starting a group a gateway asked for failed: %s", task.exception())

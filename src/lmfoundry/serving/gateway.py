@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lmfoundry.access.keys import KeyStore
-from lmfoundry.catalog.service import CatalogService, ResolvedModel
+from lmfoundry.catalog.service import ResolvedModel
 from lmfoundry.config import Settings
+from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import ServingTarget
 from lmfoundry.engines.base import EngineError, GenerationRequest, Tokenizer
 from lmfoundry.engines.registry import create_tokenizer
 from lmfoundry.errors import (
+    EngineFailed,
     Forbidden,
     InvalidRequest,
     LmfError,
@@ -33,7 +35,7 @@ from lmfoundry.errors import (
 from lmfoundry.metering.service import MeteringService, Usage
 from lmfoundry.quotas.service import QuotaService, rate_limit_headers
 from lmfoundry.quotas.window import Decision
-from lmfoundry.runtime.local import InstanceGroup, LocalBackend
+from lmfoundry.runtime.backend import Backend, Group
 from lmfoundry.runtime.spec import InstanceSpec
 from lmfoundry.serving import wire
 from lmfoundry.storage.db import Database
@@ -49,12 +51,13 @@ class Admitted:
     deployment: str
     key_slot: str
     model: ResolvedModel
-    group: InstanceGroup
+    group: Group
     generation: GenerationRequest
     reservation: str
     headers: dict[str, str]
     request_id: str
     admitted_at: datetime
+    mirrored: bool = False
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -73,6 +76,7 @@ class Admitted:
             model=self.model.card.id,
             price_input_per_1k=self.target.price_input_per_1k,
             price_output_per_1k=self.target.price_output_per_1k,
+            mirrored=self.mirrored,
         )
 
 
@@ -81,22 +85,22 @@ class Gateway:
         self,
         settings: Settings,
         db: Database,
-        catalog: CatalogService,
+        resolver: ModelResolver,
         keys: KeyStore,
-        backend: LocalBackend,
+        backend: Backend,
         quotas: QuotaService,
         metering: MeteringService,
     ) -> None:
         self.settings = settings
         self.db = db
-        self.catalog = catalog
+        self.resolver = resolver
         self.keys = keys
         self.backend = backend
         self.quotas = quotas
         self.metering = metering
         self._tokenizers: dict[str, Tokenizer] = {}
         self._tokenizer_locks: dict[str, asyncio.Lock] = {}
-        self._resolved: dict[str, ResolvedModel] = {}
+        self._resolved: dict[tuple[int, str], ResolvedModel] = {}
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -106,14 +110,15 @@ class Gateway:
         if not presented:
             raise Unauthorized(
                 "Missing key: send `Authorization: Bearer <key>` or `api-key: <key>` "
-                "(`lmfoundry serverless keys NAME` shows them)."
+                "(`lmfoundry serverless keys NAME` or `lmfoundry endpoints keys NAME`)."
             )
         with self.db.session() as s:
             match = self.keys.match(s, presented)
         if match is None:
             raise Unauthorized(
-                "Invalid key for this deployment; check it or regenerate it "
-                "with `lmfoundry serverless keys NAME --regenerate primary`."
+                f"Invalid key for {target.name!r}; check it, or regenerate one with "
+                f"`lmfoundry {'serverless' if target.kind == 'serverless' else 'endpoints'} "
+                f"keys {target.name} --regenerate primary`."
             )
         if (match.target_kind, match.target_id) != (target.kind, target.id):
             raise Forbidden(
@@ -122,14 +127,14 @@ class Gateway:
             )
         return match.slot
 
-    def resolve(self, model_id: str) -> ResolvedModel:
-        resolved = self._resolved.get(model_id)
+    def resolve(self, project_id: int, ref: str) -> ResolvedModel:
+        resolved = self._resolved.get((project_id, ref))
         if resolved is None or not resolved.path.exists():
-            resolved = self._resolved[model_id] = self.catalog.resolve(model_id)
+            resolved = self._resolved[(project_id, ref)] = self.resolver.resolve(project_id, ref)
         return resolved
 
     async def tokenizer(self, model: ResolvedModel) -> Tokenizer:
-        key = f"{model.card.id}:{model.instance_key}"
+        key = f"{model.instance_key}:{model.card.context_length}:{model.card.chat_template}"
         tokenizer = self._tokenizers.get(key)
         if tokenizer is not None:
             return tokenizer
@@ -163,12 +168,14 @@ class Gateway:
         request: wire.ChatCompletionsRequest,
         extra: wire.ExtraMode,
         request_id: str,
-        group: InstanceGroup | None = None,
+        group: Group | None = None,
         claim: str = "",
+        model: ResolvedModel | None = None,
+        mirrored: bool = False,
     ) -> Admitted:
         """Check the request, count its prompt, and reserve its quota. `claim` names the
         caller's retry (same key, same body) so a refused caller keeps its place in line."""
-        model = self.resolve(target.model)
+        model = model or self.resolve(target.project_id, target.model)
         tokenizer = await self.tokenizer(model)
         request.check_supported(tokenizer.supports_tools, model.engine in GRAMMAR_ENGINES)
         try:
@@ -207,7 +214,12 @@ class Gateway:
             )
         params = request.to_sampling_params(max_tokens, extra)
         admitted_at = datetime.now(UTC)
-        decision = await self.quotas.reserve(self._quota_key(target), reserve, limits, claim=claim)
+        if mirrored:  # a copy for the mirror deployment: not the caller's quota
+            decision = Decision(True, "", limits.tokens_per_minute, limits.requests_per_minute, 0)
+        else:
+            decision = await self.quotas.reserve(
+                self._quota_key(target), reserve, limits, claim=claim
+            )
         headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
         if not decision.allowed:
             raise self._over_quota(target, decision, headers)
@@ -219,11 +231,17 @@ class Gateway:
             key_slot=key_slot,
             model=model,
             group=group,
-            generation=GenerationRequest(prompt=prompt, params=params, request_id=request_id),
+            generation=GenerationRequest(
+                prompt=prompt,
+                params=params,
+                request_id=request_id,
+                adapter=str(model.adapter) if model.adapter else None,
+            ),
             reservation=decision.reservation or "",
             headers=headers,
             request_id=request_id,
             admitted_at=admitted_at,
+            mirrored=mirrored,
         )
 
     @staticmethod
@@ -257,7 +275,8 @@ class Gateway:
         extra_header: str | None,
         request_id: str,
         deployment: str | None = None,
-        group: InstanceGroup | None = None,
+        group: Group | None = None,
+        model: ResolvedModel | None = None,
     ) -> ChatResult:
         """Parse, admit and run one chat completion for an authenticated caller."""
         try:
@@ -273,6 +292,7 @@ class Gateway:
                 request_id,
                 group,
                 claim,
+                model,
             )
         except LmfError as exc:
             exc.headers = {**await self.remaining_headers(target), **exc.headers}
@@ -286,25 +306,62 @@ class Gateway:
             exc.headers = {**headers, **exc.headers}
             raise
 
+    async def mirror(
+        self,
+        target: ServingTarget,
+        key_slot: str,
+        body: bytes,
+        extra_header: str | None,
+        request_id: str,
+        deployment: str,
+        group: Group,
+        model: ResolvedModel,
+    ) -> None:
+        """Run a mirrored copy of a request to the end; only its usage record remains."""
+        extra = extra_mode(extra_header)
+        request = wire.ChatCompletionsRequest.parse(body, extra)
+        admitted = await self.admit(
+            target,
+            key_slot,
+            deployment,
+            request,
+            extra,
+            request_id,
+            group,
+            model=model,
+            mirrored=True,
+        )
+        await self.complete(admitted)
+
     # -- running -----------------------------------------------------------------------------
 
     async def complete(self, admitted: Admitted) -> dict[str, Any]:
-        """Run a non-streaming request to the end and return the response body."""
+        """Run a non-streaming request to the end and return the response body. Nothing has
+        reached the caller yet, so if its instance dies mid-answer the request starts over
+        on another instance (once)."""
         usage = admitted.usage()
-        text: list[str] = []
-        finish = "stop"
-        completion = 0
-        try:
-            async for delta in admitted.group.generate(admitted.generation):
-                if usage.ttft_ms is None:
-                    usage.ttft_ms = (time.perf_counter() - admitted.started) * 1000
-                text.append(delta.text)
-                completion = delta.completion_tokens
-                if delta.finish_reason:
-                    finish = delta.finish_reason
-        except BaseException as exc:
-            await self._finish(admitted, usage, 0, completion, _status_of(exc), False)
-            raise
+        for attempt in range(2):
+            text: list[str] = []
+            finish = "stop"
+            completion = 0
+            try:
+                async for delta in admitted.group.generate(admitted.generation):
+                    if usage.ttft_ms is None:
+                        usage.ttft_ms = (time.perf_counter() - admitted.started) * 1000
+                    text.append(delta.text)
+                    completion = delta.completion_tokens
+                    if delta.finish_reason:
+                        finish = delta.finish_reason
+                break
+            except EngineFailed:
+                if attempt == 0 and any(i.alive() for i in admitted.group.instances):
+                    usage.ttft_ms = None
+                    continue
+                await self._finish(admitted, usage, 0, completion, EngineFailed.status_code, False)
+                raise
+            except BaseException as exc:
+                await self._finish(admitted, usage, 0, completion, _status_of(exc), False)
+                raise
         await self._finish(admitted, usage, admitted.prompt_tokens, completion, 200, False)
         return wire.completion_body(
             wire.completion_id(),
@@ -373,10 +430,11 @@ class Gateway:
         usage.status_code = status
         usage.streamed = streamed
         usage.latency_ms = (time.perf_counter() - admitted.started) * 1000
-        self.metering.record(usage)
-        await self.quotas.settle(
-            self._quota_key(admitted.target), admitted.reservation, prompt + completion
-        )
+        await self.metering.record(usage)
+        if admitted.reservation:
+            await self.quotas.settle(
+                self._quota_key(admitted.target), admitted.reservation, prompt + completion
+            )
 
 
 def _sse(body: dict[str, Any]) -> bytes:

@@ -230,9 +230,7 @@ class FlowRunLine(Base):
     __tablename__ = "flow_run_lines"
     __table_args__ = (UniqueConstraint("run_id", "line_number"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[str] = mapped_column(
-        ForeignKey("flow_runs.id", ondelete="CASCADE"), index=True
-    )
+    run_id: Mapped[str] = mapped_column(ForeignKey("flow_runs.id", ondelete="CASCADE"), index=True)
     line_number: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20))
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -314,3 +312,91 @@ class FineTuningEvent(Base):
     level: Mapped[str] = mapped_column(String(10), default="info")
     message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# -- registry and online endpoints (migration 0004) --------------------------------------------
+
+
+class RegisteredModel(Base):
+    """One version of a registered model: an MLflow or HF folder (or a LoRA adapter on a base
+    catalog model) with its lineage."""
+
+    __tablename__ = "registered_models"
+    __table_args__ = (UniqueConstraint("project_id", "name", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(20))
+    base_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    adapter: Mapped[bool] = mapped_column(Boolean, default=False)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OnlineEndpoint(Base):
+    __tablename__ = "online_endpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    auth_mode: Mapped[str] = mapped_column(String(20), default="key")
+    description: Mapped[str] = mapped_column(Text, default="")
+    traffic: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    mirror_traffic: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tokens_per_minute: Mapped[int] = mapped_column(Integer)
+    requests_per_minute: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EndpointDeployment(Base):
+    """A model served by `instance_count` instances behind an endpoint. `generation` grows
+    with every change that needs new instances (a rollout)."""
+
+    __tablename__ = "endpoint_deployments"
+    __table_args__ = (UniqueConstraint("endpoint_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("online_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    instance_count: Mapped[int] = mapped_column(Integer)
+    request_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    provisioning_state: Mapped[str] = mapped_column(String(20), default="creating")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# -- instances shared between a supervisor and gateway processes (migration 0005) ------------
+
+
+class InstanceRecord(Base):
+    """An instance as its supervisor publishes it, for gateway processes to route to."""
+
+    __tablename__ = "instances"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    group_key: Mapped[str] = mapped_column(String(100), index=True)
+    address: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20))
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    supervisor: Mapped[str] = mapped_column(String(64), index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstanceDemand(Base):
+    """A gateway's request for a group's instances (scale from zero), and its last use."""
+
+    __tablename__ = "instance_demand"
+    group_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    name: Mapped[str] = mapped_column(String(200))
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)

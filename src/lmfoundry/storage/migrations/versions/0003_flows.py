@@ -1,7 +1,7 @@
 """connections, flows, flow runs and their lines
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-22 02:09:38.794472
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import lmfoundry.storage.models
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: Sequence[str] | None = None
 depends_on: Sequence[str] | None = None
 

@@ -1,0 +1,230 @@
+"""Online endpoints: management under /api/v1, and the data plane at /endpoints/{name}/."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmfoundry.api.deps import PlatformDep, ProjectDep
+from lmfoundry.api.inference import presented_key, render
+from lmfoundry.serving.wire import ModelInfoResponse
+
+router = APIRouter(tags=["online endpoints"])
+data_plane = APIRouter(tags=["inference"])
+
+
+class EndpointCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Unique; part of the URL /endpoints/{name}/.")
+    auth_mode: Literal["key"] = "key"
+    description: str = ""
+    tokens_per_minute: int | None = None
+    requests_per_minute: int | None = None
+
+
+class EndpointUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str | None = None
+    tokens_per_minute: int | None = None
+    requests_per_minute: int | None = None
+
+
+class EndpointView(BaseModel):
+    name: str
+    project: str
+    auth_mode: str
+    description: str
+    scoring_uri: str
+    target_url: str
+    traffic: dict[str, int]
+    mirror_traffic: dict[str, int]
+    tokens_per_minute: int
+    requests_per_minute: int
+    provisioning_state: str
+    deployments: list[str]
+    created_by: str
+    created_at: datetime
+
+
+class RequestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_timeout_ms: int | None = None
+    max_concurrent_requests_per_instance: int | None = None
+
+
+class DeploymentPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="A registered `name:version` or a catalog model id.")
+    instance_count: int = 1
+    request_settings: RequestSettings | None = None
+
+
+class DeploymentView(BaseModel):
+    name: str
+    endpoint: str
+    model: str
+    instance_count: int
+    request_settings: dict[str, int]
+    provisioning_state: str
+    error: str | None
+    generation: int
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class Keys(BaseModel):
+    primary_key: str
+    secondary_key: str
+
+
+class Regenerate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key_type: Literal["primary", "secondary"]
+
+
+P = "/projects/{project}/online-endpoints"
+
+
+@router.post(P, response_model=EndpointView, status_code=201)
+def create(body: EndpointCreate, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+    return plat.endpoints.create(access, **body.model_dump())
+
+
+@router.get(P, response_model=list[EndpointView])
+def list_(access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
+    return plat.endpoints.list_endpoints(access)
+
+
+@router.get(P + "/{name}", response_model=EndpointView)
+def get(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+    return plat.endpoints.get(access, name)
+
+
+@router.patch(P + "/{name}", response_model=EndpointView)
+def update(
+    name: str, body: EndpointUpdate, access: ProjectDep, plat: PlatformDep
+) -> dict[str, Any]:
+    return plat.endpoints.update(access, name, body.model_dump(exclude_unset=True))
+
+
+@router.delete(P + "/{name}", status_code=204)
+def delete(name: str, access: ProjectDep, plat: PlatformDep) -> None:
+    plat.endpoints.delete(access, name)
+
+
+@router.put(P + "/{name}/traffic", response_model=EndpointView)
+def traffic(
+    name: str, body: dict[str, int], access: ProjectDep, plat: PlatformDep
+) -> dict[str, Any]:
+    return plat.endpoints.set_split(access, name, "traffic", body)
+
+
+@router.put(P + "/{name}/mirror-traffic", response_model=EndpointView)
+def mirror_traffic(
+    name: str, body: dict[str, int], access: ProjectDep, plat: PlatformDep
+) -> dict[str, Any]:
+    return plat.endpoints.set_split(access, name, "mirror_traffic", body)
+
+
+@router.get(P + "/{name}/keys", response_model=Keys)
+def keys(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, str]:
+    return plat.endpoints.read_keys(access, name)
+
+
+@router.post(P + "/{name}/keys/regenerate", response_model=Keys)
+def regenerate(
+    name: str, body: Regenerate, access: ProjectDep, plat: PlatformDep
+) -> dict[str, str]:
+    return plat.endpoints.regenerate_key(access, name, body.key_type)
+
+
+@router.put(P + "/{name}/deployments/{deployment}", response_model=DeploymentView)
+def put_deployment(
+    name: str, deployment: str, body: DeploymentPut, access: ProjectDep, plat: PlatformDep
+) -> dict[str, Any]:
+    settings = (
+        body.request_settings.model_dump(exclude_none=True) if body.request_settings else None
+    )
+    return plat.endpoints.put_deployment(
+        access, name, deployment, body.model, body.instance_count, settings
+    )
+
+
+@router.get(P + "/{name}/deployments", response_model=list[DeploymentView])
+def list_deployments(name: str, access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
+    return plat.endpoints.list_deployments(access, name)
+
+
+@router.get(P + "/{name}/deployments/{deployment}", response_model=DeploymentView)
+def get_deployment(
+    name: str, deployment: str, access: ProjectDep, plat: PlatformDep
+) -> dict[str, Any]:
+    return plat.endpoints.get_deployment(access, name, deployment)
+
+
+@router.delete(P + "/{name}/deployments/{deployment}", status_code=204)
+def delete_deployment(name: str, deployment: str, access: ProjectDep, plat: PlatformDep) -> None:
+    plat.endpoints.delete_deployment(access, name, deployment)
+
+
+# -- data plane ----------------------------------------------------------------------------
+
+
+@data_plane.post("/endpoints/{name}/score")
+async def score(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
+    """Azure ML's `/score` for chat models: `{"input_data": {"input_string": [...],
+    "parameters": {...}}}` -> `{"output": "..."}`."""
+    route, slot = plat.router.authorize(name, presented_key(request))
+    body, headers = await plat.router.score(
+        route,
+        slot,
+        await request.body(),
+        request.state.request_id,
+        request.headers.get("azureml-model-deployment"),
+    )
+    return JSONResponse(body, headers=headers)
+
+
+@data_plane.post("/endpoints/{name}/chat/completions")
+@data_plane.post("/endpoints/{name}/v1/chat/completions")
+async def chat_completions(name: str, request: Request, plat: PlatformDep) -> Response:
+    route, slot = plat.router.authorize(name, presented_key(request))
+    result = await plat.router.chat(
+        route,
+        slot,
+        await request.body(),
+        request.headers.get("extra-parameters"),
+        request.state.request_id,
+        request.headers.get("azureml-model-deployment"),
+    )
+    return render(result)
+
+
+@data_plane.get("/endpoints/{name}/info", response_model=ModelInfoResponse)
+async def info(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
+    route, _ = plat.router.authorize(name, presented_key(request))
+    state, _ = plat.router.pick(route, request.headers.get("azureml-model-deployment"))
+    card = plat.resolver.card(state.project_id, state.model)
+    body = ModelInfoResponse(model_name=card.id, model_provider_name=card.publisher)
+    return JSONResponse(body.model_dump(), headers={"azureml-model-deployment": state.name})
+
+
+@data_plane.get("/endpoints/{name}/v1/models")
+async def models(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
+    route, _ = plat.router.authorize(name, presented_key(request))
+    data = [
+        {
+            "id": plat.resolver.card(d.project_id, d.model).id,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": d.name,
+        }
+        for d in route.deployments.values()
+    ]
+    return JSONResponse({"object": "list", "data": data})

@@ -1,0 +1,82 @@
+"""`/api/v1/projects/{project}/models`: the model registry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmfoundry.api.deps import PlatformDep, ProjectDep
+from lmfoundry.errors import InvalidRequest
+
+router = APIRouter(tags=["model registry"])
+
+
+class RegisterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    from_job: str | None = Field(default=None, description="A completed fine-tuning job id.")
+    path: str | None = Field(
+        default=None, description="An MLflow/HF/PEFT folder or .gguf file on the server's disk."
+    )
+    base_model: str | None = Field(default=None, description="For adapters: the catalog base.")
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelVersionView(BaseModel):
+    name: str
+    version: int
+    format: str
+    adapter: bool
+    base_model: str | None
+    job_id: str | None
+    lineage: dict[str, Any]
+    tags: dict[str, Any]
+    description: str
+    path: str
+    created_by: str
+    created_at: datetime
+
+
+PREFIX = "/projects/{project}/models"
+
+
+@router.post(PREFIX, response_model=ModelVersionView, status_code=201)
+def register(body: RegisterRequest, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+    if (body.from_job is None) == (body.path is None):
+        raise InvalidRequest(
+            "Give exactly one of from_job (a fine-tuning job id) or path (a model folder).",
+            param="from_job",
+        )
+    if body.from_job is not None:
+        return plat.registry.register_job(
+            access, body.name, body.from_job, description=body.description, tags=body.tags
+        )
+    return plat.registry.register(
+        access,
+        body.name,
+        Path(body.path or ""),
+        base_model=body.base_model,
+        description=body.description,
+        tags=body.tags,
+    )
+
+
+@router.get(PREFIX, response_model=list[ModelVersionView])
+def list_(access: ProjectDep, plat: PlatformDep, name: str | None = None) -> list[dict[str, Any]]:
+    return plat.registry.versions(access, name)
+
+
+@router.get(PREFIX + "/{ref}", response_model=ModelVersionView)
+def get(ref: str, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+    """`ref` is `name:version`, or `name` for the latest version."""
+    return plat.registry.get(access, ref)
+
+
+@router.delete(PREFIX + "/{ref}", status_code=204)
+def delete(ref: str, access: ProjectDep, plat: PlatformDep) -> None:
+    plat.registry.delete(access, ref)

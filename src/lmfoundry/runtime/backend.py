@@ -1,0 +1,57 @@
+"""The `Backend` interface: where instances run. Local worker processes (`local`), the
+instances another process supervises (`remote`, for gateway processes), or Ray (`ray`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Protocol
+
+from lmfoundry.engines.base import Delta, GenerationRequest
+from lmfoundry.runtime.local import InstanceInfo
+from lmfoundry.runtime.spec import InstanceSpec
+
+
+class Instance(Protocol):
+    id: str
+    active: int
+
+    def alive(self) -> bool: ...
+
+
+class Group(Protocol):
+    """The instances of one spec (or of one endpoint's shared base)."""
+
+    key: str
+    name: str
+    replicas: int
+    in_use: int
+
+    @property
+    def instances(self) -> Sequence[Instance]: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]: ...
+
+    async def start_all(self) -> None: ...
+
+    async def scale(self, replicas: int) -> None: ...
+
+
+class Backend(Protocol):
+    def group(
+        self,
+        spec: InstanceSpec,
+        name: str,
+        replicas: int = 1,
+        scale_to_zero: bool = True,
+        key: str | None = None,
+    ) -> Group: ...
+
+    async def remove(self, key: str) -> None: ...
+
+    def group_keys(self) -> list[str]: ...
+
+    def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    def describe(self) -> list[InstanceInfo]: ...
