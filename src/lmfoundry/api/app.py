@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from lmfoundry import __version__
+from lmfoundry import __version__, web
 from lmfoundry.api import (
     catalog,
     endpoints,
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(inference.router)
     app.include_router(endpoints.data_plane)
+    web.install(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
