@@ -60,6 +60,13 @@ def _node_lines(text: str) -> list[int]:
     return []
 
 
+def dag_text(definition: dict[str, Any]) -> str:
+    """flow.dag.yaml text for a parsed flow (`inputs`, `outputs`, `nodes`), for servers that
+    answer with the flow's interface rather than its files."""
+    keys = ("inputs", "outputs", "nodes")
+    return yaml.safe_dump({k: definition.get(k) or {} for k in keys}, sort_keys=False)
+
+
 def parse_flow(text: str) -> FlowGraph:
     graph = FlowGraph()
     try:

@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.api.deps import ProjectDep
-from lmfoundry.web.flowgraph import parse_flow
+from lmfoundry.web.flowgraph import dag_text, parse_flow
 from lmfoundry.web.render import StudioRoute, render
 
 router = APIRouter(route_class=StudioRoute, include_in_schema=False)
@@ -41,10 +41,15 @@ def run(run_id: str, request: Request, access: ProjectDep) -> Response:
 
 class FlowCheck(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dag: str
+    dag: str | None = Field(default=None, description="flow.dag.yaml text being edited.")
+    definition: dict[str, Any] | None = Field(
+        default=None, description="Or a parsed flow: inputs, outputs and nodes."
+    )
 
 
 @checks.post(P + "/flows-check")
 def check(body: FlowCheck, access: ProjectDep) -> dict[str, Any]:
-    """Problems (with line numbers) and the graph of a flow.dag.yaml being edited."""
-    return parse_flow(body.dag).as_dict()
+    """Problems (with line numbers) and the graph of a flow.dag.yaml being edited; `dag`
+    echoes the text checked (made from `definition` when that was sent)."""
+    text = body.dag if body.dag is not None else dag_text(body.definition or {})
+    return {**parse_flow(text).as_dict(), "dag": text}

@@ -13,8 +13,9 @@ from lmfoundry.web.render import StudioRoute, render
 router = APIRouter(route_class=StudioRoute, include_in_schema=False)
 P = "/projects/{project}"
 
-# Azure's chat-completion fine-tuning defaults for a LoRA run (what the form starts with).
-HYPERPARAMETERS = {
+# What the job form starts with: the LoRA defaults of the fine-tuning service; None leaves the
+# field empty (the service then chooses, e.g. eval_steps = checkpoint_steps).
+HYPERPARAMETERS: dict[str, float | int | str | None] = {
     "learning_rate": 2e-4,
     "lr_scheduler_type": "linear",
     "num_train_epochs": 1,
@@ -25,8 +26,11 @@ HYPERPARAMETERS = {
     "lora_r": 8,
     "lora_alpha": 16,
     "lora_dropout": 0.05,
-    "max_seq_length": 256,
+    "max_seq_length": 1024,
     "seed": 42,
+    "max_steps": None,
+    "eval_steps": None,
+    "logging_steps": 1,
 }
 SCHEDULERS = [
     "linear",
@@ -39,8 +43,14 @@ SCHEDULERS = [
 
 
 @router.get(P + "/datasets")
-def datasets(request: Request, access: ProjectDep) -> Response:
-    return render(request, "datasets.html", access=access, section="datasets")
+def datasets(request: Request, access: ProjectDep, plat: PlatformDep) -> Response:
+    return render(
+        request,
+        "datasets.html",
+        access=access,
+        section="datasets",
+        models=[c for c in plat.catalog.list_cards() if c.weights_present and c.engine != "echo"],
+    )
 
 
 @router.get(P + "/fine-tuning")

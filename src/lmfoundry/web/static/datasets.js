@@ -15,15 +15,16 @@ async function load() {
     return;
   }
   list.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "datasets-table" },
-    el("thead", {}, el("tr", {}, ["Name", "Version", "Rows", "ID", "Created"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["Name", "Version", "Rows", "File", "ID", "Created"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.map((d) => el("tr", {},
-      el("td", {}, d.name), el("td", { class: "num" }, d.version ?? ""), el("td", { class: "num" }, d.rows ?? ""),
+      el("td", {}, d.name), el("td", { class: "num" }, d.version ?? ""), el("td", { class: "num" }, d.rows ?? ""), el("td", {}, d.filename ?? ""),
       el("td", { class: "mono" }, d.id ?? ""), el("td", {}, when(d.created_at))))))));
 }
 
 const form = document.getElementById("dataset-form");
 if (form) {
   bindForm(form, async (data) => {
+    if (!data.get("model")) data.delete("model");
     const created = await api("POST", projectApi("/datasets"), data);
     form.reset();
     notice(form, `Uploaded ${created.name} version ${created.version ?? ""}: ${created.rows ?? "?"} rows.`);

@@ -36,9 +36,9 @@ function drawGraph(g) {
   const W = 160, H = 46, GX = 60, GY = 26;
   const maxLayer = Math.max(...g.nodes.map((n) => n.layer ?? 1));
   const items = [
-    ...(g.edges.some((e) => e.from === "inputs") ? [{ id: "inputs", type: "inputs", layer: 0, row: 0, io: true }] : []),
+    ...(g.edges.some((e) => e.from === "inputs") ? [{ id: "inputs", type: Object.keys(g.inputs || {}).join(", "), layer: 0, row: 0, io: true }] : []),
     ...g.nodes.map((n) => ({ ...n, layer: n.layer ?? 1, row: n.row ?? 0 })),
-    ...(g.edges.some((e) => e.to === "outputs") ? [{ id: "outputs", type: "outputs", layer: maxLayer + 1, row: 0, io: true }] : []),
+    ...(g.edges.some((e) => e.to === "outputs") ? [{ id: "outputs", type: Object.keys(g.outputs || {}).join(", "), layer: maxLayer + 1, row: 0, io: true }] : []),
   ];
   const rows = Math.max(...items.map((n) => n.row)) + 1;
   const layers = maxLayer + 2;
@@ -62,9 +62,10 @@ function drawGraph(g) {
     const group = svgEl("g", { class: `node${n.io ? " io" : ""}`, "data-node": n.id, transform: `translate(${p.x},${p.y})` });
     group.append(svgEl("rect", { width: W, height: H, rx: 8 }));
     group.append(svgEl("text", { x: 10, y: 19 }, n.id.length > 20 ? n.id.slice(0, 19) + "…" : n.id));
-    group.append(svgEl("text", { x: 10, y: 35, class: "kind" }, n.type));
+    group.append(svgEl("text", { x: 10, y: 35, class: "kind" }, n.type.length > 26 ? n.type.slice(0, 25) + "…" : n.type));
     svg.append(group);
   }
+  svg.style.maxWidth = `${Math.max(width, 480)}px`; // a small flow stays small
   box.replaceChildren(svg);
 }
 
@@ -141,13 +142,19 @@ async function runTest(inputs, onText) {
       if (event.error) throw new ApiError(event.error.status || 500, event);
       const delta = event.delta ?? event.chunk ?? event.text;
       if (typeof delta === "string") onText(delta);
-      if (event.outputs || event.output) last = event;
+      if (event.event === "result" || (!event.event && (event.outputs || event.output))) last = event;
     }
   }
   return last || {};
 }
 
-const outputsOf = (result) => result.outputs ?? result.output ?? result;
+function outputsOf(result) {
+  if (result && result.status === "failed") {
+    const error = result.error || {};
+    throw new Error(`${error.node ? `Node ${error.node}: ` : ""}${error.message || "the flow failed"}`);
+  }
+  return result.outputs ?? result.output ?? result;
+}
 
 function chatOutputName(g) {
   const entries = Object.entries(g.outputs || {});
@@ -192,6 +199,7 @@ bindForm(chatForm, async (data) => {
     const text = key && outputs && outputs[key] !== undefined ? outputs[key] : answer.textContent || JSON.stringify(outputs);
     answer.textContent = typeof text === "string" ? text : JSON.stringify(text);
     chatHistory.push({ inputs: { [questionKey]: question }, outputs: { [key || "answer"]: answer.textContent } });
+    if (result.duration_s !== undefined) answer.append(el("span", { class: "meta" }, `${result.duration_s} s`));
   } catch (err) {
     answer.remove();
     throw err;
@@ -225,11 +233,12 @@ async function loadRuns() {
     return;
   }
   box.replaceChildren(el("div", { class: "table-wrap" }, el("table", {},
-    el("thead", {}, el("tr", {}, ["Run", "Status", "Lines", "Created"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["Run", "Status", "Lines", "Failed", "Created"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.map((r) => el("tr", {},
       el("td", {}, el("a", { href: `/projects/${encodeURIComponent(project)}/runs/${encodeURIComponent(r.id)}` }, r.id)),
       el("td", {}, el("span", { class: "badge" }, r.status ?? "")),
-      el("td", { class: "num" }, r.lines ?? r.total_lines ?? r.line_count ?? ""),
+      el("td", { class: "num" }, r.completed_lines !== undefined ? `${r.completed_lines} / ${r.total_lines}` : r.total_lines ?? ""),
+      el("td", { class: "num" }, r.failed_lines ?? ""),
       el("td", {}, when(r.created_at))))))));
 }
 
@@ -241,10 +250,24 @@ async function loadRuns() {
     return;
   }
   files = filesOf(flow);
-  document.getElementById("flow-type").textContent = flow.type || "";
+  document.getElementById("flow-type").textContent = [flow.kind || flow.type, flow.version && `v${flow.version}`].filter(Boolean).join(" ");
   document.getElementById("file-list").replaceChildren(...Object.keys(files).sort().map((path) => el("li", { class: "mono" }, path)));
-  dagField.value = files["flow.dag.yaml"] ?? "";
-  const g = await check();
+  let g;
+  if (files["flow.dag.yaml"] === undefined && Array.isArray(flow.nodes)) {
+    // This server answers with the flow's interface, not its files: show it, read-only.
+    g = await api("POST", `/projects/${encodeURIComponent(project)}/flows-check`, {
+      definition: { inputs: flow.inputs, outputs: flow.outputs, nodes: flow.nodes },
+    });
+    graph = g;
+    drawGraph(g);
+    dagField.value = g.dag;
+    dagField.readOnly = true;
+    dagForm.querySelector('button[type="submit"]')?.classList.add("hidden");
+    dagField.after(el("p", { class: "hint" }, "Made from the flow's definition; upload the folder again to change it."));
+  } else {
+    dagField.value = files["flow.dag.yaml"] ?? "";
+    g = await check();
+  }
   if (g.errors.length) showProblems(g.errors);
   setupTest(g);
   await loadRuns();

@@ -16,16 +16,16 @@ async function load() {
     return;
   }
   list.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "flows-table" },
-    el("thead", {}, el("tr", {}, ["Name", "Type", "Description", "Updated"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["Name", "Kind", "Version", "Connections", "Deployed", "Updated"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.map((f) => el("tr", {},
-      el("td", {}, el("a", { href: flowUrl(f.name) }, f.name)), el("td", {}, f.type ?? ""),
-      el("td", {}, f.description ?? ""), el("td", {}, when(f.updated_at || f.created_at))))))));
+      el("td", {}, el("a", { href: flowUrl(f.name) }, f.name)), el("td", {}, f.kind ?? f.type ?? ""),
+      el("td", { class: "num" }, f.version ?? ""), el("td", {}, (f.connections || []).join(", ")),
+      el("td", {}, f.deployed_version ? `v${f.deployed_version}` : "no"), el("td", {}, when(f.updated_at || f.created_at))))))));
 }
 
 const form = document.getElementById("flow-form");
 if (form) {
   bindForm(form, async (data) => {
-    if (!String(data.get("name") || "").trim()) data.delete("name");
     const flow = await api("POST", projectApi("/flows"), data);
     location.assign(flowUrl(flow.name));
   });

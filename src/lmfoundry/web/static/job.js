@@ -1,13 +1,13 @@
 // A fine-tuning job: status, a live loss chart (train and validation) and the log tail,
 // from the job's events (SSE when the server offers it, else polling the JSON list).
-import { markMissing, api, el, optional, projectApi, when } from "./studio.js";
+import { markMissing, api, bindForm, el, notice, optional, projectApi, when } from "./studio.js";
 import { legend, lineChart } from "./chart.js";
 
 const id = document.getElementById("job").dataset.job;
 const base = projectApi(`/fine-tuning-jobs/${encodeURIComponent(id)}`);
 const TERMINAL = new Set(["completed", "succeeded", "failed", "canceled", "cancelled"]);
 const train = [], validation = [], lines = [], seen = new Set();
-let latest = null, status = "", source = null, drawPending = false;
+let latest = null, status = "", source = null, drawPending = false, lastId = null;
 
 legend(document.getElementById("loss-legend"), ["train_loss", "validation_loss"]);
 
@@ -27,7 +27,7 @@ function draw() {
     if (latest) {
       document.getElementById("job-metrics").replaceChildren(...["step", "train_loss", "validation_loss", "learning_rate", "tokens_per_second"]
         .filter((k) => latest[k] !== undefined && latest[k] !== null)
-        .flatMap((k) => [el("dt", {}, k), el("dd", { "data-metric": k }, String(latest[k]))]));
+        .flatMap((k) => [el("dt", {}, k), el("dd", { "data-metric": k }, typeof latest[k] === "number" ? String(+latest[k].toPrecision(5)) : String(latest[k]))]));
     }
   });
 }
@@ -49,6 +49,7 @@ function absorb(event) {
   const key = event.id ?? event.seq ?? event.sequence ?? JSON.stringify(event);
   if (seen.has(key)) return;
   seen.add(key);
+  if (typeof event.id === "number") lastId = Math.max(lastId ?? 0, event.id);
   const inner = typeof event.data === "object" && event.data !== null ? event.data : null;
   const metrics = event.metrics || (inner && inner.step !== undefined ? inner : null) || (event.step !== undefined ? event : null);
   if (metrics && metrics.step !== undefined) {
@@ -57,7 +58,8 @@ function absorb(event) {
     if (metrics.validation_loss !== undefined && metrics.validation_loss !== null) validation.push([+metrics.step, +metrics.validation_loss]);
   }
   const text = event.message ?? event.line ?? event.log ?? event.text ?? (typeof event.data === "string" ? event.data : null);
-  if (text) lines.push(`${event.created_at ? when(event.created_at) + "  " : ""}${event.level ? event.level + " " : ""}${text}`);
+  const at = event.at ?? event.created_at;
+  if (text) lines.push(`${at ? when(at) + "  " : ""}${event.level ? event.level + " " : ""}${text}`);
   else if (metrics && metrics.step !== undefined) {
     lines.push(`step ${metrics.step}` + ["train_loss", "validation_loss", "learning_rate", "tokens_per_second"]
       .filter((k) => metrics[k] !== undefined && metrics[k] !== null).map((k) => ` ${k}=${metrics[k]}`).join(""));
@@ -75,18 +77,23 @@ async function refreshJob() {
     return false;
   }
   setStatus(job.status);
+  document.getElementById("register-form")?.classList.toggle("hidden", !["completed", "succeeded"].includes(job.status));
+  const progress = job.step !== undefined ? `${job.step}${job.total_steps ? ` of ${job.total_steps}` : ""}` : null;
   const facts = [["model", job.model], ["training data", job.training_data], ["validation data", job.validation_data],
-    ["created", when(job.created_at)], ["output model", job.fine_tuned_model || job.output_model], ["error", job.error?.message || job.error]];
+    ["progress", progress], ["created", when(job.created_at)], ["finished", when(job.finished_at)],
+    ["restarts", job.restarts || null], ["output", job.output_model_path || job.fine_tuned_model],
+    ["error", job.error?.message || job.error]];
   const hp = job.hyperparameters || {};
   document.getElementById("job-facts").replaceChildren(
-    ...facts.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))]),
+    ...facts.filter(([, v]) => v).flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))]));
+  document.getElementById("job-hyperparameters").replaceChildren(
     ...Object.entries(hp).flatMap(([k, v]) => [el("dt", {}, k), el("dd", { class: "mono" }, String(v))]));
   return true;
 }
 
 function poll() {
   // The JSON list of events, for servers (or proxies) without SSE.
-  api("GET", `${base}/events`).then((events) => {
+  api("GET", `${base}/events${lastId !== null ? `?after=${lastId}` : ""}`).then((events) => {
     (Array.isArray(events) ? events : events?.data || []).forEach(absorb);
   }).catch(() => {}).finally(() => { if (!TERMINAL.has(status)) setTimeout(poll, 2000); });
 }
@@ -103,6 +110,14 @@ function stream() {
   source.onerror = () => {
     if (!opened && source) { source.close(); source = null; poll(); }  // no SSE here: poll
   };
+}
+
+const register = document.getElementById("register-form");
+if (register) {
+  bindForm(register, async (data) => {
+    const model = await api("POST", projectApi("/models"), { name: data.get("name").trim(), from_job: id });
+    notice(register, `Registered ${model.name} version ${model.version}.`);
+  });
 }
 
 document.getElementById("cancel-job")?.addEventListener("click", async (event) => {

@@ -16,10 +16,12 @@ async function load() {
     return;
   }
   list.replaceChildren(el("div", { class: "table-wrap" }, el("table", { id: "jobs-table" },
-    el("thead", {}, el("tr", {}, ["Job", "Status", "Model", "Training data", "Created"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["Job", "Status", "Progress", "Model", "Training data", "Created"].map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.map((j) => el("tr", {},
       el("td", {}, el("a", { href: `/projects/${encodeURIComponent(project)}/fine-tuning/${encodeURIComponent(j.id)}` }, j.id)),
-      el("td", {}, badge(j.status)), el("td", { class: "mono" }, j.model ?? ""),
+      el("td", {}, badge(j.status)),
+      el("td", { class: "num" }, j.step !== undefined ? `${j.step}${j.total_steps ? ` / ${j.total_steps}` : ""}` : ""),
+      el("td", { class: "mono" }, j.model ?? ""),
       el("td", { class: "mono" }, j.training_data ?? ""), el("td", {}, when(j.created_at))))))));
 }
 
