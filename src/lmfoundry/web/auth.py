@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -117,4 +118,4 @@ def switch(
     """The project switcher (a GET form, so it works without scripts): same section, other
     project. Sections that name one resource go to the list."""
     section = section if section in SECTIONS else "catalog"
-    return RedirectResponse(f"/projects/{project}/{section}", status_code=303)
+    return RedirectResponse(f"/projects/{quote(project, safe='')}/{section}", status_code=303)

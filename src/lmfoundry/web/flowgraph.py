@@ -26,7 +26,9 @@ class FlowGraph:
     is_chat: bool = False
 
     def error(self, line: int | None, message: str) -> None:
-        self.errors.append({"line": line, "message": message})
+        problem = {"line": line, "message": message}
+        if problem not in self.errors:
+            self.errors.append(problem)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,14 +41,21 @@ class FlowGraph:
         }
 
 
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
+def _strings(value: Any, budget: int = 20_000) -> list[str]:
+    """The strings inside `value`, visiting at most `budget` items (YAML aliases can make a
+    small file a huge tree)."""
+    out: list[str] = []
+    stack = [value]
+    while stack and budget > 0:
+        budget -= 1
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return out
 
 
 def _node_lines(text: str) -> list[int]:

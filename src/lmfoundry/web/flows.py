@@ -41,7 +41,9 @@ def run(run_id: str, request: Request, access: ProjectDep) -> Response:
 
 class FlowCheck(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dag: str | None = Field(default=None, description="flow.dag.yaml text being edited.")
+    dag: str | None = Field(
+        default=None, max_length=262_144, description="flow.dag.yaml text being edited."
+    )
     definition: dict[str, Any] | None = Field(
         default=None, description="Or a parsed flow: inputs, outputs and nodes."
     )
