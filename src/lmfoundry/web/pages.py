@@ -11,9 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from lmfoundry.access.models import ProjectAccess
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.api.usage import usage as usage_report
 from lmfoundry.errors import LmfError
+from lmfoundry.platform import Platform
 from lmfoundry.web.render import StudioRoute, render
 
 router = APIRouter(route_class=StudioRoute, include_in_schema=False)
@@ -119,7 +121,7 @@ def endpoints(request: Request, access: ProjectDep, plat: PlatformDep) -> Respon
 @router.get(P + "/endpoints/{name}")
 def endpoint(name: str, request: Request, access: ProjectDep, plat: PlatformDep) -> Response:
     view = plat.endpoints.get(access, name)
-    deployments = plat.endpoints.list_deployments(access, name)
+    deployments: list[dict[str, Any]] = plat.endpoints.list_deployments(access, name)
     instances = None  # None: not the caller's to see (instances serve every project)
     if access.principal.is_admin:
         groups = set()
@@ -142,9 +144,10 @@ def endpoint(name: str, request: Request, access: ProjectDep, plat: PlatformDep)
     )
 
 
-def _deployable(access: Any, plat: Any) -> list[str]:
+def _deployable(access: ProjectAccess, plat: Platform) -> list[str]:
     """Model references a deployment can name: registered versions, then catalog ids."""
-    registered = [f"{m['name']}:{m['version']}" for m in plat.registry.list(access)]
+    versions: list[dict[str, Any]] = plat.registry.list(access)
+    registered = [f"{m['name']}:{m['version']}" for m in versions]
     return registered + [c.id for c in plat.catalog.list_cards() if c.weights_present]
 
 

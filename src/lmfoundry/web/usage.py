@@ -44,9 +44,10 @@ def _report(
 ) -> list[dict[str, Any]]:
     if group_by not in GROUPS:
         raise InvalidRequest(f"group_by must be one of {', '.join(GROUPS)}.", param="group_by")
+    grouping: Any = group_by  # one of GROUPS, the API's Literal
     # The form's end date is inclusive; the API's `end` is exclusive.
     return usage_report(
-        access, plat, group_by, _day("start", start), _day("end", end, plus=1), None
+        access, plat, grouping, _day("start", start), _day("end", end, plus=1), None
     )
 
 
