@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -250,6 +251,8 @@ def test_pages_are_html_with_a_strict_policy(api: Api, browser: TestClient) -> N
     assert browser.get("/static/studio.js").status_code == 200
     missing = browser.get("/projects/default/deployments/nope")
     assert missing.status_code == 404 and "nope" in missing.text and "Traceback" not in missing.text
+    unknown = browser.get("/projects/default/no-such-page")
+    assert unknown.status_code == 404 and unknown.headers["content-type"].startswith("text/html")
 
 
 def test_playground_streams_through_the_studio_and_usage_exports(
@@ -287,3 +290,32 @@ def test_playground_streams_through_the_studio_and_usage_exports(
     assert int(row.split(",")[-2]) > 0  # total tokens
     page = browser.get("/projects/default/usage?start=2026-02-10&end=2026-02-01")
     assert re.search(r'id="end-error"[^>]*>end must be after start', page.text)
+
+
+def test_playground_calls_one_endpoint_deployment(api: Api, browser: TestClient) -> None:
+    csrf = signin(browser, ADMIN_TOKEN)
+    base = "/api/v1/projects/default/online-endpoints"
+    assert api.post(base, json={"name": "ep-play"}).status_code == 201
+    for name in ("blue", "green"):
+        assert (
+            api.put(f"{base}/ep-play/deployments/{name}", json={"model": "echo"}).status_code == 200
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = {d["provisioning_state"] for d in api.get(f"{base}/ep-play/deployments").json()}
+        if states == {"succeeded"}:
+            break
+        time.sleep(0.2)
+    assert api.put(f"{base}/ep-play/traffic", json={"blue": 100}).status_code == 200
+    body = {
+        "kind": "endpoint",
+        "name": "ep-play",
+        "deployment": "green",  # bypasses the split, as the azureml-model-deployment header does
+        "request": {"messages": [{"role": "user", "content": "hello green"}]},
+    }
+    answer = browser.post(
+        "/projects/default/playground/chat", json=body, headers={"X-CSRF-Token": csrf}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["azureml-model-deployment"] == "green"
+    assert "hello green" in answer.json()["choices"][0]["message"]["content"]

@@ -21,3 +21,4 @@ def install(app: FastAPI) -> None:
         app.include_router(module.router)
     app.include_router(playground.router)
     app.include_router(flows.checks)
+    app.include_router(pages.fallback)  # last: only paths no other route took

@@ -14,7 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 from lmfoundry.access.models import ProjectAccess
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.api.usage import usage as usage_report
-from lmfoundry.errors import LmfError
+from lmfoundry.errors import LmfError, NotFound
 from lmfoundry.platform import Platform
 from lmfoundry.web.render import StudioRoute, render
 
@@ -160,3 +160,12 @@ def models(request: Request, access: ProjectDep, plat: PlatformDep) -> Response:
         section="models",
         models=plat.registry.list(access),
     )
+
+
+fallback = APIRouter(route_class=StudioRoute, include_in_schema=False)
+
+
+@fallback.get(P + "/{rest:path}")
+def unknown(rest: str, access: ProjectDep) -> Response:
+    """Any other page of a project: a 404 page, not the API's JSON."""
+    raise NotFound(f"The studio has no page {rest!r}; the sections are in the menu.")
