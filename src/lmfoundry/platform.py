@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 from lmfoundry.access.keys import KeyStore
 from lmfoundry.access.secrets import SecretBox, load_master_key
 from lmfoundry.access.service import AccessService, Bootstrap
+from lmfoundry.access.sessions import SessionCodec
 from lmfoundry.catalog.service import CatalogService
 from lmfoundry.config import Settings
 from lmfoundry.connections.service import ConnectionService
@@ -142,6 +144,11 @@ class Platform:
             finetune=finetune,
             jobs=jobs,
         )
+
+    @cached_property
+    def sessions(self) -> SessionCodec:
+        """Studio session cookies (sealed with a key derived from the master key)."""
+        return SessionCodec(self.box)
 
     async def start(self) -> None:
         self.backend.start()

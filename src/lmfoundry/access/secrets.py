@@ -9,6 +9,7 @@ stretching is needed).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -58,6 +59,7 @@ class SecretBox:
     def __init__(self, master_key: bytes) -> None:
         self._fernet = Fernet(master_key)
         self._mac_key = hashlib.sha256(b"lmfoundry-key-digest" + master_key).digest()
+        self._derive_key = hashlib.sha256(b"lmfoundry-derive" + master_key).digest()
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
@@ -73,3 +75,9 @@ class SecretBox:
 
     def digest(self, key: str) -> str:
         return hmac.new(self._mac_key, key.encode(), hashlib.sha256).hexdigest()
+
+    def derive(self, purpose: str) -> bytes:
+        """A Fernet key for one purpose (e.g. studio session cookies), derived from the
+        master key, so a cookie can never be confused with a secret stored at rest."""
+        digest = hmac.new(self._derive_key, purpose.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest)

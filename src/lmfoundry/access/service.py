@@ -93,11 +93,16 @@ class AccessService:
                 "Missing token: send `Authorization: Bearer lmf_pat_...` (see "
                 "`lmfoundry login`; the first token is in $LMFOUNDRY_HOME/credentials)."
             )
+        return self.authenticate_digest(hash_token(token))
+
+    def authenticate_digest(self, digest: str) -> Principal:
+        """The user of the token whose SHA-256 is `digest` (a studio session holds only the
+        digest, so revoking the token ends its sessions too)."""
         with self.db.session() as s:
             row = s.execute(
                 select(Token, User)
                 .join(User, User.id == Token.user_id)
-                .where(Token.token_hash == hash_token(token), Token.revoked_at.is_(None))
+                .where(Token.token_hash == digest, Token.revoked_at.is_(None))
             ).first()
             if row is None:
                 raise Unauthorized("Invalid or revoked token; log in again with a valid token.")

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from lmfoundry import __version__
+from lmfoundry import __version__, web
 from lmfoundry.api import (
     catalog,
     connections,
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     app.include_router(inference.router)
     app.include_router(endpoints.data_plane)
     app.include_router(flow_score.router)
+    web.install(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
