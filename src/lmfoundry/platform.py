@@ -111,6 +111,7 @@ class Platform:
             settings.home / "models",
             settings.job_checkpoint_steps,
         )
+        registry.jobs = finetune  # `models register --from-job`
         jobs = JobSupervisor(
             db,
             settings.jobs_dir,

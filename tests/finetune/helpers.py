@@ -3,6 +3,7 @@ and waiting on a job's progress through the API."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,3 +98,56 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return "State:\tZ" not in status  # a zombie has exited
+
+
+FRUIT_QUESTIONS = [
+    "What should I eat today?",
+    "Name a fruit.",
+    "What is your favourite snack?",
+    "Tell me something.",
+    "What grows on trees?",
+    "Say a word.",
+    "What is in the basket?",
+    "Answer me.",
+]
+
+
+def upload_answers(http: Http, name: str, answer: str) -> str:
+    """A dataset of 32 conversations whose assistant always says `answer`."""
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"{q} ({i})"},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
+        for i in range(4)
+        for q in FRUIT_QUESTIONS
+    ]
+    content = ("\n".join(lines) + "\n").encode()
+    response = http.post(DATASETS, files={"file": (f"{name}.jsonl", content)}, data={"name": name})
+    assert response.status_code == 201, response.text
+    return f"{name}:{response.json()['version']}"
+
+
+def train_adapter(http: Http, model: str, name: str, answer: str) -> dict[str, Any]:
+    """Fine-tune `model` (the tiny Phi-3) to always answer `answer`, and register the job's
+    output as `name`: a LoRA adapter learnt in 40 steps at a high learning rate."""
+    response = http.post(
+        JOBS,
+        json={
+            "model": model,
+            "training_data": upload_answers(http, name, answer),
+            "hyperparameters": {**TINY, "learning_rate": 1e-2, "max_steps": 40, "lora_r": 8},
+        },
+    )
+    assert response.status_code == 201, response.text
+    job = finished(http, response.json()["id"], timeout=600)
+    assert job["status"] == "completed", job
+    registered = http.post(
+        "/api/v1/projects/default/models", json={"name": name, "from_job": job["id"]}
+    )
+    assert registered.status_code == 201, registered.text
+    return dict(registered.json())

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import start_server, stop_server
@@ -33,6 +34,43 @@ def lmfoundry(home: Path, *args: str, timeout: float = 1100) -> subprocess.Compl
     )
     assert done.returncode == 0, f"lmfoundry {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done
+
+
+QUESTION = "What is a good name for a pet cat?"
+
+
+def score(url: str, key: str, temperature: float, max_new_tokens: int) -> str:
+    """The tutorial's /score body, with the endpoint's primary key as a bearer token."""
+    body = {
+        "input_data": {
+            "input_string": [{"role": "user", "content": QUESTION}],
+            "parameters": {"temperature": temperature, "max_new_tokens": max_new_tokens},
+        }
+    }
+    response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300)
+    assert response.status_code == 200, response.text
+    return str(response.json()["output"])
+
+
+def reference_answer(home: Path, output: Path, question: str, max_new_tokens: int) -> str:
+    """What the fine-tuned model answers greedily, computed here with transformers + PEFT
+    from the job's output (the converted base and the adapter), independent of lmfoundry's
+    serving path."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    (base,) = (home / "models" / "converted").iterdir()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), output / "peft")
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
+    )
+    if not isinstance(ids, torch.Tensor):
+        ids = ids["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 
 def write_parquet_shards(folder: Path) -> None:
@@ -102,13 +140,29 @@ def test_smollm2_fine_tunes_on_cpu_and_the_validation_loss_falls(tmp_path: Path)
         with server.client() as http:
             done = http.get(f"{JOBS}/{job['id']}").json()
             listed = events(http, job["id"])
+
+        # The tutorial's chain: register the job's model, deploy it to an online endpoint
+        # with one instance, send it all the traffic, and call /score with the primary key.
+        lmfoundry(home, "models", "register", "smol-ft", "--from-job", job["id"])
+        lmfoundry(home, "endpoints", "create", "smol-ep")
+        lmfoundry(
+            home, "endpoints", "deploy", "smol-ep", "blue", "--model", "smol-ft:1",
+            "--instance-count", "1",
+        )  # fmt: skip
+        lmfoundry(home, "endpoints", "traffic", "smol-ep", "blue=100")
+        endpoint = json.loads(lmfoundry(home, "endpoints", "show", "smol-ep", "--json").stdout)
+        key = json.loads(lmfoundry(home, "endpoints", "keys", "smol-ep", "--json").stdout)
+        tutorial = score(endpoint["scoring_uri"], key["primary_key"], 0.7, 128)
+        greedy = score(endpoint["scoring_uri"], key["primary_key"], 0.0, 16)
     finally:
         stop_server(server)
+    assert isinstance(tutorial, str) and tutorial.strip(), tutorial
+    output = Path(done["output_model_path"])
+    assert greedy.strip() == reference_answer(home, output, QUESTION, 16).strip()
     assert (done["status"], done["step"]) == ("completed", 30), done
     validation = {e["step"]: e["validation_loss"] for e in listed if e["kind"] == "validation"}
     assert sorted(validation) == [0, 15, 30]
     assert validation[30] < 0.7 * validation[0], validation
-    output = Path(done["output_model_path"])
     assert (output / "peft" / "adapter_model.safetensors").exists()
     converted = list((home / "models" / "converted").iterdir())
     assert [p.name.startswith("SmolLM2-135M-Instruct-") for p in converted] == [True]

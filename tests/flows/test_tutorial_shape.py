@@ -1,75 +1,31 @@
-"""The tutorial's scenario 3 in its own shape, answered by a real model.
+"""The tutorial's scenario 3 in its own shape, against lmfoundry online endpoints.
 
 Flows with the tutorial's imports and contract (a custom connection named `connection`,
-`connection.endpoint` / `connection.key`, the /score request body) call a small /score server
-that stands in for an online endpoint: it translates each request into a chat completion of the
-bundled SmolLM2 behind a real serverless deployment. (The end-to-end test against an lmfoundry
-online endpoint, with the tutorial's files verbatim, comes with online endpoints.)
+`connection.endpoint` / `connection.key`, the /score request body) call an online endpoint's
+/score URL with its primary key: one serving a LoRA adapter fine-tuned (by a real job) to
+answer "apple apple apple", and one serving the bundled SmolLM2, whose answers depend on the
+conversation so far.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import LiveServer, start_server, stop_server
+from tests.finetune.helpers import import_tiny, train_adapter
+from tests.finetune.tiny import build_tiny_phi3
 from tests.flows.helpers import DATA, cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.timeout(900)]
 
-DEPLOYMENT = "smollm2-135m-instruct"
-SCORE_KEY = "score-key-0123456789abcdef"
+E = "/api/v1/projects/default/online-endpoints"
+CONNECTION = "/api/v1/projects/default/connections/connection"
 QUESTION = "What is the capital of France?"
-
-
-class ScoreEndpoint:
-    """`POST /score` as an online endpoint answers it, backed by a serverless deployment."""
-
-    def __init__(self, target_url: str, key: str) -> None:
-        self.requests: list[dict[str, Any]] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                if self.path != "/score" or self.headers["authorization"] != f"Bearer {SCORE_KEY}":
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                endpoint.requests.append(body)
-                data = body["input_data"]
-                reply = httpx.post(
-                    target_url + "chat/completions",
-                    json={
-                        "messages": data["input_string"],
-                        "temperature": data["parameters"]["temperature"],
-                        "max_tokens": data["parameters"]["max_new_tokens"],
-                    },
-                    headers={"api-key": key},
-                    timeout=120,
-                )
-                answer = json.dumps({"output": reply.json()["choices"][0]["message"]["content"]})
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.end_headers()
-                self.wfile.write(answer.encode())
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/score"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -79,46 +35,70 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     stop_server(live)
 
 
-@pytest.fixture(scope="module")
-def endpoint(server: LiveServer) -> Iterator[tuple[ScoreEndpoint, str, str]]:
-    with server.client() as api:
-        base = f"/api/v1/projects/default/serverless-deployments/{DEPLOYMENT}"
-        target = api.get(base).json()["target_url"]
-        key = api.get(base + "/keys").json()["primary_key"]
-        score = ScoreEndpoint(target, key)
-        connection = {"configs": {"endpoint": score.url}, "secrets": {"key": SCORE_KEY}}
-        assert api.put(
-            "/api/v1/projects/default/connections/connection", json=connection
-        ).is_success
-    yield score, target, key
-    score.close()
+def endpoint(api: httpx.Client, name: str, model: str) -> tuple[str, str]:
+    """An online endpoint with one deployment `blue` of `model` taking all the traffic:
+    (scoring URI, primary key)."""
+    assert api.post(E, json={"name": name}).status_code == 201
+    put = api.put(f"{E}/{name}/deployments/blue", json={"model": model, "instance_count": 1})
+    assert put.status_code in (200, 201), put.text
+    deadline = time.monotonic() + 300
+    while api.get(f"{E}/{name}/deployments/blue").json()["provisioning_state"] != "succeeded":
+        assert time.monotonic() < deadline, api.get(f"{E}/{name}/deployments/blue").json()
+        time.sleep(0.2)
+    assert api.put(f"{E}/{name}/traffic", json={"blue": 100}).status_code == 200
+    return api.get(f"{E}/{name}").json()["scoring_uri"], api.get(f"{E}/{name}/keys").json()[
+        "primary_key"
+    ]
 
 
-def direct_answer(target: str, key: str, messages: list[dict[str, str]]) -> str:
+def connect(api: httpx.Client, scoring_uri: str, key: str) -> None:
+    """The tutorial's custom connection: the endpoint URL as a config, the key as a secret."""
+    body = {"configs": {"endpoint": scoring_uri}, "secrets": {"key": key}}
+    assert api.put(CONNECTION, json=body).is_success
+
+
+def direct_answer(scoring_uri: str, key: str, messages: list[dict[str, str]]) -> str:
+    body = {
+        "input_data": {
+            "input_string": messages,
+            "parameters": {"temperature": 0.0, "max_new_tokens": 24},
+        }
+    }
     reply = httpx.post(
-        target + "chat/completions",
-        json={"messages": messages, "temperature": 0.0, "max_tokens": 24},
-        headers={"api-key": key},
-        timeout=120,
+        scoring_uri, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120
     )
-    return str(reply.json()["choices"][0]["message"]["content"])
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["output"])
 
 
-def test_the_flow_returns_the_models_answer(
-    server: LiveServer, endpoint: tuple[ScoreEndpoint, str, str]
+@pytest.fixture(scope="module")
+def fine_tuned(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    tiny = build_tiny_phi3(tmp_path_factory.mktemp("models") / "tiny-phi3")
+    with server.client() as api:
+        import_tiny(api, tiny)
+        train_adapter(api, "tiny-phi3", "apples", "apple apple apple")
+        return endpoint(api, "fruit", "apples:1")
+
+
+@pytest.fixture(scope="module")
+def smol(server: LiveServer) -> tuple[str, str]:
+    with server.client() as api:
+        return endpoint(api, "smol", "SmolLM2-135M-Instruct")
+
+
+def test_the_flow_returns_the_fine_tuned_models_answer(
+    server: LiveServer, fine_tuned: tuple[str, str]
 ) -> None:
-    score, target, key = endpoint
+    scoring_uri, key = fine_tuned
+    with server.client() as api:
+        connect(api, scoring_uri, key)
     result = json.loads(
         cli(server, "flow", "test", str(DATA / "score_client"), f"input_data={QUESTION}", "--json")
     )
     assert result["status"] == "completed", result
     answer = result["outputs"]["answer"]
-    assert answer.strip()
-    # greedy decoding: exactly what the deployment answers when asked directly
-    assert answer == direct_answer(target, key, [{"role": "user", "content": QUESTION}])
-    assert score.requests[-1]["input_data"]["input_string"] == [
-        {"role": "user", "content": QUESTION}
-    ]
+    assert answer.startswith("apple"), answer  # what the adapter was trained to say
+    assert answer == direct_answer(scoring_uri, key, [{"role": "user", "content": QUESTION}])
 
     # uploaded and deployed, it answers Prompt flow's /score request the same way
     cli(server, "flow", "upload", str(DATA / "score_client"), "--name", "phi-chat")
@@ -135,11 +115,10 @@ def test_the_flow_returns_the_models_answer(
     assert scored.json() == {"answer": answer}
 
 
-def test_the_chat_version_keeps_the_history(
-    server: LiveServer, endpoint: tuple[ScoreEndpoint, str, str]
-) -> None:
-    score, target, key = endpoint
-    before = len(score.requests)
+def test_the_chat_version_keeps_the_history(server: LiveServer, smol: tuple[str, str]) -> None:
+    scoring_uri, key = smol
+    with server.client() as api:
+        connect(api, scoring_uri, key)
     output = cli(
         server,
         "flow",
@@ -148,13 +127,21 @@ def test_the_chat_version_keeps_the_history(
         "--interactive",
         stdin=f"{QUESTION}\nAnd of Germany?\n\n",
     )
-    first, second = score.requests[before:]
-    first_answer = direct_answer(target, key, first["input_data"]["input_string"])
-    assert first_answer.strip() and first_answer in output
-    # the second turn carries the first question and the model's first answer
-    assert second["input_data"]["input_string"] == [
-        {"role": "user", "content": QUESTION},
-        {"role": "assistant", "content": first_answer},
-        {"role": "user", "content": "And of Germany?"},
-    ]
-    assert direct_answer(target, key, second["input_data"]["input_string"]) in output
+    first = direct_answer(scoring_uri, key, [{"role": "user", "content": QUESTION}])
+    assert first.strip() and first in output
+    # the second turn carries the first question and the model's first answer: greedy
+    # decoding answers it exactly as the endpoint does when sent that history
+    second = direct_answer(
+        scoring_uri,
+        key,
+        [
+            {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "And of Germany?"},
+        ],
+    )
+    assert second in output
+    without_history = direct_answer(
+        scoring_uri, key, [{"role": "user", "content": "And of Germany?"}]
+    )
+    assert second != without_history  # the history changed the answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lmfoundry.catalog.models import ModelCard, ModelSource
@@ -12,6 +13,17 @@ from lmfoundry.storage.models import RegisteredModel
 
 
 class ModelResolver:
+    """Registered LoRA adapters are served by the `transformers` engine on their base model's
+    Hugging Face weights, with PEFT switching adapters per batch (engines/transformers.py).
+
+    Why not llama.cpp: its adapters are GGUF LoRA files applied per context, so serving one
+    would mean converting the PEFT weights (with the llama q/k row permutation) and grouping
+    decode steps by adapter; and the adapter was trained against the fp32 weights the job
+    dequantised from the GGUF file, which the transformers engine serves exactly, while
+    llama.cpp would apply it to the quantised base. All adapters of one base share one
+    instance (`ResolvedModel.instance_key` is the base folder), so the base's memory is paid
+    once."""
+
     def __init__(self, catalog: CatalogService, registry: RegistryService) -> None:
         self.catalog = catalog
         self.registry = registry
@@ -46,27 +58,7 @@ class ModelResolver:
     def _registered(self, row: RegisteredModel, load: bool) -> ResolvedModel:
         ref = f"{row.name}:{row.version}"
         if row.adapter:
-            base = (
-                self.catalog.resolve(row.base_model or "")
-                if load
-                else ResolvedModel(
-                    card=self.catalog.get_card(row.base_model or ""),
-                    path=Path("."),
-                    engine="llamacpp",
-                )
-            )
-            card = base.card.model_copy(
-                update={
-                    "id": ref,
-                    "display_name": f"{ref} (LoRA on {base.card.id})",
-                    "base_model": base.card.id,
-                    "description": row.description or base.card.description,
-                    "tags": ["fine-tuned"],
-                }
-            )
-            return ResolvedModel(
-                card=card, path=base.path, engine=base.engine, adapter=Path(row.path)
-            )
+            return self._adapter(row, ref, load)
         path = Path(row.path)
         gguf = path if path.suffix == ".gguf" else next(iter(sorted(path.glob("*.gguf"))), None)
         base_card = None
@@ -117,4 +109,47 @@ class ModelResolver:
             card=card.model_copy(update={"format": "hf", "engine": "transformers"}),
             path=path,
             engine="transformers",
+        )
+
+    def _adapter(self, row: RegisteredModel, ref: str, load: bool) -> ResolvedModel:
+        base_card = self.catalog.get_card(row.base_model or "")
+        card = base_card.model_copy(
+            update={
+                "id": ref,
+                "display_name": f"{ref} (LoRA on {base_card.id})",
+                "base_model": base_card.id,
+                "description": row.description or base_card.description,
+                "tags": ["fine-tuned"],
+                "format": "hf",
+                "engine": "transformers",
+            }
+        )
+        folder = self._base_folder(row, base_card) if load else Path(".")
+        return ResolvedModel(card=card, path=folder, engine="transformers", adapter=Path(row.path))
+
+    def _base_folder(self, row: RegisteredModel, base_card: ModelCard) -> Path:
+        """The Hugging Face folder the adapter was trained on: the adapter's own
+        `base_model_name_or_path` when it is a folder here (a job's converted base), the
+        catalog model's folder, or the folder a fine-tuning job converted its GGUF file to."""
+        config = Path(row.path) / "adapter_config.json"
+        try:
+            named = json.loads(config.read_text()).get("base_model_name_or_path") or ""
+        except (OSError, ValueError):
+            named = ""
+        candidates = [Path(named)] if named else []
+        base = self.catalog.resolve(base_card.id)
+        candidates.append(base.path)
+        converted = self.catalog.models_dir / "converted"
+        candidates += sorted(
+            converted.glob(f"{base_card.id}-*"), key=lambda p: p.stat().st_mtime, reverse=True
+        )
+        for folder in candidates:
+            if folder.is_dir() and (folder / "config.json").exists():
+                return folder
+        raise InvalidRequest(
+            f"{row.name}:{row.version} is a LoRA adapter of {base_card.id}, whose weights here "
+            "are a GGUF file; adapters are served on Hugging Face weights. Run a fine-tuning "
+            f"job on {base_card.id} once (it converts the file), or import the base as a "
+            "Hugging Face folder (`lmfoundry models import`).",
+            param="model",
         )

@@ -240,6 +240,35 @@ class FineTuneService:
             "finished_at": row.finished_at,
         }
 
+    def job_output(self, project_id: int, job_id: str) -> tuple[Path, dict[str, Any], str]:
+        """(MLflow folder, lineage, base catalog model) of a succeeded job: what the model
+        registry registers with `--from-job`."""
+        with self.db.session() as s:
+            row = s.get(FineTuningJob, job_id)
+            if row is None or row.project_id != project_id:
+                raise NotFound(
+                    f"No fine-tuning job {job_id!r} in this project; `lmfoundry jobs list` "
+                    "shows them.",
+                    param="job",
+                )
+            if row.status != "completed" or not row.output_path:
+                raise Conflict(
+                    f"Job {job_id} is {row.status}; only a succeeded job has a model to "
+                    "register (`lmfoundry jobs logs JOB` says how it is doing).",
+                    param="job",
+                )
+            train = s.get(Dataset, row.training_dataset_id)
+            valid = s.get(Dataset, row.validation_dataset_id) if row.validation_dataset_id else None
+            lineage = {
+                "job_id": row.id,
+                "base_model": row.model,
+                "training_data": _ref(train),
+                "validation_data": _ref(valid) if valid else None,
+                "hyperparameters": row.hyperparameters,
+                "metrics": row.metrics,
+            }
+            return Path(row.output_path), lineage, row.model
+
     # -- canceling ---------------------------------------------------------------------------
 
     def cancel_job(self, access: ProjectAccess, job_id: str) -> dict[str, Any]:

@@ -158,6 +158,11 @@ class Gateway:
                 "max_sequences": self.settings.engine_max_sequences,
                 "kv_tokens": self.settings.engine_kv_tokens,
             }
+        elif model.engine == "transformers":
+            options = {
+                "n_threads": self.settings.engine_threads,
+                "max_sequences": self.settings.engine_max_sequences,
+            }
         return InstanceSpec.make(model.engine, str(model.path), options)
 
     async def admit(
