@@ -77,9 +77,9 @@ def test_secrets_are_encrypted_at_rest(api: Api) -> None:
         ({"colour": "red"}, "colour", "unknown field"),
         ({"type": "lmfoundry", "configs": {"target_kind": "serverless"}}, "configs.target", ""),
         (
-            {"type": "lmfoundry", "configs": {"target_kind": "endpoint", "target": "x"}},
+            {"type": "lmfoundry", "configs": {"target_kind": "vm", "target": "x"}},
             "configs.target_kind",
-            "serverless",
+            "endpoint, serverless",
         ),
         (
             {"type": "lmfoundry", "configs": {"target_kind": "serverless", "target": "nope"}},

@@ -29,7 +29,7 @@ def project_home(access: ProjectDep) -> Response:
 
 @router.get(P + "/catalog")
 def catalog(request: Request, access: ProjectDep, plat: PlatformDep) -> Response:
-    deployed = {d["model"]: d["name"] for d in plat.serverless.list(access)}
+    deployed = {d["model"]: d["name"] for d in plat.serverless.list_deployments(access)}
     return render(
         request,
         "catalog.html",
@@ -47,7 +47,7 @@ def deployments(request: Request, access: ProjectDep, plat: PlatformDep) -> Resp
         "deployments.html",
         access=access,
         section="deployments",
-        deployments=plat.serverless.list(access),
+        deployments=plat.serverless.list_deployments(access),
     )
 
 
@@ -86,7 +86,7 @@ def playground(
             "model": d["model"],
             "deployments": [],
         }
-        for d in plat.serverless.list(access)
+        for d in plat.serverless.list_deployments(access)
     ] + [
         {
             "value": f"endpoint/{e['name']}",
@@ -95,7 +95,7 @@ def playground(
             "model": e["name"],
             "deployments": e["deployments"],
         }
-        for e in plat.endpoints.list(access)
+        for e in plat.endpoints.list_endpoints(access)
     ]
     return render(
         request,
@@ -114,7 +114,7 @@ def endpoints(request: Request, access: ProjectDep, plat: PlatformDep) -> Respon
         "endpoints.html",
         access=access,
         section="endpoints",
-        endpoints=plat.endpoints.list(access),
+        endpoints=plat.endpoints.list_endpoints(access),
     )
 
 
@@ -146,7 +146,7 @@ def endpoint(name: str, request: Request, access: ProjectDep, plat: PlatformDep)
 
 def _deployable(access: ProjectAccess, plat: Platform) -> list[str]:
     """Model references a deployment can name: registered versions, then catalog ids."""
-    versions: list[dict[str, Any]] = plat.registry.list(access)
+    versions: list[dict[str, Any]] = plat.registry.versions(access)
     registered = [f"{m['name']}:{m['version']}" for m in versions]
     return registered + [c.id for c in plat.catalog.list_cards() if c.weights_present]
 
@@ -158,7 +158,7 @@ def models(request: Request, access: ProjectDep, plat: PlatformDep) -> Response:
         "models.html",
         access=access,
         section="models",
-        models=plat.registry.list(access),
+        models=plat.registry.versions(access),
     )
 
 
