@@ -23,7 +23,7 @@ from tests.conftest import LiveServer, start_server, stop_server
 pytestmark = pytest.mark.slow
 
 NAME = "smollm2-135m-instruct"
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_azure_inference_client(target: tuple[str, str, str]) -> None:
     reply = client.complete(
         messages=[
             SystemMessage("Answer in one sentence."),
-            UserMessage("What is the capital of France?"),
+            UserMessage("What is the capital of France? Answer in one word."),
         ],
         max_tokens=32,
         temperature=0,
@@ -86,7 +86,7 @@ def test_azure_inference_client(target: tuple[str, str, str]) -> None:
     assert reply.usage.prompt_tokens > 0
     parts = []
     for update in client.complete(
-        messages=[UserMessage("What is the capital of France?")],
+        messages=[UserMessage("What is the capital of France? Answer in one word.")],
         max_tokens=32,
         temperature=0,
         stream=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import socket
 from typing import Annotated
 
@@ -63,6 +64,11 @@ def up(
     )
     server = uvicorn.Server(config)
     sockets = [_shared_socket(settings.host, settings.port)] if reuse_port else None
+    # uvicorn re-raises the signal it shut down on once it is done, so a graceful stop would
+    # end as "killed by SIGTERM". Handlers that do nothing, restored by uvicorn after its own,
+    # make a clean shutdown exit 0, as supervisors and scripts expect.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run(sockets=sockets)
 
 
