@@ -92,11 +92,6 @@ def field_error(page: Page, field: str) -> str:
     return str(locator.first.inner_text())
 
 
-def api_has(server: LiveServer, path: str) -> bool:
-    schema = httpx.get(server.url + "/openapi.json", timeout=10).json()
-    return path in schema["paths"]
-
-
 def test_studio_end_to_end(server: LiveServer, page: object) -> None:
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -224,28 +219,17 @@ def test_studio_end_to_end(server: LiveServer, page: object) -> None:
         p.click("text=Export CSV")
     assert "smol-e2e" in Path(download.value.path()).read_text()
 
-    # -- the other pages render (with an empty state where their API is not here yet) -----------
+    # -- the other pages render ------------------------------------------------------------------
     for section in ("deployments", "models", "endpoints"):
         p.goto(f"/projects/{PROJECT}/{section}")
         shot(p, f"09-{section}")
-    for section, api_path in (
-        ("datasets", "datasets"),
-        ("fine-tuning", "fine-tuning-jobs"),
-        ("connections", "connections"),
-        ("flows", "flows"),
-    ):
+    for section in ("datasets", "fine-tuning", "connections", "flows"):
         p.goto(f"/projects/{PROJECT}/{section}")
-        here = api_has(server, f"/api/v1/projects/{{project}}/{api_path}")
-        if not here:
-            p.wait_for_selector("[data-missing]:not(.hidden)")
         shot(p, f"10-{section}")
 
-    if api_has(server, "/api/v1/projects/{project}/connections/{name}"):
-        connections_step(p)
-    if api_has(server, "/api/v1/projects/{project}/datasets"):
-        timings["fine-tuning"] = fine_tuning_step(p, server)
-    if api_has(server, "/api/v1/projects/{project}/flows"):
-        flows_step(p)
+    connections_step(p)
+    timings["fine-tuning"] = fine_tuning_step(p, server)
+    flows_step(p)
 
     # -- phone width -----------------------------------------------------------------------------
     p.set_viewport_size({"width": 390, "height": 844})
@@ -258,7 +242,7 @@ def test_studio_end_to_end(server: LiveServer, page: object) -> None:
     print(f"studio e2e timings (s since start): {json.dumps(timings)}")
 
 
-# -- steps that need APIs arriving with the datasets/jobs and connections/flows work ----------
+# -- connections, datasets and fine-tuning, flows ----------------------------------------------
 
 
 def connections_step(p: Page) -> None:
