@@ -95,6 +95,13 @@ class Unavailable(LmfError):
     code = "unavailable"
 
 
+class InsufficientStorage(LmfError):
+    """A write failed because the disk (or the process's file size limit) is full."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+
 class EngineFailed(LmfError):
     """The instance died or the engine failed while answering."""
 

@@ -19,7 +19,7 @@ from tests.finetune.helpers import JOBS, events
 from tests.finetune.tiny import EXAMPLE_DATA
 
 # About 2.5 minutes on an idle two-core machine; more when other work shares the cores.
-pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.heavy, pytest.mark.timeout(1200)]
 
 
 def lmfoundry(home: Path, *args: str, timeout: float = 1100) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from tests.finetune.helpers import import_tiny, train_adapter
 from tests.finetune.tiny import build_tiny_phi3
 from tests.flows.helpers import DATA, cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.heavy, pytest.mark.timeout(900)]
 
 E = "/api/v1/projects/default/online-endpoints"
 CONNECTION = "/api/v1/projects/default/connections/connection"

@@ -16,7 +16,7 @@ from tests.conftest import LiveServer, start_server, stop_server
 from tests.finetune.helpers import import_tiny, train_adapter
 from tests.finetune.tiny import build_tiny_phi3
 
-pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.heavy, pytest.mark.timeout(900)]
 
 E = "/api/v1/projects/default/online-endpoints"
 MODELS = "/api/v1/projects/default/models"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,10 +13,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmfoundry.errors import InvalidRequest, LmfError
+from lmfoundry.errors import InsufficientStorage, InvalidRequest, LmfError
 from lmfoundry.serving.wire import _path
 
 log = logging.getLogger("lmfoundry.api")
+
+FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 class ErrorDetail(BaseModel):
@@ -41,8 +45,25 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         422: "A valid parameter the model does not support.",
         429: "Over quota; see Retry-After.",
         503: "No healthy instance; see Retry-After.",
+        507: "The server's disk is full; nothing was stored.",
     }.items()
 }
+
+
+def disk_full(request: Request, exc: BaseException | None) -> JSONResponse | None:
+    """507 for a write that failed on a full disk, wherever it was (a body Starlette spooled
+    to a temporary file, a dataset, a flow archive): the writers remove what they started,
+    so nothing half-written stays and the caller may retry."""
+    if not (isinstance(exc, OSError) and exc.errno in FULL_DISK):
+        return None
+    log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        InsufficientStorage(
+            "The server ran out of disk space while writing this request "
+            f"({os.strerror(exc.errno or 0)}); nothing was stored. Free space under "
+            "LMFOUNDRY_HOME (or the temporary folder) and retry."
+        )
+    )
 
 
 def error_response(exc: LmfError) -> JSONResponse:
@@ -77,6 +98,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        full = disk_full(request, exc.__cause__)  # FastAPI's "error parsing the body"
+        if full is not None:
+            return full
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = str(exc.detail)
         if exc.status_code == 404:
@@ -91,6 +115,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        full = disk_full(request, exc)
+        if full is not None:
+            return full
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(
             {

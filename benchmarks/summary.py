@@ -1,0 +1,103 @@
+"""Collect the benchmarks' JSON files into latest.json and a Markdown table (latest.md).
+
+.venv/bin/python benchmarks/summary.py benchmarks/results
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+
+
+def rows(folder: Path) -> list[tuple[str, str, str]]:
+    """(benchmark, what is compared, ratio) for each result file present."""
+    out: list[tuple[str, str, str]] = []
+    gateway = folder / "gateway_overhead.json"
+    if gateway.exists():
+        data = json.loads(gateway.read_text())
+        r, ratios = data["results"], data["ratios"]
+        out.append(
+            (
+                "gateway overhead",
+                f"p50 at concurrency 1: bare ASGI {r['bare']['c1']['p50_ms']:.1f} ms, lmfoundry "
+                f"{r['on']['c1']['p50_ms']:.1f} ms (quotas+metering off "
+                f"{r['off']['c1']['p50_ms']:.1f} ms)",
+                f"+{ratios['added_p50_ms_vs_bare']:.1f} ms",
+            )
+        )
+        out.append(
+            (
+                "gateway throughput",
+                f"req/s at concurrency 16: lmfoundry {r['on']['c16']['requests_per_s']:.0f}, "
+                f"bare {r['bare']['c16']['requests_per_s']:.0f}",
+                f"{ratios['throughput_on_over_bare_c16']:.2f}x bare",
+            )
+        )
+    engine = folder / "engine_batching.json"
+    if engine.exists():
+        data = json.loads(engine.read_text())
+        median = (
+            {row["run"]: row for row in data["median"]}
+            if isinstance(data["median"], list)
+            else data["median"]
+        )
+        ratios = data["ratios"]
+        detail = ", ".join(
+            f"{name} {row['tokens_per_s']:.0f} tok/s" for name, row in median.items()
+        )
+        for key, value in ratios.items():
+            out.append((f"engine: {key.replace('_', ' ')}", detail, f"{value:.2f}x"))
+    finetune = folder / "finetune_throughput.json"
+    if finetune.exists():
+        data = json.loads(finetune.read_text())
+        med = {
+            run: statistics.median(r["tokens_per_second"] for r in results)
+            for run, results in data["runs"].items()
+        }
+        out.append(
+            (
+                "fine-tuning tokens/s",
+                f"{data['steps']} steps: " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()),
+                f"{med['lmfoundry'] / med['trl']:.2f}x TRL",
+            )
+        )
+    return out
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results")
+    table = rows(folder)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    summary: dict[str, Any] = {"when": stamp, "machine": machine(), "rows": table}
+    (folder / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [
+        f"Measured {stamp} on {summary['machine']}.",
+        "",
+        "| benchmark | measured | ratio |",
+        "|---|---|---|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in table),
+    ]
+    (folder / "latest.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
