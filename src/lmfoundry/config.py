@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     flow_max_bytes: int = Field(
         default=50 * 1024 * 1024, description="Largest flow folder accepted (packed)."
     )
+    database_busy_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="SQLite: how long a write waits on another writer before the request "
+        "gets a 503 saying the database is busy.",
+    )
     max_concurrent_jobs: int = Field(
         default=1, ge=1, description="Fine-tuning jobs that run at once; the others wait queued."
     )

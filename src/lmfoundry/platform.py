@@ -66,7 +66,7 @@ class Platform:
     @classmethod
     def create(cls, settings: Settings) -> Platform:
         settings.home.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, settings.database_busy_seconds)
         db.migrate()
         box = SecretBox(load_master_key(settings.home, settings.master_key))
         keys = KeyStore(box)

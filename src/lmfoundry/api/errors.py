@@ -11,9 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmfoundry.errors import InsufficientStorage, InvalidRequest, LmfError
+from lmfoundry.errors import InsufficientStorage, InvalidRequest, LmfError, Unavailable
 from lmfoundry.serving.wire import _path
 
 log = logging.getLogger("lmfoundry.api")
@@ -118,6 +119,16 @@ def install(app: FastAPI) -> None:
         full = disk_full(request, exc)
         if full is not None:
             return full
+        if isinstance(exc, OperationalError) and "database is locked" in str(exc):
+            log.error("database locked on %s %s", request.method, request.url.path)
+            return error_response(
+                Unavailable(
+                    "The database is locked by another writer and stayed locked longer than "
+                    "LMFOUNDRY_DATABASE_BUSY_SECONDS; nothing was changed. Retry shortly; if "
+                    "it persists, look for a process holding a write transaction open.",
+                    headers={"Retry-After": "1"},
+                )
+            )
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(
             {
