@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, print_json, show
-from lmfoundry.errors import InvalidRequest
+from lmfoundry.errors import EngineFailed, InvalidRequest, Timeout
 
 app = typer.Typer(
     help="Online endpoints: deployments, traffic split, mirror, keys, /score.", no_args_is_help=True
@@ -79,6 +80,10 @@ def deploy(
     max_concurrent_requests_per_instance: Annotated[
         int | None, typer.Option(help="Beyond this, requests get 429 at once.")
     ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until the deployment serves (or fails), as `az ml` does.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 900,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -95,7 +100,28 @@ def deploy(
         result = lmf.put_endpoint_deployment(
             endpoint, deployment, model, instance_count, settings or None
         )
+        if wait:
+            result = _wait(lmf, endpoint, deployment, result["generation"], timeout)
     show(result, json_)
+
+
+def _wait(lmf: Any, endpoint: str, deployment: str, generation: int, timeout: float) -> Any:
+    """Poll until this generation of the deployment has succeeded; a failure is an error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = lmf.endpoint_deployment(endpoint, deployment)
+        if state["provisioning_state"] == "failed":
+            raise EngineFailed(
+                f"Deployment {deployment!r} failed: {state.get('error') or 'see the server log'}."
+            )
+        if state["provisioning_state"] == "succeeded" and state["generation"] >= generation:
+            return state
+        if time.monotonic() > deadline:
+            raise Timeout(
+                f"Deployment {deployment!r} is still {state['provisioning_state']} after "
+                f"{timeout:.0f} s; `lmfoundry endpoints deployments {endpoint}` shows it."
+            )
+        time.sleep(0.5)
 
 
 @app.command("deployments")
