@@ -30,6 +30,21 @@ def machine() -> str:
 def rows(folder: Path) -> list[tuple[str, str, str]]:
     """(benchmark, what is compared, ratio) for each result file present."""
     out: list[tuple[str, str, str]] = []
+    serving = folder / "serving.json"
+    if serving.exists():
+        data = json.loads(serving.read_text())
+        pairs = zip(data["results"]["lmfoundry"], data["results"]["baseline"], strict=True)
+        for ours, theirs in pairs:
+            c = ours["concurrency"]
+            out.append(
+                (
+                    f"serving, concurrency {c}",
+                    f"tok/s {ours['tokens_per_s']:.0f} vs llama_cpp.server "
+                    f"{theirs['tokens_per_s']:.0f}; TTFT p99 {ours['ttft_p99_ms']:.0f} vs "
+                    f"{theirs['ttft_p99_ms']:.0f} ms",
+                    f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tok/s",
+                )
+            )
     gateway = folder / "gateway_overhead.json"
     if gateway.exists():
         data = json.loads(gateway.read_text())

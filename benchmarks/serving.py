@@ -1,0 +1,218 @@
+"""Serving throughput: lmfoundry against llama-cpp-python's own OpenAI server, same GGUF file.
+
+    .venv/bin/python benchmarks/serving.py [--concurrency 1 4 8 16] [--requests 16]
+        [--max-tokens 64] [--json out.json]
+
+Two servers on loopback, started here, one after the other, with the same thread count:
+
+  baseline    `python -m llama_cpp.server` on the bundled SmolLM2-135M GGUF
+  lmfoundry   `lmfoundry up` and its serverless deployment of the same file
+
+The same load generator drives both: at each concurrency, `--requests` streaming chat
+requests per client slot (fixed prompts, greedy, `max_tokens` fixed, `ignore_eos`-free, so
+counts are taken from what came back). Reported per concurrency: aggregate output tokens/s,
+time to first token p50/p99, end-to-end latency p50/p99; then the ratios lmfoundry/baseline.
+Needs `pip install sse-starlette starlette-context` for llama-cpp-python's server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lmfoundry.catalog.bundled import smollm2_path
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works to a child.",
+    "List ten things to pack for a beach holiday and say why.",
+    "Describe the water cycle in detail.",
+    "Write a letter to a friend about a trip to the mountains.",
+    "Explain what a computer program is.",
+    "Give advice to someone starting to learn the piano.",
+    "Describe a busy market in the morning.",
+]
+TOKEN = "lmf_pat_" + "b" * 43
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")
+
+
+async def one(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str], prompt: str, max_tokens: int
+) -> dict[str, float]:
+    body = {
+        "model": "SmolLM2-135M-Instruct",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    async with http.stream("POST", url, json=body, headers=headers) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                tokens += 1  # one content delta per generated token on both servers
+                if first is None:
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    return {"ttft": (first or end) - start, "e2e": end - start, "tokens": tokens}
+
+
+async def load(
+    url: str, headers: dict[str, str], concurrency: int, per_slot: int, max_tokens: int
+) -> dict[str, Any]:
+    results: list[dict[str, float]] = []
+    async with httpx.AsyncClient(timeout=600) as http:
+        await one(http, url, headers, PROMPTS[0], 4)  # warm: the model is loaded
+
+        async def slot(n: int) -> None:
+            for i in range(per_slot):
+                prompt = PROMPTS[(n + i) % len(PROMPTS)] + f" ({n}-{i})"
+                results.append(await one(http, url, headers, prompt, max_tokens))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(slot(n) for n in range(concurrency)))
+        wall = time.perf_counter() - start
+
+    def pct(key: str, q: float) -> float:
+        values = sorted(r[key] for r in results)
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "tokens": sum(r["tokens"] for r in results),
+        "tokens_per_s": round(sum(r["tokens"] for r in results) / wall, 1),
+        "ttft_p50_ms": round(1000 * statistics.median(r["ttft"] for r in results), 1),
+        "ttft_p99_ms": round(1000 * pct("ttft", 0.99), 1),
+        "e2e_p50_ms": round(1000 * statistics.median(r["e2e"] for r in results), 1),
+        "e2e_p99_ms": round(1000 * pct("e2e", 0.99), 1),
+    }
+
+
+def run_baseline(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192",
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", process)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        return [
+            asyncio.run(load(url, {}, c, args.requests, args.max_tokens)) for c in args.concurrency
+        ]
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def run_lmfoundry(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LMFOUNDRY_")}
+        env.update(
+            LMFOUNDRY_HOME=home,
+            LMFOUNDRY_PORT=str(port),
+            LMFOUNDRY_ADMIN_TOKEN=TOKEN,
+            LMFOUNDRY_ENGINE_THREADS=str(threads),
+            LMFOUNDRY_QUOTAS_ENABLED="false",  # the baseline has none: compare engines
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lmfoundry", "up"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(base + "/healthz", process)
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            name = "smollm2-135m-instruct"
+            keys = httpx.get(
+                f"{base}/api/v1/projects/default/serverless-deployments/{name}/keys", headers=auth
+            ).json()
+            url = f"{base}/serverless/{name}/v1/chat/completions"
+            headers = {"api-key": keys["primary_key"]}
+            return [
+                asyncio.run(load(url, headers, c, args.requests, args.max_tokens))
+                for c in args.concurrency
+            ]
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--requests", type=int, default=4, help="per client slot")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = {
+        "baseline": run_baseline(args, args.threads),
+        "lmfoundry": run_lmfoundry(args, args.threads),
+    }
+    header = f"{'server':<10} {'conc':>4} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} "
+    print(header + f"{'e2e p50':>9} {'e2e p99':>9}   (ms)")
+    for name, rows in results.items():
+        for r in rows:
+            print(
+                f"{name:<10} {r['concurrency']:>4} {r['tokens_per_s']:>7.1f} "
+                f"{r['ttft_p50_ms']:>9.0f} {r['ttft_p99_ms']:>9.0f} "
+                f"{r['e2e_p50_ms']:>9.0f} {r['e2e_p99_ms']:>9.0f}"
+            )
+    ratios = {}
+    for ours, theirs in zip(results["lmfoundry"], results["baseline"], strict=True):
+        c = ours["concurrency"]
+        ratios[f"tokens_per_s_c{c}"] = round(ours["tokens_per_s"] / theirs["tokens_per_s"], 2)
+        ratios[f"ttft_p99_c{c}"] = round(ours["ttft_p99_ms"] / theirs["ttft_p99_ms"], 2)
+    print("lmfoundry / baseline: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+    if args.json:
+        args.json.write_text(
+            json.dumps({"threads": args.threads, "results": results, "ratios": ratios}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
