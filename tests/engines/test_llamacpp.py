@@ -134,6 +134,13 @@ async def test_max_tokens_and_stop_sequences(
     assert text == full[: cut - 3]
     assert last.finish_reason == "stop"
 
+    # Generation that ends at max_tokens while the end of the text may begin a stop string
+    # releases the held-back tail after the rest, in order (a stop that never completes).
+    text, last = await run(engine, prompt, max_tokens=7)
+    dangling = text[-2:] + "\u0000never"
+    held, last = await run(engine, prompt, max_tokens=7, stop=[dangling])
+    assert (held, last.finish_reason) == (text, "length")
+
 
 async def test_seeded_sampling_is_reproducible(
     engine: LlamaCppEngine, tokenizer: GGUFTokenizer

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from lmfoundry.engines.base import Delta, EngineError, GenerationRequest, SamplingParams
+from lmfoundry.engines.stops import StopScanner
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,6 @@ class _Seq:
         "decoder",
         "done",
         "generated",
-        "held",
         "loop",
         "n_generated",
         "n_past",
@@ -108,9 +108,9 @@ class _Seq:
         "queue",
         "reserved",
         "sampler",
+        "scanner",
         "shared",
         "sid",
-        "stops",
     )
 
     def __init__(
@@ -125,7 +125,7 @@ class _Seq:
     ) -> None:
         self.prompt = prompt
         self.sampler = sampler  # llama_sampler chain pointer (int), owned by the engine
-        self.stops = stops
+        self.scanner = StopScanner(stops)  # holds back text that may begin a stop string
         self.budget = budget  # tokens this sequence may generate (max_tokens, context-capped)
         self.adapter = adapter
         self.loop = loop
@@ -141,40 +141,8 @@ class _Seq:
         self.parent: _CacheEntry | None = None
         self.shared = 0  # prompt tokens whose cells come from `parent`
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.held = ""  # decoded text withheld because it may begin a stop string
         self.cancelled = False
         self.done = False
-
-    def scan(self, text: str, final: bool) -> tuple[str, bool]:
-        """Text that can be emitted now, and whether a stop string was found.
-
-        Never emits a stop string or anything after it; holds back the longest tail that is
-        the beginning of a stop string until the next tokens disambiguate it. Matches can
-        only start inside `held + text`: anything emitted earlier was, when emitted, not
-        the beginning of any stop string."""
-        buf = self.held + text
-        cut = -1
-        for stop in self.stops:
-            i = buf.find(stop)
-            if i >= 0 and (cut < 0 or i < cut):
-                cut = i
-        if cut >= 0:
-            self.held = ""
-            return buf[:cut], True
-        if final:
-            self.held = ""
-            return buf, False
-        keep = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(buf)), keep, -1):
-                if buf.endswith(stop[:n]):
-                    keep = n
-                    break
-        if keep:
-            self.held = buf[-keep:]
-            return buf[:-keep], False
-        self.held = ""
-        return buf, False
 
 
 class LlamaCppEngine:
@@ -630,8 +598,8 @@ class LlamaCppEngine:
         if piece is None:
             piece = self._piece(token)
         text = seq.decoder.decode(piece)
-        if seq.stops:
-            text, hit = seq.scan(text, final=False)
+        if seq.scanner.stops:
+            text, hit = seq.scanner.scan(text)
             if hit:
                 self._emit(seq, Delta(text, seq.n_generated, "stop"), out)
                 self._release(seq, keep=True)
@@ -647,9 +615,9 @@ class LlamaCppEngine:
         # The decoder only ever holds the first bytes of an incomplete UTF-8 character (the
         # generation ended in the middle of one): that is not text, so it is dropped rather
         # than flushed as U+FFFD. Invalid bytes earlier on were already replaced.
-        if seq.stops:
-            text, hit = seq.scan(text, final=True)
-            reason = "stop" if hit else reason
+        # `text` was scanned already; what the scanner holds back (the start of a stop
+        # string that never completed) comes after it, and is released now.
+        text, seq.scanner.held = text + seq.scanner.held, ""
         self._emit(seq, Delta(text, seq.n_generated, reason), out)  # type: ignore[arg-type]
         self._release(seq, keep=True)
 

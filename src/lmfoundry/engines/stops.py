@@ -1,6 +1,6 @@
 """Stop sequences over streamed text: never emit a stop string, hold back what may begin one.
 
-The same rules as the llamacpp engine's (`_Seq.scan`), for engines that stream text deltas.
+Shared by the engines that stream text deltas (llamacpp, transformers).
 """
 
 from __future__ import annotations
