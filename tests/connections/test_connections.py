@@ -128,6 +128,23 @@ def test_lmfoundry_connection_resolves_the_deployment_url_and_key(api: Api) -> N
     assert resolve(api, "model")["model"]["secrets"] == {"key": new}
 
 
+def test_lmfoundry_connection_to_an_online_endpoint_resolves_its_score_url(api: Api) -> None:
+    endpoints = "/api/v1/projects/default/online-endpoints"
+    assert api.post(endpoints, json={"name": "ep-a"}).status_code == 201
+    view = api.get(f"{endpoints}/ep-a").json()
+    keys = api.get(f"{endpoints}/ep-a/keys").json()
+    body = {"type": "lmfoundry", "configs": {"target_kind": "endpoint", "target": "ep-a"}}
+    assert api.put(f"{CONNECTIONS}/ep", json=body).status_code == 201
+    resolved = resolve(api, "ep")["ep"]
+    assert resolved["configs"]["endpoint"] == view["scoring_uri"]
+    assert resolved["configs"]["endpoint"].endswith("/endpoints/ep-a/score")
+    assert resolved["configs"]["target_url"] == view["scoring_uri"].removesuffix("score")
+    assert resolved["secrets"] == {"key": keys["primary_key"]}
+    assert api.delete(f"{endpoints}/ep-a").status_code == 204
+    gone = api.put(f"{CONNECTIONS}/ep2", json=body)
+    assert gone.status_code == 400 and "no endpoint deployment named" in gone.text
+
+
 def test_roles_and_audit(api: Api) -> None:
     tokens = {}
     for user, role in (("rita", "reader"), ("dev", "developer")):

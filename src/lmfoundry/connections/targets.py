@@ -3,6 +3,8 @@ of the same project, registered by kind with `ConnectionService.register_target`
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
 from lmfoundry.access.keys import KeyStore
@@ -16,20 +18,21 @@ from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import OnlineEndpoint, ServerlessDeployment
 
 
-class ServerlessTargets:
-    """`{"target_kind": "serverless", "target": NAME}` -> the deployment's URL and primary key."""
+class _Targets:
+    """Looks a deployment of one kind up by name in a project: its URL and primary key."""
 
-    def __init__(self, db: Database, serverless: ServerlessService, keys: KeyStore) -> None:
+    kind = ""
+    model: Any = None
+    what = ""  # for messages: "Serverless deployment"
+    listing = ""  # the command that lists the other ones
+
+    def __init__(self, db: Database, keys: KeyStore) -> None:
         self.db = db
-        self.serverless = serverless
         self.keys = keys
 
-    def _row(self, s: object, project_id: int, name: str) -> ServerlessDeployment | None:
-        return s.scalar(  # type: ignore[attr-defined, no-any-return]
-            select(ServerlessDeployment).where(
-                ServerlessDeployment.project_id == project_id, ServerlessDeployment.name == name
-            )
-        )
+    def _row(self, s: Any, project_id: int, name: str) -> Any:
+        table = self.model
+        return s.scalar(select(table).where(table.project_id == project_id, table.name == name))
 
     def exists(self, project_id: int, name: str) -> bool:
         with self.db.session() as s:
@@ -40,45 +43,45 @@ class ServerlessTargets:
             row = self._row(s, project_id, name)
             if row is None:
                 raise NotFound(
-                    f"Serverless deployment {name!r} no longer exists in this project; "
-                    "point the connection at another one (`lmfoundry serverless list`)."
+                    f"{self.what} {name!r} no longer exists in this "
+                    f"project; point the connection at another one (`{self.listing}`)."
                 )
-            key = self.keys.read(s, SERVERLESS, row.id)["primary_key"]
+            key = self.keys.read(s, self.kind, row.id)["primary_key"]
+        return self.target(name, key)
+
+    def target(self, name: str, key: str) -> Target:
+        raise NotImplementedError
+
+
+class ServerlessTargets(_Targets):
+    """`{"target_kind": "serverless", "target": NAME}` -> the deployment's URL and key."""
+
+    kind, model = SERVERLESS, ServerlessDeployment
+    what, listing = "Serverless deployment", "lmfoundry serverless list"
+
+    def __init__(self, db: Database, serverless: ServerlessService, keys: KeyStore) -> None:
+        super().__init__(db, keys)
+        self.serverless = serverless
+
+    def target(self, name: str, key: str) -> Target:
         url = self.serverless.target_url(name)
         return Target(kind=SERVERLESS, name=name, target_url=url, endpoint=url, key=key)
 
 
-class EndpointTargets:
+class EndpointTargets(_Targets):
     """`{"target_kind": "endpoint", "target": NAME}` -> the endpoint's `/score` URL and key.
 
     Flow code posts the tutorial's body (`{"input_data": {...}}`) to `endpoint`; `target_url`
     is the endpoint's base, under which `chat/completions` answers too."""
 
+    kind, model = ENDPOINT, OnlineEndpoint
+    what, listing = "Online endpoint", "lmfoundry endpoints list"
+
     def __init__(self, db: Database, endpoints: EndpointService, keys: KeyStore) -> None:
-        self.db = db
+        super().__init__(db, keys)
         self.endpoints = endpoints
-        self.keys = keys
 
-    def _row(self, s: object, project_id: int, name: str) -> OnlineEndpoint | None:
-        return s.scalar(  # type: ignore[attr-defined, no-any-return]
-            select(OnlineEndpoint).where(
-                OnlineEndpoint.project_id == project_id, OnlineEndpoint.name == name
-            )
-        )
-
-    def exists(self, project_id: int, name: str) -> bool:
-        with self.db.session() as s:
-            return self._row(s, project_id, name) is not None
-
-    def resolve(self, project_id: int, name: str) -> Target:
-        with self.db.session() as s:
-            row = self._row(s, project_id, name)
-            if row is None:
-                raise NotFound(
-                    f"Online endpoint {name!r} no longer exists in this project; "
-                    "point the connection at another one (`lmfoundry endpoints list`)."
-                )
-            key = self.keys.read(s, ENDPOINT, row.id)["primary_key"]
+    def target(self, name: str, key: str) -> Target:
         score = self.endpoints.scoring_uri(name)
         base = score.rsplit("/", 1)[0] + "/"
         return Target(kind=ENDPOINT, name=name, target_url=base, endpoint=score, key=key)
