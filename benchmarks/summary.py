@@ -80,6 +80,35 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
         )
         for key, value in ratios.items():
             out.append((f"engine: {key.replace('_', ' ')}", detail, f"{value:.2f}x"))
+    instances = folder / "instances.json"
+    if instances.exists():
+        data = json.loads(instances.read_text())
+        p, m, a, c = (data[k] for k in ("prefix_reuse", "memory", "adapters", "cold_start"))
+        out += [
+            (
+                "prefix reuse, TTFT",
+                f"{p['shared_prefix_tokens']}-token shared prefix: {p['ttft_reuse_ms']:.0f} ms "
+                f"with reuse, {p['ttft_no_reuse_ms']:.0f} ms without",
+                f"{p['speedup']:.1f}x faster",
+            ),
+            (
+                "instance memory",
+                f"idle {m['idle_mb']} MB; 1/4/16 sequences {m['sequences_1_mb']}/"
+                f"{m['sequences_4_mb']}/{m['sequences_16_mb']} MB",
+                f"{m['ratio_16_over_idle']:.2f}x idle at 16",
+            ),
+            (
+                "adapters on one base",
+                f"base {a['base_mb']} MB; 1 adapter {a['adapters_1_mb']} MB; "
+                f"4 adapters {a['adapters_4_mb']} MB",
+                f"{a['ratio_4_over_1']:.2f}x (4 vs 1)",
+            ),
+            (
+                "cold start",
+                f"first token from zero instances {c['cold_ms']} ms; warm {c['warm_ms']} ms",
+                f"{c['cold_ms'] / 1000:.1f} s",
+            ),
+        ]
     finetune = folder / "finetune_throughput.json"
     if finetune.exists():
         data = json.loads(finetune.read_text())
