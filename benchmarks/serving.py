@@ -132,6 +132,8 @@ def run_baseline(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]
         sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192",
         "--n_threads", str(threads), "--n_threads_batch", str(threads),
+        # queue concurrent requests instead of cutting the running stream off (its default)
+        "--interrupt_requests", "False",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
