@@ -43,6 +43,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "Not found (also for resources of projects you are not a member of).",
         409: "Conflicts with an existing resource.",
         413: "Request body too large.",
+        431: "Request headers too large (over 32 KiB or 100 fields).",
         422: "A valid parameter the model does not support.",
         429: "Over quota; see Retry-After.",
         503: "No healthy instance; see Retry-After.",

@@ -18,12 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lmfoundry.errors import PayloadTooLarge
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The HTTP parser uvicorn uses (httptools) accepts headers of any size; this caps them.
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADERS = 100
 
 
 class RequestContext:
     """Adds `x-request-id` to every response (reusing a well-formed one from the caller),
-    collapses duplicate slashes (SDKs join `endpoint/` + `/chat/completions`), and answers
-    413 for bodies over the limit before the app reads them."""
+    collapses duplicate slashes (SDKs join `endpoint/` + `/chat/completions`), answers 413
+    for bodies over the limit before the app reads them, and 431 for oversized headers."""
 
     def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
         self.app = app
@@ -34,7 +37,19 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        raw_headers = scope["headers"]
+        size = sum(len(k) + len(v) for k, v in raw_headers)
+        if size > MAX_HEADER_BYTES or len(raw_headers) > MAX_HEADERS:
+            await _refuse(
+                send,
+                431,
+                "request_header_fields_too_large",
+                f"The request's headers are {size:,} bytes in {len(raw_headers)} fields; at most "
+                f"{MAX_HEADER_BYTES:,} bytes and {MAX_HEADERS} fields are accepted. Send less "
+                "in headers (large values belong in the body).",
+            )
+            return
+        headers = dict(raw_headers)
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -87,19 +102,15 @@ def _too_large_message(limit: int) -> str:
 
 
 async def _too_large(send: Any, limit: int) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "payload_too_large",
-                "status": 413,
-                "message": _too_large_message(limit),
-            }
-        }
-    ).encode()
+    await _refuse(send, 413, "payload_too_large", _too_large_message(limit))
+
+
+async def _refuse(send: Any, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "status": status, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
