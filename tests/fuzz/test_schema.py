@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import ADMIN_TOKEN, LiveServer, start_server, stop_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(1800)]  # SQLite pass only
 
 EXAMPLES = int(os.environ.get("LMFOUNDRY_FUZZ_EXAMPLES", "25"))
 DEPLOYMENT = "smollm2-135m-instruct"  # created by `lmfoundry up` on the embedded defaults
