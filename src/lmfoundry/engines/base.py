@@ -12,6 +12,7 @@ Two halves:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -112,3 +113,23 @@ class EngineError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+async def relay(seq: Any, cond: threading.Condition) -> AsyncIterator[Delta]:
+    """The deltas a decode thread posts to `seq.queue`, up to the one with a finish reason
+    (an exception posted instead is raised). The engines with a decode thread (llamacpp,
+    transformers) share it: if the consumer goes away first, the sequence is marked
+    cancelled and the thread woken to drop it."""
+    try:
+        while True:
+            item = await seq.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finish_reason is not None:
+                return
+    finally:
+        if not seq.done:
+            seq.cancelled = True
+            with cond:
+                cond.notify()

@@ -37,13 +37,20 @@ import random
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from lmfoundry.engines.base import Delta, EngineError, GenerationRequest, SamplingParams
+from lmfoundry.engines.base import (
+    Delta,
+    EngineError,
+    GenerationRequest,
+    SamplingParams,
+    relay,
+)
 from lmfoundry.engines.hf import (
     IncrementalDetokenizer,
     context_length_of,
@@ -204,20 +211,9 @@ class TransformersEngine:
     # ---------------------------------------------------------------- event loop side
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        seq = self._submit(request)
-        try:
-            while True:
-                item = await seq.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            if not seq.done:  # the consumer went away (or was cancelled): drop the sequence
-                seq.cancelled = True
-                with self._cond:
-                    self._cond.notify()
+        async with aclosing(relay(self._submit(request), self._cond)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def _submit(self, request: GenerationRequest) -> _Seq:
         if self._closed:
