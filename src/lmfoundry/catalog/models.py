@@ -23,7 +23,7 @@ class ModelCard(BaseModel):
     architecture: str
     parameters: str
     context_length: int
-    format: Literal["gguf", "hf"]
+    format: Literal["gguf", "hf", "onnx"]
     engine: Literal["llamacpp", "transformers", "onnx", "vllm", "echo"]
     source: ModelSource
     license: str

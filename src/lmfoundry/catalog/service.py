@@ -138,7 +138,8 @@ class CatalogService:
     def import_model(
         self, path: Path, model_id: str | None = None, display_name: str | None = None
     ) -> CardView:
-        """Add a local GGUF file or Hugging Face folder as a catalog model.
+        """Add a local GGUF file, Hugging Face folder or ONNX Runtime GenAI folder (served
+        by the `onnx` engine) as a catalog model.
 
         Importing under the id of a built-in card (e.g. a Phi-3 GGUF as
         `Phi-3-mini-4k-instruct`) makes that card's weights present, keeping its prices and
@@ -226,10 +227,15 @@ def inspect_weights(path: Path) -> dict[str, Any]:
             "chat_template": meta.get("tokenizer.chat_template"),
             "license": meta.get("general.license", "unknown"),
         }
+    from lmfoundry.engines.onnx import is_onnx_folder
+
+    if is_onnx_folder(path):
+        return _inspect_onnx(path)
     config_path = path / "config.json"
     if not config_path.exists():
         raise InvalidRequest(
-            f"{path} has no config.json; give a Hugging Face model folder or a .gguf file.",
+            f"{path} has no config.json; give a Hugging Face model folder, an ONNX Runtime "
+            "GenAI folder (with genai_config.json) or a .gguf file.",
             param="path",
         )
     config = json.loads(config_path.read_text())
@@ -246,4 +252,19 @@ def inspect_weights(path: Path) -> dict[str, Any]:
         "architecture": (config.get("architectures") or ["unknown"])[0],
         "context_length": int(config.get("max_position_embeddings", 2048)),
         "chat_template": template,
+    }
+
+
+def _inspect_onnx(path: Path) -> dict[str, Any]:
+    """An ONNX Runtime GenAI folder (`lmfoundry models build-onnx` writes them)."""
+    from lmfoundry.engines.onnx import chat_template_in, context_length_of, read_genai_config
+
+    genai = read_genai_config(path)
+    return {
+        "id": path.name,
+        "format": "onnx",
+        "engine": "onnx",
+        "architecture": str((genai.get("model") or {}).get("type", "unknown")),
+        "context_length": context_length_of(genai),
+        "chat_template": chat_template_in(path),
     }

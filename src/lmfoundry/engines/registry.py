@@ -27,9 +27,14 @@ def create_engine(kind: str, model_path: str, options: dict[str, Any]) -> Engine
         from lmfoundry.engines.transformers import TransformersEngine
 
         return TransformersEngine(Path(model_path), **options)
+    if kind == "onnx":
+        _require_onnx_extra()
+        from lmfoundry.engines.onnx import OnnxEngine
+
+        return OnnxEngine(Path(model_path), **options)
     raise Unavailable(
         f"Engine {kind!r} is not available in this installation; "
-        "engines: llamacpp, transformers, echo."
+        "engines: llamacpp, transformers, onnx, echo."
     )
 
 
@@ -49,9 +54,13 @@ def create_tokenizer(
         from lmfoundry.engines.hf import HFTokenizer
 
         return HFTokenizer(Path(model_path), chat_template, context_length)
+    if kind == "onnx":
+        from lmfoundry.engines.onnx import OnnxTokenizer
+
+        return OnnxTokenizer(Path(model_path), chat_template, context_length)
     raise Unavailable(
         f"Engine {kind!r} is not available in this installation; "
-        "engines: llamacpp, transformers, echo."
+        "engines: llamacpp, transformers, onnx, echo."
     )
 
 
@@ -64,4 +73,17 @@ def _require_train_extra() -> None:
         raise Unavailable(
             f"The transformers engine needs {', '.join(missing)}; "
             "install them with `pip install 'lmfoundry[train]'`."
+        )
+
+
+def _require_onnx_extra() -> None:
+    """The `onnx` engine needs onnxruntime-genai and tokenizers (the `onnx` extra)."""
+    import importlib.util
+
+    needed = ("onnxruntime_genai", "tokenizers")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise Unavailable(
+            f"The onnx engine needs {', '.join(missing)}; "
+            "install them with `pip install 'lmfoundry[onnx]'`."
         )
