@@ -43,7 +43,16 @@ class Settings(BaseSettings):
     metering_enabled: bool = Field(
         default=True, description="Write a usage record per inference request."
     )
-    ray_address: str | None = Field(default=None, description="Run instances and jobs on Ray.")
+    ray_address: str | None = Field(
+        default=None,
+        description="Run instances as Ray Serve replicas and fine-tuning jobs as Ray Jobs on "
+        "the Ray cluster at this address (its GCS, e.g. 10.0.0.5:6379).",
+    )
+    ray_dashboard_url: str | None = Field(
+        default=None,
+        description="The Ray dashboard (Serve config and Job submission); default: the one "
+        "the cluster reports.",
+    )
     supervisor: bool = Field(
         default=True,
         description="Own instances and jobs. Gateway processes (`up --no-supervisor`) route "

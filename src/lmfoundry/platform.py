@@ -30,6 +30,8 @@ from lmfoundry.registry.service import RegistryService
 from lmfoundry.runtime.backend import Backend
 from lmfoundry.runtime.jobs import JobSupervisor
 from lmfoundry.runtime.local import LocalBackend
+from lmfoundry.runtime.ray_jobs import RayJobLauncher
+from lmfoundry.runtime.ray_serve import RayBackend, RayCluster, ReplicaSettings
 from lmfoundry.runtime.registry import InstanceRegistry
 from lmfoundry.runtime.remote import RemoteBackend
 from lmfoundry.serving.endpoint import EndpointRouter
@@ -79,7 +81,20 @@ class Platform:
         endpoints = EndpointService(db, resolver, keys, settings.base_url)
         registry_of_instances = InstanceRegistry(db, uuid.uuid4().hex)
         backend: Backend
-        if settings.supervisor:
+        ray_cluster: RayCluster | None = None
+        if settings.ray_address:
+            ray_cluster = RayCluster(settings.ray_address, settings.ray_dashboard_url)
+            backend = RayBackend(
+                ray_cluster,
+                settings.instance_start_timeout,
+                settings.instance_idle_seconds,
+                owner=settings.supervisor,
+                registry=registry_of_instances,
+                replica_settings=ReplicaSettings(
+                    max_ongoing_requests=max(64, settings.engine_max_sequences * 4)
+                ),
+            )
+        elif settings.supervisor:
             backend = LocalBackend(
                 settings.home,
                 settings.instance_start_timeout,
@@ -119,6 +134,7 @@ class Platform:
             settings.max_concurrent_jobs,
             settings.job_max_restarts,
             settings.job_threads,
+            launcher=RayJobLauncher(ray_cluster) if ray_cluster is not None else None,
         )
         return cls(
             settings=settings,

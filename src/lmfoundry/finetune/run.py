@@ -1,6 +1,7 @@
 """A job process: runs one fine-tuning job and records what happens in the database.
 
     python -m lmfoundry.finetune.run --job ftjob-… --parent PID
+    python -m lmfoundry.finetune.run --job ftjob-… --env-file PATH    (as a Ray Job)
 
 Started by the server's job supervisor (`runtime/jobs.py`), with LMFOUNDRY_DATABASE_URL in
 its environment. It reads its `FineTuneConfig` from the job row, trains, and marks the job
@@ -70,12 +71,27 @@ class DatabaseReport:
         self._update(metrics=dict(self.latest))
 
 
+def _load_env_file(path: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, sep, value = line.rstrip("\n").partition("=")
+            if sep and key:
+                os.environ[key] = value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lmfoundry-job")
     parser.add_argument("--job", required=True)
     parser.add_argument("--parent", type=int, default=os.getppid())
+    parser.add_argument(
+        "--env-file",
+        help="KEY=VALUE lines to add to the environment (a Ray Job gets its database URL "
+        "this way: a runtime_env's variables show in Ray's job listings)",
+    )
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
+    if args.env_file:
+        _load_env_file(args.env_file)
 
     db = Database(get_settings().resolved_database_url)
     with db.session() as s:
@@ -86,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         config = FineTuneConfig.from_dict(row.spec)
     report = DatabaseReport(db, args.job)
     report.log(f"Job process started (pid {os.getpid()}).")
+    print(f"job {args.job} started (pid {os.getpid()})", flush=True)
     try:
         from lmfoundry.finetune.trainer import train
 
@@ -103,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(db, report, f"{type(exc).__name__}: {exc}")
         sys.exit(1)
     report.log(f"Completed after {result.steps} steps; model saved to {result.output_dir}.")
+    print(f"job {args.job} completed after {result.steps} steps", flush=True)
     with db.session() as s:
         s.execute(
             update(FineTuningJob)

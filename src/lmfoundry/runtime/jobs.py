@@ -10,6 +10,10 @@ The database is the source of truth; the supervisor reconciles to it twice a sec
 Job processes run in their own session (a Ctrl-C in the server's terminal does not reach them)
 and die with the server (`lifeline.die_with_parent`). Stopping the server stops them and
 leaves them `running` in the database: the next start resumes them from their checkpoints.
+
+Where a job process runs is the launcher's business: a child process here (`LocalLauncher`),
+or a Ray Job on a cluster (`runtime.ray_jobs.RayJobLauncher`, with LMFOUNDRY_RAY_ADDRESS);
+the supervision above is the same for both.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import select, update
 
+from lmfoundry.errors import LmfError
 from lmfoundry.finetune.events import JobEvents
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import FineTuningJob, utcnow
@@ -45,6 +51,70 @@ def describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
+class JobProcess(Protocol):
+    """One run of a job process, wherever it runs."""
+
+    pid: int | None
+
+    def poll(self) -> int | None:
+        """None while it runs; then its exit code (negative: killed by that signal)."""
+        ...
+
+    async def terminate(self, grace: float) -> None: ...
+
+
+class Launcher(Protocol):
+    def spawn(self, job_id: str, work: Path, env: dict[str, str]) -> JobProcess:
+        """Start `python -m lmfoundry.finetune.run --job ID` with `env` added to the
+        environment, its output going to `work/job.log`. OSError or LmfError if it cannot."""
+        ...
+
+    async def stop_stray(self, job_id: str, pid: int | None) -> None:
+        """Stop a process of `job_id` left by an earlier server, before the job resumes."""
+        ...
+
+
+class LocalProcess:
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.pid: int | None = process.pid
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    async def terminate(self, grace: float) -> None:
+        process = self.process
+        if process.poll() is not None:
+            return
+        _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if process.poll() is None:
+            _signal_group(process.pid, signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
+
+
+class LocalLauncher:
+    """Job processes as children of the server, in their own session, dying with it."""
+
+    def spawn(self, job_id: str, work: Path, env: dict[str, str]) -> LocalProcess:
+        with open(work / "job.log", "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", JOB_MODULE, "--job", job_id, "--parent", str(os.getpid())],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,  # terminal signals go to the server, not to jobs
+            )
+        return LocalProcess(process)
+
+    async def stop_stray(self, job_id: str, pid: int | None) -> None:
+        if pid:
+            await _kill_stray(pid, job_id)
+
+
 class JobSupervisor:
     def __init__(
         self,
@@ -54,7 +124,9 @@ class JobSupervisor:
         max_concurrent: int,
         max_restarts: int,
         threads: int | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
+        self.launcher: Launcher = launcher or LocalLauncher()
         self.db = db
         self.jobs_dir = jobs_dir
         self.database_url = database_url
@@ -62,7 +134,7 @@ class JobSupervisor:
         self.max_restarts = max_restarts
         # Concurrent jobs share the cores: oversubscribed OpenMP threads spin and stall.
         self.threads = threads or max(1, (os.cpu_count() or 1) // max_concurrent)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, JobProcess] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -118,8 +190,10 @@ class JobSupervisor:
         for job_id, pid, cancel_requested in rows:
             if job_id in self.processes:
                 continue
-            if pid:
-                await _kill_stray(pid, job_id)
+            try:
+                await self.launcher.stop_stray(job_id, pid)
+            except LmfError as exc:
+                log.warning("could not check for an earlier run of %s: %s", job_id, exc.message)
             if cancel_requested:
                 self._finish(job_id, "canceled", "Canceled.")
                 continue
@@ -132,7 +206,8 @@ class JobSupervisor:
 
     async def reconcile(self) -> None:
         async with self._lock:
-            self._reap()
+            codes = await asyncio.to_thread(self._poll_all)
+            self._reap(codes)
             await self._stop_canceled()
             self._start_queued()
 
@@ -141,10 +216,20 @@ class JobSupervisor:
         async with self._lock:
             await self._stop_canceled()
 
-    def _reap(self) -> None:
+    def _poll_all(self) -> dict[str, int | None]:
+        """Exit codes (None: running); in a thread, as a Ray launcher asks the cluster."""
+        codes: dict[str, int | None] = {}
         for job_id, process in list(self.processes.items()):
-            code = process.poll()
-            if code is None:
+            try:
+                codes[job_id] = process.poll()
+            except Exception as exc:  # noqa: BLE001 - a cluster briefly unreachable: next pass
+                log.warning("could not read the state of job %s: %s", job_id, exc)
+                codes[job_id] = None
+        return codes
+
+    def _reap(self, codes: dict[str, int | None]) -> None:
+        for job_id, code in codes.items():
+            if code is None or job_id not in self.processes:
                 continue
             del self.processes[job_id]
             restart = False
@@ -216,33 +301,20 @@ class JobSupervisor:
         work = self.jobs_dir / job_id
         work.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
             "LMFOUNDRY_DATABASE_URL": self.database_url,
             "TOKENIZERS_PARALLELISM": "false",
             "OMP_NUM_THREADS": str(self.threads),  # torch's intra-op threads
             "PYTHONUNBUFFERED": "1",
+            # everything a job reads is on this machine
+            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         }
-        env.setdefault("HF_HUB_OFFLINE", "1")  # everything a job reads is on this machine
         try:
-            with open(work / "job.log", "ab") as out:
-                process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        JOB_MODULE,
-                        "--job",
-                        job_id,
-                        "--parent",
-                        str(os.getpid()),
-                    ],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,  # terminal signals go to the server, not to jobs
-                )
+            process = self.launcher.spawn(job_id, work, env)
         except OSError as exc:
             self._finish(job_id, "failed", f"Could not start the job process: {exc}", error=True)
+            return
+        except LmfError as exc:
+            self._finish(job_id, "failed", f"Could not start the job: {exc.message}", error=True)
             return
         self.processes[job_id] = process
         with self.db.session() as s:
@@ -253,15 +325,8 @@ class JobSupervisor:
 
     async def _terminate(self, job_id: str) -> None:
         process = self.processes.pop(job_id, None)
-        if process is None or process.poll() is not None:
-            return
-        _signal_group(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if process.poll() is None:
-            _signal_group(process.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.wait)
+        if process is not None:
+            await process.terminate(STOP_GRACE_SECONDS)
 
     def _finish(self, job_id: str, status: str, message: str, error: bool = False) -> None:
         JobEvents(self.db, job_id).log(message, "error" if error else "info")
@@ -284,7 +349,7 @@ class JobSupervisor:
             return "(no log)"
         return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
 
-    def describe(self) -> dict[str, int]:
+    def describe(self) -> dict[str, int | None]:
         return {job_id: process.pid for job_id, process in self.processes.items()}
 
 
