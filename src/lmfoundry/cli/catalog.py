@@ -1,7 +1,9 @@
-"""`lmfoundry catalog list|show`; `lmfoundry models register|list|show|delete|import|remove`."""
+"""`lmfoundry catalog list|show`; `lmfoundry models register|list|show|delete|import|remove|
+build-onnx`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -70,6 +72,80 @@ def models_import(
             f"Imported [bold]{card['id']}[/] ({card['engine']}, context "
             f"{card['context_length']}). Deploy it with `lmfoundry serverless create "
             f"NAME --model {card['id']}`."
+        )
+
+
+@models_app.command("build-onnx")
+def models_build_onnx(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A catalog model whose weights are here (e.g. SmolLM2-135M-Instruct), a "
+            "Hugging Face folder or a .gguf file."
+        ),
+    ],
+    id: Annotated[
+        str | None,
+        typer.Option(
+            "--id",
+            help="Catalog id to add it under (default: SOURCE-onnx). A built-in card's id, "
+            "e.g. SmolLM2-135M-Instruct, makes that card serve the ONNX build.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder to write (default: $LMFOUNDRY_HOME/models/onnx/ID)."),
+    ] = None,
+    precision: Annotated[str, typer.Option(help="int4, int8, fp16 or fp32.")] = "int4",
+    register: Annotated[
+        bool, typer.Option(help="Add the folder to the catalog (admins only).")
+    ] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Build an ONNX Runtime GenAI folder (served by the `onnx` engine), here, offline."""
+    from lmfoundry.catalog.onnx_build import build_onnx
+    from lmfoundry.config import get_settings
+
+    settings = get_settings()
+    path = Path(source).expanduser()
+    template = None
+    if path.exists():
+        default_id = f"{path.stem if path.is_file() else path.name}-onnx"
+    else:  # a catalog model: its weights, and its own template (gemma's is not in its GGUF)
+        with client() as lmf:
+            card = lmf.card(source)
+        if not card["weights_path"]:
+            raise typer.BadParameter(
+                f"the weights of {source} are not on this machine. {card['how_to_get']}"
+            )
+        path, template = Path(card["weights_path"]), card["chat_template"]
+        default_id = f"{card['id']}-onnx"
+    model_id = id or default_id
+    folder = build_onnx(
+        path,
+        output or settings.home / "models" / "onnx" / model_id,
+        model_id=model_id,
+        models_dir=settings.home / "models",
+        precision=precision,
+        chat_template=template,
+        log=lambda line: console.print(line, highlight=False),
+    )
+    result = {"id": model_id, "path": str(folder), "engine": "onnx", "registered": False}
+    if register:
+        with client() as lmf:
+            card = lmf.import_model(str(folder), model_id)
+        result["registered"] = True
+        result["context_length"] = card["context_length"]
+    if json_:
+        show(result, True)
+    elif register:
+        console.print(
+            f"Added [bold]{model_id}[/] (onnx engine). Deploy it with `lmfoundry serverless "
+            f"create NAME --model {model_id}`."
+        )
+    else:
+        console.print(
+            f"Built {folder}. Add it with `lmfoundry models import {folder} --id {model_id}`."
         )
 
 

@@ -105,6 +105,12 @@ class ModelResolver:
                 path=gguf,
                 engine="llamacpp",
             )
+        if (path / "genai_config.json").is_file():
+            return ResolvedModel(
+                card=card.model_copy(update={"format": "onnx", "engine": "onnx"}),
+                path=path,
+                engine="onnx",
+            )
         return ResolvedModel(
             card=card.model_copy(update={"format": "hf", "engine": "transformers"}),
             path=path,

@@ -33,7 +33,7 @@ from lmfoundry.storage.models import (
 class ModelFiles:
     """What a registered folder holds, found by looking at it."""
 
-    format: str  # mlflow | hf | peft | gguf
+    format: str  # mlflow | hf | peft | gguf | onnx
     weights: Path  # the folder (or file) an engine loads
     adapter: bool
     base_model: str | None
@@ -41,7 +41,8 @@ class ModelFiles:
 
 
 def inspect_folder(path: Path) -> ModelFiles:
-    """Recognise an MLflow model, an HF folder, a PEFT adapter or a GGUF file."""
+    """Recognise an MLflow model, an HF folder, a PEFT adapter, a GGUF file or an ONNX
+    Runtime GenAI folder."""
     if path.is_file():
         if path.suffix == ".gguf":
             return ModelFiles("gguf", path, False, None, {})
@@ -49,6 +50,8 @@ def inspect_folder(path: Path) -> ModelFiles:
             f"{path.name} is neither a model folder nor a .gguf file.", param="path"
         )
     lineage = _read_json(path / "lineage.json")
+    if (path / "genai_config.json").is_file():  # served by the onnx engine
+        return ModelFiles("onnx", path, False, lineage.get("base_model"), lineage)
     fmt = "hf"
     weights = path
     if (path / "MLmodel").exists():

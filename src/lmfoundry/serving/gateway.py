@@ -158,7 +158,7 @@ class Gateway:
                 "max_sequences": self.settings.engine_max_sequences,
                 "kv_tokens": self.settings.engine_kv_tokens,
             }
-        elif model.engine == "transformers":
+        elif model.engine in ("transformers", "onnx"):
             options = {
                 "n_threads": self.settings.engine_threads,
                 "max_sequences": self.settings.engine_max_sequences,
