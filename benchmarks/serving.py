@@ -1,12 +1,17 @@
-"""Serving throughput: lmfoundry against llama-cpp-python's own OpenAI server, same GGUF file.
+"""Serving throughput: lmfoundry against llama-cpp-python's own OpenAI server, same GGUF file,
+and lmfoundry's `onnx` engine against its `llamacpp` engine on the same model.
 
     .venv/bin/python benchmarks/serving.py [--concurrency 1 4 8 16] [--requests 16]
-        [--max-tokens 64] [--json out.json]
+        [--max-tokens 64] [--servers baseline lmfoundry onnx] [--json out.json]
 
-Two servers on loopback, started here, one after the other, with the same thread count:
+Three servers on loopback, started here, one after the other, with the same thread count:
 
   baseline    `python -m llama_cpp.server` on the bundled SmolLM2-135M GGUF
-  lmfoundry   `lmfoundry up` and its serverless deployment of the same file
+  lmfoundry   `lmfoundry up` and its serverless deployment of the same file (llamacpp engine)
+  onnx        `lmfoundry up` and a serverless deployment of SmolLM2 built to int4 ONNX by
+              `lmfoundry models build-onnx` (onnx engine); the build (about a minute and a
+              half) is cached under --onnx-cache. Skipped when onnxruntime-genai or the
+              builder's dependencies are missing.
 
 The same load generator drives both: at each concurrency, `--requests` streaming chat
 requests per client slot (fixed prompts, greedy, `max_tokens` fixed, `ignore_eos`-free, so
@@ -45,6 +50,7 @@ PROMPTS = [
     "Describe a busy market in the morning.",
 ]
 TOKEN = "lmf_pat_" + "b" * 43
+SERVERS = ("baseline", "lmfoundry", "onnx")
 
 
 def free_port() -> int:
@@ -147,7 +153,22 @@ def run_baseline(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]
         process.wait(30)
 
 
-def run_lmfoundry(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
+def onnx_folder(cache: Path) -> Path:
+    """The bundled SmolLM2 built to int4 ONNX (once; later runs reuse the folder)."""
+    from lmfoundry.catalog.onnx_build import build_onnx
+
+    folder = cache / "SmolLM2-135M-Instruct-onnx"
+    if not (folder / "genai_config.json").exists():
+        gguf = smollm2_path()
+        if gguf is None:
+            raise RuntimeError("the bundled SmolLM2 GGUF is not installed")
+        build_onnx(gguf, folder, model_id="SmolLM2-135M-Instruct", models_dir=cache)
+    return folder
+
+
+def run_lmfoundry(
+    args: argparse.Namespace, threads: int, onnx: Path | None = None
+) -> list[dict[str, Any]]:
     port = free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMFOUNDRY_")}
@@ -169,6 +190,20 @@ def run_lmfoundry(args: argparse.Namespace, threads: int) -> list[dict[str, Any]
             wait_http(base + "/healthz", process)
             auth = {"Authorization": f"Bearer {TOKEN}"}
             name = "smollm2-135m-instruct"
+            if onnx is not None:  # the same model on the onnx engine, in its own deployment
+                name = "smollm2-onnx"
+                model = httpx.post(
+                    f"{base}/api/v1/catalog/import",
+                    json={"path": str(onnx), "id": "SmolLM2-135M-Instruct-onnx"},
+                    headers=auth,
+                ).json()
+                assert model["engine"] == "onnx", model
+                created = httpx.post(
+                    f"{base}/api/v1/projects/default/serverless-deployments",
+                    json={"name": name, "model": model["id"]},
+                    headers=auth,
+                )
+                created.raise_for_status()
             keys = httpx.get(
                 f"{base}/api/v1/projects/default/serverless-deployments/{name}/keys", headers=auth
             ).json()
@@ -189,12 +224,32 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="per client slot")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="what to measure"
+    )
+    parser.add_argument(
+        "--onnx-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "lmfoundry-benchmarks",
+        help="where the ONNX build of SmolLM2 is kept between runs",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = {
-        "baseline": run_baseline(args, args.threads),
-        "lmfoundry": run_lmfoundry(args, args.threads),
-    }
+    results: dict[str, list[dict[str, Any]]] = {}
+    if "baseline" in args.servers:
+        results["baseline"] = run_baseline(args, args.threads)
+    if "lmfoundry" in args.servers:
+        results["lmfoundry"] = run_lmfoundry(args, args.threads)
+    if "onnx" in args.servers:
+        from lmfoundry.catalog.onnx_build import check_build_deps
+        from lmfoundry.errors import Unavailable
+
+        try:
+            check_build_deps()
+        except Unavailable as exc:
+            print(f"onnx: skipped ({exc.message})")
+        else:
+            results["onnx"] = run_lmfoundry(args, args.threads, onnx_folder(args.onnx_cache))
     header = f"{'server':<10} {'conc':>4} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} "
     print(header + f"{'e2e p50':>9} {'e2e p99':>9}   (ms)")
     for name, rows in results.items():
@@ -204,15 +259,30 @@ def main() -> None:
                 f"{r['ttft_p50_ms']:>9.0f} {r['ttft_p99_ms']:>9.0f} "
                 f"{r['e2e_p50_ms']:>9.0f} {r['e2e_p99_ms']:>9.0f}"
             )
-    ratios = {}
-    for ours, theirs in zip(results["lmfoundry"], results["baseline"], strict=True):
-        c = ours["concurrency"]
-        ratios[f"tokens_per_s_c{c}"] = round(ours["tokens_per_s"] / theirs["tokens_per_s"], 2)
-        ratios[f"ttft_p99_c{c}"] = round(ours["ttft_p99_ms"] / theirs["ttft_p99_ms"], 2)
-    print("lmfoundry / baseline: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+    ratios: dict[str, float] = {}
+    onnx_ratios: dict[str, float] = {}
+    for label, (ours, theirs, into) in {
+        "lmfoundry / baseline": ("lmfoundry", "baseline", ratios),
+        "onnx / llamacpp engine": ("onnx", "lmfoundry", onnx_ratios),
+    }.items():
+        if ours not in results or theirs not in results:
+            continue
+        for a, b in zip(results[ours], results[theirs], strict=True):
+            c = a["concurrency"]
+            into[f"tokens_per_s_c{c}"] = round(a["tokens_per_s"] / b["tokens_per_s"], 2)
+            into[f"ttft_p99_c{c}"] = round(a["ttft_p99_ms"] / b["ttft_p99_ms"], 2)
+        print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in into.items()))
     if args.json:
         args.json.write_text(
-            json.dumps({"threads": args.threads, "results": results, "ratios": ratios}, indent=2)
+            json.dumps(
+                {
+                    "threads": args.threads,
+                    "results": results,
+                    "ratios": ratios,
+                    "onnx_over_llamacpp": onnx_ratios,
+                },
+                indent=2,
+            )
         )
 
 

@@ -33,7 +33,8 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
     serving = folder / "serving.json"
     if serving.exists():
         data = json.loads(serving.read_text())
-        pairs = zip(data["results"]["lmfoundry"], data["results"]["baseline"], strict=True)
+        runs = data["results"]
+        pairs = zip(runs.get("lmfoundry", []), runs.get("baseline", []), strict=True)
         for ours, theirs in pairs:
             c = ours["concurrency"]
             out.append(
@@ -43,6 +44,16 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
                     f"{theirs['tokens_per_s']:.0f}; TTFT p99 {ours['ttft_p99_ms']:.0f} vs "
                     f"{theirs['ttft_p99_ms']:.0f} ms",
                     f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tok/s",
+                )
+            )
+        for onnx, llamacpp in zip(runs.get("onnx", []), runs.get("lmfoundry", []), strict=True):
+            out.append(
+                (
+                    f"onnx engine, concurrency {onnx['concurrency']}",
+                    f"tok/s {onnx['tokens_per_s']:.0f} vs llamacpp engine "
+                    f"{llamacpp['tokens_per_s']:.0f}; TTFT p99 {onnx['ttft_p99_ms']:.0f} vs "
+                    f"{llamacpp['ttft_p99_ms']:.0f} ms",
+                    f"{onnx['tokens_per_s'] / llamacpp['tokens_per_s']:.2f}x tok/s",
                 )
             )
     gateway = folder / "gateway_overhead.json"
