@@ -263,3 +263,44 @@ def test_a_fine_tuning_job_runs_as_a_ray_job(
         assert time.monotonic() - started < 20
     stopped = submissions(client, long["id"])
     assert [j.status.value for j in stopped] == ["STOPPED"], stopped
+
+
+def test_a_gateway_without_supervisor_serves_through_ray(
+    cluster: Cluster, server: LiveServer
+) -> None:
+    """A second gateway (`--no-supervisor`) on the same database: its first request to a
+    serverless deployment nobody runs yet asks the supervisor, which deploys it on Ray; both
+    gateways then answer from the same replica."""
+    with server.client() as c:
+        created = c.post(
+            "/api/v1/projects/default/serverless-deployments",
+            json={"name": "echoer", "model": "echo"},
+        )
+        assert created.status_code == 201, created.text
+        key = c.get("/api/v1/projects/default/serverless-deployments/echoer/keys").json()[
+            "primary_key"
+        ]
+    before = set(cluster.applications())
+    gateway = start_server(
+        server.home,
+        env={"LMFOUNDRY_RAY_ADDRESS": cluster.address},
+        args=["--no-supervisor"],
+        timeout=120,
+    )
+    try:
+        body = {"messages": [{"role": "user", "content": "hello from the second gateway"}]}
+        for live in (gateway, server):
+            response = httpx.post(
+                f"{live.url}/serverless/echoer/chat/completions",
+                json=body,
+                headers={"api-key": key},
+                timeout=180,
+            )
+            assert response.status_code == 200, response.text
+            answer = response.json()["choices"][0]["message"]["content"]
+            assert answer == "hello from the second gateway"  # the echo engine, on a replica
+        added = set(cluster.applications()) - before
+        assert len(added) == 1, added  # one Serve application, shared by both gateways
+        assert len(cluster.replica_pids(added.pop())) == 1
+    finally:
+        stop_server(gateway)
