@@ -17,7 +17,7 @@ from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import UsageRecord
 from tests.conftest import LiveServer, database_url_for, start_server, stop_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.side]
 
 QUOTA = 3000  # tokens per minute
 DURATION = 120.0  # seconds of load

@@ -14,7 +14,7 @@ import pytest
 
 from tests.ray.namespace import loopback_only
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.side]
 
 ROOT = Path(__file__).parents[2]
 
