@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
+from cachetools import TTLCache
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -23,11 +27,25 @@ class KeyMatch:
     slot: str
 
 
+# How long a gateway trusts what it read about a key. A key regenerated or deleted through this
+# process stops working at once; through another gateway process, within this many seconds.
+MATCH_CACHE_SECONDS = 2.0
+
+
 class KeyStore:
     def __init__(self, box: SecretBox) -> None:
         self.box = box
+        # digest -> match (or None: unknown keys are cached too, so guessing costs no query)
+        self._matches: TTLCache[str, KeyMatch | None] = TTLCache(4096, MATCH_CACHE_SECONDS)
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe
+
+    def forget(self) -> None:
+        """Drop what was read about keys (called on every change to them)."""
+        with self._lock:
+            self._matches.clear()
 
     def create(self, s: Session, kind: str, target_id: int) -> dict[str, str]:
+        self.forget()
         keys = {}
         for slot in SLOTS:
             key = new_key()
@@ -52,6 +70,7 @@ class KeyStore:
             raise InvalidRequest(
                 f"key_type must be 'primary' or 'secondary', not {slot!r}.", param="key_type"
             )
+        self.forget()
         row = s.scalar(
             select(Key).where(Key.target_kind == kind, Key.target_id == target_id, Key.slot == slot)
         )
@@ -72,13 +91,30 @@ class KeyStore:
         s.flush()
         return self.read(s, kind, target_id)
 
-    def match(self, s: Session, key: str) -> KeyMatch | None:
+    def match(
+        self, s: Session | Callable[[], AbstractContextManager[Session]], key: str
+    ) -> KeyMatch | None:
         """The target a presented key belongs to. The lookup is by HMAC digest, so timing
-        reveals nothing about stored keys."""
-        row = s.scalar(select(Key).where(Key.digest == self.box.digest(key)))
-        if row is None:
-            return None
-        return KeyMatch(row.target_kind, row.target_id, row.slot)
+        reveals nothing about stored keys. `s` may be a session factory, opened only when
+        the key is not in the cache (the gateway's case: most requests need no query)."""
+        digest = self.box.digest(key)
+        with self._lock:
+            if digest in self._matches:
+                return self._matches[digest]
+        if isinstance(s, Session):
+            found = _find(s, digest)
+        else:
+            with s() as session:
+                found = _find(session, digest)
+        with self._lock:
+            self._matches[digest] = found
+        return found
 
     def delete(self, s: Session, kind: str, target_id: int) -> None:
+        self.forget()
         s.execute(delete(Key).where(Key.target_kind == kind, Key.target_id == target_id))
+
+
+def _find(s: Session, digest: str) -> KeyMatch | None:
+    row = s.scalar(select(Key).where(Key.digest == digest))
+    return None if row is None else KeyMatch(row.target_kind, row.target_id, row.slot)

@@ -15,7 +15,8 @@ from lmfoundry.platform import Platform
 bearer = HTTPBearer(auto_error=False, description="A personal access token: lmf_pat_...")
 
 
-def platform(request: Request) -> Platform:
+async def platform(request: Request) -> Platform:
+    # async: a plain def would make FastAPI hop to a worker thread on every request
     return request.app.state.platform  # type: ignore[no-any-return]
 
 

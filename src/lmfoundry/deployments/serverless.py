@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -48,6 +52,9 @@ def _check_price(field: str, value: float | None) -> None:
         raise InvalidRequest(f"{field} must be between 0 and 1000 USD per 1K tokens.", param=field)
 
 
+TARGET_CACHE_SECONDS = 2.0
+
+
 class ServerlessService:
     def __init__(
         self, db: Database, resolver: ModelResolver, keys: KeyStore, base_url: str
@@ -56,6 +63,24 @@ class ServerlessService:
         self.resolver = resolver
         self.keys = keys
         self.base_url = base_url.rstrip("/")
+        # name -> target, read on every inference request. Changes through this process apply
+        # at once; through another gateway process, within TARGET_CACHE_SECONDS.
+        self._targets: TTLCache[str, ServingTarget] = TTLCache(1024, TARGET_CACHE_SECONDS)
+        self._targets_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around a change to a deployment: forget cached targets before, and again once the
+        change is committed (a request in between may have read the old row)."""
+        self._forget()
+        try:
+            yield
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        with self._targets_lock:
+            self._targets.clear()
 
     def target_url(self, name: str) -> str:
         return f"{self.base_url}/serverless/{name}/"
@@ -208,7 +233,7 @@ class ServerlessService:
         )
         _check_price("price_input_per_1k", changes.get("price_input_per_1k"))
         _check_price("price_output_per_1k", changes.get("price_output_per_1k"))
-        with self.db.session() as s:
+        with self._changing(), self.db.session() as s:
             row = self._row(s, access, name)
             before = {k: getattr(row, k) for k in changes}
             for key, value in changes.items():
@@ -225,7 +250,7 @@ class ServerlessService:
 
     def delete(self, access: ProjectAccess, name: str) -> None:
         access.require(Role.developer, "delete deployments")
-        with self.db.session() as s:
+        with self._changing(), self.db.session() as s:
             row = self._row(s, access, name)
             self.keys.delete(s, KIND, row.id)
             s.delete(row)
@@ -262,6 +287,16 @@ class ServerlessService:
     # -- data plane --------------------------------------------------------------------------
 
     def serving_target(self, name: str) -> ServingTarget:
+        with self._targets_lock:
+            cached = self._targets.get(name)
+        if cached is not None:
+            return cached
+        target = self._read_target(name)
+        with self._targets_lock:
+            self._targets[name] = target
+        return target
+
+    def _read_target(self, name: str) -> ServingTarget:
         with self.db.session() as s:
             row = s.scalar(select(ServerlessDeployment).where(ServerlessDeployment.name == name))
             if row is None:

@@ -21,8 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime.client import InstanceClient, InstanceLost
@@ -125,7 +123,7 @@ class LocalInstance:
             if self.socket.exists():
                 try:
                     await self._client.health(timeout=2.0)
-                except httpx.HTTPError:
+                except InstanceLost:
                     pass
                 else:
                     self.state = "ready"

@@ -1,12 +1,12 @@
-"""An instance process: one engine behind a small HTTP server on a unix socket.
+"""An instance process: one engine behind a unix socket.
 
     python -m lmfoundry.runtime.worker --socket PATH --spec JSON
 
-`GET /health` answers once the model is loaded; `POST /generate` takes a
-`GenerationRequest` and streams newline-delimited JSON deltas, ending with one that has a
-`finish_reason` (or an `error`). The gateway closing the connection cancels the sequence.
-The process exits when its parent (the server) goes away, so a killed server never leaves
-instances behind.
+It speaks the newline-delimited JSON of `runtime.client`: `{"op": "health"}` answers once
+the model is loaded; `{"op": "generate", "request": {...}}` streams the deltas of a
+`GenerationRequest`, ending with one that has a `finish_reason` (or an `error`). The gateway
+closing the connection mid-answer cancels the sequence. The process exits when its parent
+(the server) goes away, so a killed server never leaves instances behind.
 """
 
 from __future__ import annotations
@@ -16,26 +16,24 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import resource
 import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
-
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from lmfoundry.engines.base import Engine, EngineError, GenerationRequest
 from lmfoundry.engines.registry import create_engine
+from lmfoundry.runtime.client import LINE_LIMIT
 from lmfoundry.runtime.spec import InstanceSpec
 
 PR_SET_PDEATHSIG = 1
+STOP_GRACE_SECONDS = 5.0
+
+log = logging.getLogger("lmfoundry.instance")
 
 
 def _die_with_parent(parent: int) -> None:
@@ -53,51 +51,118 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
-def build_app(engine: Engine, spec: InstanceSpec, started: float) -> Starlette:
-    async def health(_: Request) -> Response:
+class Worker:
+    def __init__(self, engine: Engine, spec: InstanceSpec, started: float) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.started = started
+        self.connections: set[asyncio.Task[Any]] = set()
+
+    def health(self) -> dict[str, Any]:
         rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return JSONResponse(
-            {
-                "status": "ok",
-                "pid": os.getpid(),
-                "engine": spec.engine,
-                "model_path": spec.model_path,
-                "uptime_s": round(time.monotonic() - started, 3),
-                "peak_rss_mb": round(rss_kb / 1024, 1),
-                **engine.stats(),
-            }
-        )
+        return {
+            "status": "ok",
+            "pid": os.getpid(),
+            "engine": self.spec.engine,
+            "model_path": self.spec.model_path,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "peak_rss_mb": round(rss_kb / 1024, 1),
+            **self.engine.stats(),
+        }
 
-    async def generate(request: Request) -> Response:
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
         try:
-            gen = GenerationRequest.from_dict(await request.json())
+            while line := await reader.readline():
+                try:
+                    message = json.loads(line)
+                    op = message["op"]
+                except (ValueError, KeyError, TypeError) as exc:
+                    await _send(writer, _error(f"bad message: {exc}", "bad_request"))
+                    return
+                if op == "health":
+                    await _send(writer, self.health())
+                elif op == "generate":
+                    if not await self._generate(message.get("request"), reader, writer):
+                        return  # the gateway went away mid-answer
+                else:
+                    await _send(writer, _error(f"unknown op {op!r}", "bad_request"))
+                    return
+        except (ConnectionError, ValueError):
+            pass  # a gateway gone, or a line over the limit: drop the connection
+        except Exception:  # the engine failed: the gateway sees the line drop
+            log.exception("a request failed in the instance")
+        finally:
+            writer.close()
+            if task is not None:
+                self.connections.discard(task)
+
+    async def _generate(
+        self, raw: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Stream one request; False if the connection closed before its end."""
+        try:
+            request = GenerationRequest.from_dict(raw)
         except (KeyError, TypeError, ValueError) as exc:
-            return JSONResponse({"error": {"message": f"bad generate request: {exc}"}}, 400)
-        return StreamingResponse(_stream(engine, gen), media_type="application/x-ndjson")
+            await _send(writer, _error(f"bad generate request: {exc}", "bad_request"))
+            return True
+        streaming = asyncio.create_task(self._stream(request, writer))
+        # The gateway sends nothing while it reads an answer: anything read here is EOF.
+        closed = asyncio.create_task(reader.read(1))
+        done, _ = await asyncio.wait({streaming, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if streaming in done:
+            closed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closed
+            streaming.result()
+            return True
+        streaming.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await streaming
+        return False
 
-    return Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/generate", generate, methods=["POST"]),
-        ]
-    )
+    async def _stream(self, request: GenerationRequest, writer: asyncio.StreamWriter) -> None:
+        deltas = self.engine.generate(request)
+        try:
+            async for delta in deltas:
+                item: dict[str, Any] = {"text": delta.text, "n": delta.completion_tokens}
+                if delta.finish_reason:
+                    item["finish_reason"] = delta.finish_reason
+                await _send(writer, item)
+        except EngineError as exc:
+            await _send(writer, _error(exc.message, "invalid", exc.param))
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
 
 
-async def _stream(engine: Engine, gen: GenerationRequest) -> AsyncIterator[str]:
-    deltas = engine.generate(gen)
-    try:
-        async for delta in deltas:
-            item: dict[str, Any] = {"text": delta.text, "n": delta.completion_tokens}
-            if delta.finish_reason:
-                item["finish_reason"] = delta.finish_reason
-            yield json.dumps(item) + "\n"
-    except EngineError as exc:
-        yield (
-            json.dumps({"error": {"message": exc.message, "param": exc.param, "kind": "invalid"}})
-            + "\n"
-        )
-    finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
+def _error(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "param": param, "kind": kind}}
+
+
+async def _send(writer: asyncio.StreamWriter, item: dict[str, Any]) -> None:
+    writer.write(json.dumps(item).encode() + b"\n")
+    await writer.drain()
+
+
+async def serve(worker: Worker, path: str) -> None:
+    """Serve until SIGTERM/SIGINT; then let requests in flight finish (a few seconds)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = await asyncio.start_unix_server(worker.serve_connection, path, limit=LINE_LIMIT)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+        server.close()
+        if worker.connections:
+            await asyncio.wait(set(worker.connections), timeout=STOP_GRACE_SECONDS)
+    await worker.engine.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,19 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"instance failed to load {spec.model_path}: {exc}", file=sys.stderr, flush=True)
         sys.exit(3)
 
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(args.socket)
-    config = uvicorn.Config(
-        build_app(engine, spec, started),
-        uds=args.socket,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    asyncio.run(server.serve())
-    asyncio.run(engine.aclose())
+    asyncio.run(serve(Worker(engine, spec, started), args.socket))
 
 
 if __name__ == "__main__":

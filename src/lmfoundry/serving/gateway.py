@@ -112,8 +112,7 @@ class Gateway:
                 "Missing key: send `Authorization: Bearer <key>` or `api-key: <key>` "
                 "(`lmfoundry serverless keys NAME` or `lmfoundry endpoints keys NAME`)."
             )
-        with self.db.session() as s:
-            match = self.keys.match(s, presented)
+        match = self.keys.match(self.db.session, presented)
         if match is None:
             raise Unauthorized(
                 f"Invalid key for {target.name!r}; check it, or regenerate one with "
