@@ -383,7 +383,7 @@ class OnnxEngine:
     def _run(self) -> None:
         try:
             engine = self._og.Engine(self._model)
-            buffer = engine.create_event_buffer(max(64, 4 * self.max_sequences))
+            buffer = engine.create_event_buffer(max(256, 8 * self.max_sequences))
         except Exception as exc:  # raised again by __init__
             log.exception("onnx engine: could not create the og Engine")
             self._failure = exc
