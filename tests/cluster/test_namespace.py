@@ -1,4 +1,4 @@
-"""Runs the Ray tests (tests/ray/test_ray.py) inside a fresh loopback-only network namespace,
+"""Runs the Ray tests (tests/cluster/test_ray.py) inside a fresh loopback-only network namespace,
 so that a plain `pytest` (and CI) runs them without Ray ever listening on the host network."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray.namespace import loopback_only
+from tests.cluster.namespace import loopback_only
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.side]
 
@@ -35,7 +35,7 @@ def test_the_ray_tests_pass_in_a_loopback_only_namespace() -> None:
             "-x",
             "-p",
             "no:cacheprovider",
-            "tests/ray/test_ray.py",
+            "tests/cluster/test_ray.py",
         ],
         cwd=ROOT,
         capture_output=True,

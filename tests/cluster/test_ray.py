@@ -3,8 +3,8 @@ namespace: an online endpoint whose deployments are Ray Serve applications, 200 
 through our gateway with the traffic split honoured, resizing that leaves untouched replicas
 running, and a fine-tuning job run as a Ray Job.
 
-`tests/ray/test_namespace.py` runs this file in a fresh namespace; run it directly with
-`scripts/in-netns .venv/bin/pytest tests/ray/test_ray.py`.
+`tests/cluster/test_namespace.py` runs this file in a fresh namespace; run it directly with
+`scripts/in-netns .venv/bin/pytest tests/cluster/test_ray.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from lmfoundry.catalog.bundled import smollm2_path
+from tests.cluster.namespace import ancestors, kill_namespace_processes, loopback_only
 from tests.conftest import LiveServer, free_port, start_server, stop_server
 from tests.finetune.helpers import (
     JOBS,
@@ -34,7 +35,6 @@ from tests.finetune.helpers import (
     steps,
     wait_for,
 )
-from tests.ray.namespace import ancestors, kill_namespace_processes, loopback_only
 
 pytest.importorskip("ray.serve", reason="Ray is not installed: pip install 'lmfoundry[ray]'")
 
@@ -43,7 +43,7 @@ pytestmark = [
     pytest.mark.skipif(
         not loopback_only(),
         reason="Ray binds every interface: these tests run only inside a loopback-only "
-        "network namespace (tests/ray/test_namespace.py starts one)",
+        "network namespace (tests/cluster/test_namespace.py starts one)",
     ),
 ]
 

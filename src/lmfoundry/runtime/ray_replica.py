@@ -10,17 +10,17 @@ names the adapter and the engine loads it on first use (as in a local instance).
 
 from __future__ import annotations
 
-import os
-import resource
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
-from lmfoundry.engines.base import EngineError, GenerationRequest
+from lmfoundry.engines.base import GenerationRequest
 from lmfoundry.engines.registry import create_engine
 from lmfoundry.runtime.spec import InstanceSpec
+from lmfoundry.runtime.worker import health, items
 
 DEPLOYMENT = "Instance"
 
@@ -32,31 +32,15 @@ class Instance:
         self.engine = create_engine(self.spec.engine, self.spec.model_path, self.spec.options_dict)
 
     async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The deltas of one request, as the worker's NDJSON lines (`runtime.client` reads
-        the same shape): text, completion tokens so far, and the finish reason at the end;
-        or one `error` item for a request the engine refuses."""
-        deltas = self.engine.generate(GenerationRequest.from_dict(payload))
-        try:
-            async for delta in deltas:
-                item: dict[str, Any] = {"text": delta.text, "n": delta.completion_tokens}
-                if delta.finish_reason:
-                    item["finish_reason"] = delta.finish_reason
+        """The items of one request, as a local instance sends them (`runtime.worker`)."""
+        async with contextlib.aclosing(
+            items(self.engine, GenerationRequest.from_dict(payload))
+        ) as answer:
+            async for item in answer:
                 yield item
-        except EngineError as exc:
-            yield {"error": {"message": exc.message, "param": exc.param}}
-        finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
 
     async def health(self) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "pid": os.getpid(),
-            "engine": self.spec.engine,
-            "model_path": self.spec.model_path,
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            **self.engine.stats(),
-        }
+        return health(self.engine, self.spec, self.started)
 
     async def __del__(self) -> None:
         await self.engine.aclose()

@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from lmfoundry.engines.base import Engine, EngineError, GenerationRequest
@@ -59,16 +60,7 @@ class Worker:
         self.connections: set[asyncio.Task[Any]] = set()
 
     def health(self) -> dict[str, Any]:
-        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {
-            "status": "ok",
-            "pid": os.getpid(),
-            "engine": self.spec.engine,
-            "model_path": self.spec.model_path,
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "peak_rss_mb": round(rss_kb / 1024, 1),
-            **self.engine.stats(),
-        }
+        return health(self.engine, self.spec, self.started)
 
     async def serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -126,17 +118,39 @@ class Worker:
         return False
 
     async def _stream(self, request: GenerationRequest, writer: asyncio.StreamWriter) -> None:
-        deltas = self.engine.generate(request)
-        try:
-            async for delta in deltas:
-                item: dict[str, Any] = {"text": delta.text, "n": delta.completion_tokens}
-                if delta.finish_reason:
-                    item["finish_reason"] = delta.finish_reason
+        async with contextlib.aclosing(items(self.engine, request)) as answer:
+            async for item in answer:
                 await _send(writer, item)
-        except EngineError as exc:
-            await _send(writer, _error(exc.message, "invalid", exc.param))
-        finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
+
+
+def health(engine: Engine, spec: InstanceSpec, started: float) -> dict[str, Any]:
+    """What an instance says of itself (a local worker or a Ray Serve replica)."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "status": "ok",
+        "pid": os.getpid(),
+        "engine": spec.engine,
+        "model_path": spec.model_path,
+        "uptime_s": round(time.monotonic() - started, 3),
+        "peak_rss_mb": round(rss_kb / 1024, 1),
+        **engine.stats(),
+    }
+
+
+async def items(engine: Engine, request: GenerationRequest) -> AsyncIterator[dict[str, Any]]:
+    """A request's answer as the wire's items: the text of each delta, the completion tokens
+    so far and the finish reason at the end; or one `error` item if the engine refuses it."""
+    deltas = engine.generate(request)
+    try:
+        async for delta in deltas:
+            item: dict[str, Any] = {"text": delta.text, "n": delta.completion_tokens}
+            if delta.finish_reason:
+                item["finish_reason"] = delta.finish_reason
+            yield item
+    except EngineError as exc:
+        yield _error(exc.message, "invalid", exc.param)
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
 
 
 def _error(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
