@@ -144,11 +144,13 @@ class MeteringService:
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        statement = (
-            insert(UsageRecord).values(values).on_conflict_do_nothing(index_elements=["request_id"])
+        # One statement executed for many rows (compiled once and cached), rather than a
+        # multi-row VALUES compiled anew for every batch size.
+        statement = insert(UsageRecord.__table__).on_conflict_do_nothing(
+            index_elements=["request_id"]
         )
         with self.db.session() as s:
-            s.execute(statement)
+            s.execute(statement, values)
 
     async def stop(self) -> None:
         if self._task is not None:
