@@ -79,7 +79,9 @@ class Settings(BaseSettings):
         default=None, description="CPU threads per llama.cpp instance; default: all cores."
     )
     engine_max_sequences: int = Field(
-        default=16, description="Sequences one llama.cpp instance decodes together."
+        default=16,
+        description="Sequences one instance decodes together (its batch: llama.cpp, "
+        "transformers and onnx engines).",
     )
     engine_kv_tokens: int = Field(
         default=16384, description="KV cache cells shared by the sequences of one instance."
