@@ -44,6 +44,7 @@ def call(api: Api, key: str, path: str = "chat/completions", **kw: object):
     return api.client.post(f"/endpoints/ep/{path}", headers=headers, **kw)  # type: ignore[arg-type]
 
 
+@pytest.mark.heavy  # 1,000 requests for the split's statistics; storage is the other tests'
 def test_traffic_split_header_and_score(api: Api, endpoint: dict[str, str]) -> None:
     key = endpoint["primary_key"]
     assert call(api, key, json={"messages": MESSAGES}).status_code == 503  # no traffic yet

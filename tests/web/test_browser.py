@@ -44,6 +44,7 @@ DATA = Path(__file__).parent / "data"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.heavy,  # a minute of Chromium and training; the session tests cover PostgreSQL
+    pytest.mark.side,  # mostly waiting on the browser: runs beside the PostgreSQL pass
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: scripts/system-deps"),
 ]
 
