@@ -12,6 +12,7 @@ Two halves:
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,41 @@ class EngineError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+class DecodeThread:
+    """The stopping of an engine whose decode loop runs on a thread of its own (llamacpp,
+    transformers, onnx): the subclass sets `_thread`, `_cond`, `_closed` and `_stopping`, and
+    its loop exits when it sees `_stopping`; `_after_stop` frees what the loop held."""
+
+    _thread: threading.Thread
+    _cond: threading.Condition
+    _closed: bool
+    _stopping: bool
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._stop_thread()
+        await asyncio.to_thread(self._thread.join)
+        self._after_stop()
+
+    def close(self) -> None:
+        """Synchronous `aclose` (scripts, benchmarks)."""
+        if self._closed:
+            return
+        self._stop_thread()
+        self._thread.join()
+        self._after_stop()
+
+    def _stop_thread(self) -> None:
+        self._closed = True
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def _after_stop(self) -> None:
+        return None
 
 
 async def relay(seq: Any, cond: threading.Condition) -> AsyncIterator[Delta]:

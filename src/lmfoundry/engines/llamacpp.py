@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from lmfoundry.engines.base import (
+    DecodeThread,
     Delta,
     EngineError,
     GenerationRequest,
@@ -152,7 +153,7 @@ class _Seq:
         self.done = False
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(DecodeThread):
     """Continuous-batching engine for GGUF models (see the module docstring).
 
     The context has `max_sequences + prefix_cache` sequence ids (`n_seq_max`): live
@@ -423,28 +424,7 @@ class LlamaCppEngine:
             **self._counters,
         }
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._stop_thread()
-        await asyncio.to_thread(self._thread.join)
-        self._free_native()
-
-    def close(self) -> None:
-        """Synchronous `aclose` (scripts, benchmarks)."""
-        if self._closed:
-            return
-        self._stop_thread()
-        self._thread.join()
-        self._free_native()
-
-    def _stop_thread(self) -> None:
-        self._closed = True
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-
-    def _free_native(self) -> None:
+    def _after_stop(self) -> None:
         for seq in [*self._running, *self._waiting, *self._incoming]:
             self._free_sampler(seq)
         self._running.clear()

@@ -43,7 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from lmfoundry.engines.base import Delta, EngineError, GenerationRequest, SamplingParams, relay
+from lmfoundry.engines.base import (
+    DecodeThread,
+    Delta,
+    EngineError,
+    GenerationRequest,
+    SamplingParams,
+    relay,
+)
 from lmfoundry.engines.chat_template import render_chat, template_mentions_tools
 from lmfoundry.engines.gguf import PLAIN_TEMPLATE
 from lmfoundry.engines.hf import END_OF_TURN_TOKENS, IncrementalDetokenizer
@@ -223,7 +230,7 @@ class _Seq:
         return self.params.temperature > 0 and self.params.seed is not None
 
 
-class OnnxEngine:
+class OnnxEngine(DecodeThread):
     """onnxruntime-genai engine for ONNX model folders (see the module docstring).
 
     Keyword options (from the instance settings):
@@ -358,25 +365,6 @@ class OnnxEngine:
             "context_length": self.context_length,
             **self._counters,
         }
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._stop_thread()
-        await asyncio.to_thread(self._thread.join)
-
-    def close(self) -> None:
-        """Synchronous `aclose` (scripts, benchmarks)."""
-        if self._closed:
-            return
-        self._stop_thread()
-        self._thread.join()
-
-    def _stop_thread(self) -> None:
-        self._closed = True
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
 
     # ---------------------------------------------------------------- decode thread
 

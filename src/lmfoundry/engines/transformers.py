@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from lmfoundry.engines.base import (
+    DecodeThread,
     Delta,
     EngineError,
     GenerationRequest,
@@ -139,7 +140,7 @@ def _pad_left(x: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(x, (0, 0, n, 0)) if n else x
 
 
-class TransformersEngine:
+class TransformersEngine(DecodeThread):
     """Continuous-batching engine for Hugging Face folders (see the module docstring).
 
     Keyword options (from the instance settings):
@@ -272,25 +273,6 @@ class TransformersEngine:
             "context_length": self.context_length,
             **self._counters,
         }
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._stop_thread()
-        await asyncio.to_thread(self._thread.join)
-
-    def close(self) -> None:
-        """Synchronous `aclose` (scripts, benchmarks)."""
-        if self._closed:
-            return
-        self._stop_thread()
-        self._thread.join()
-
-    def _stop_thread(self) -> None:
-        self._closed = True
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
 
     # ---------------------------------------------------------------- decode thread
 
