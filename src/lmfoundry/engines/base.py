@@ -116,6 +116,28 @@ class EngineError(Exception):
         self.param = param
 
 
+def checked_prompt(request: GenerationRequest, limit: int, n_vocab: int, room: str) -> list[int]:
+    """The request's prompt ids, or an `EngineError` for what an engine cannot run: an empty
+    prompt, one that leaves no room for a generated token within `limit` (`room` says what
+    holds it, with `{limit}` filled in), a `max_tokens` below 1, ids outside the vocabulary."""
+    prompt = [int(t) for t in request.prompt]
+    if not prompt:
+        raise EngineError("The prompt is empty.", param="messages")
+    if len(prompt) + 1 > limit:
+        raise EngineError(
+            f"The prompt is {len(prompt)} tokens long, but {room.format(limit=limit)} "
+            "(prompt plus at least one generated token); shorten the messages.",
+            param="messages",
+        )
+    if request.params.max_tokens < 1:
+        raise EngineError("max_tokens must be at least 1.", param="max_tokens")
+    if min(prompt) < 0 or max(prompt) >= n_vocab:
+        raise EngineError(
+            "The prompt contains token ids outside the model's vocabulary.", param="messages"
+        )
+    return prompt
+
+
 class DecodeThread:
     """The stopping of an engine whose decode loop runs on a thread of its own (llamacpp,
     transformers, onnx): the subclass sets `_thread`, `_cond`, `_closed` and `_stopping`, and

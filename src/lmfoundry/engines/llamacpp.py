@@ -53,6 +53,7 @@ from lmfoundry.engines.base import (
     EngineError,
     GenerationRequest,
     SamplingParams,
+    checked_prompt,
     relay,
 )
 from lmfoundry.engines.stops import StopScanner
@@ -321,23 +322,13 @@ class LlamaCppEngine(DecodeThread):
         if request.adapter is not None:
             raise EngineError("adapters are not loaded on this instance", param="adapter")
         params = request.params
-        prompt = [int(t) for t in request.prompt]
-        if not prompt:
-            raise EngineError("The prompt is empty.", param="messages")
         limit = min(self.kv_total, self.n_ctx_train)
-        if len(prompt) + 1 > limit:
-            raise EngineError(
-                f"The prompt is {len(prompt)} tokens long, but this instance can hold at most "
-                f"{limit} tokens per sequence (prompt plus at least one generated token); "
-                "shorten the messages.",
-                param="messages",
-            )
-        if params.max_tokens < 1:
-            raise EngineError("max_tokens must be at least 1.", param="max_tokens")
-        if min(prompt) < 0 or max(prompt) >= self.n_vocab:
-            raise EngineError(
-                "The prompt contains token ids outside the model's vocabulary.", param="messages"
-            )
+        prompt = checked_prompt(
+            request,
+            limit,
+            self.n_vocab,
+            "this instance can hold at most {limit} tokens per sequence",
+        )
         sampler = self._make_sampler(params, prompt)
         loop = asyncio.get_running_loop()
         seq = _Seq(

@@ -50,6 +50,7 @@ from lmfoundry.engines.base import (
     EngineError,
     GenerationRequest,
     SamplingParams,
+    checked_prompt,
     relay,
 )
 from lmfoundry.engines.hf import (
@@ -228,22 +229,9 @@ class TransformersEngine(DecodeThread):
                 "response_format text, or deploy the model on the llamacpp engine.",
                 param="response_format",
             )
-        prompt = [int(t) for t in request.prompt]
-        if not prompt:
-            raise EngineError("The prompt is empty.", param="messages")
-        if len(prompt) + 1 > self.context_length:
-            raise EngineError(
-                f"The prompt is {len(prompt)} tokens long, but the model's context holds "
-                f"{self.context_length} tokens (prompt plus at least one generated token); "
-                "shorten the messages.",
-                param="messages",
-            )
-        if params.max_tokens < 1:
-            raise EngineError("max_tokens must be at least 1.", param="max_tokens")
-        if min(prompt) < 0 or max(prompt) >= self.n_vocab:
-            raise EngineError(
-                "The prompt contains token ids outside the model's vocabulary.", param="messages"
-            )
+        prompt = checked_prompt(
+            request, self.context_length, self.n_vocab, "the model's context holds {limit} tokens"
+        )
         adapter = _adapter_key(request.adapter) if request.adapter is not None else None
         seq = _Seq(
             prompt,
