@@ -60,7 +60,7 @@ class Replica:
     state: str
     pid: int | None
     started_at: float | None
-    active: int = 0
+    active: int = 0  # Serve routes among replicas; the gateway does not count per replica
 
     def alive(self) -> bool:
         return self.state == "RUNNING"
@@ -187,14 +187,12 @@ class RayGroup:
         """Take the application's latest status (from the backend's poll)."""
         self.status = status or {}
         deployment = (self.status.get("deployments") or {}).get(DEPLOYMENT) or {}
-        active = {r.id: r.active for r in self._replicas}
         self._replicas = [
             Replica(
                 id=str(r.get("replica_id")),
                 state=str(r.get("state")),
                 pid=r.get("pid"),
                 started_at=r.get("start_time_s"),
-                active=active.get(str(r.get("replica_id")), 0),
             )
             for r in deployment.get("replicas") or []
         ]
