@@ -32,6 +32,7 @@ it at the next iteration.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import threading
@@ -183,6 +184,7 @@ class TransformersEngine(DecodeThread):
         self.context_length = context_length_of(config)
         self.n_vocab = int(model.get_input_embeddings().weight.shape[0])
         self._end_ids = end_token_ids(self.tokenizer, config, model.generation_config.to_dict())
+        self._cache_arg = cache_argument(model)
 
         self._peft: Any = None  # the PeftModel wrapping _model, once an adapter is loaded
         self._adapters: dict[str, str] = {}  # resolved adapter path -> PEFT adapter name
@@ -314,7 +316,7 @@ class TransformersEngine(DecodeThread):
         cache = DynamicCache()
         ids = torch.tensor([seq.prompt], device=self.device)
         logits = self._model(
-            input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}
         ).logits[:, -1, :]
         seq.n_past = len(seq.prompt)
         self._counters["requests"] += 1
@@ -332,8 +334,8 @@ class TransformersEngine(DecodeThread):
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=group.cache,
             use_cache=True,
+            **{self._cache_arg: group.cache},
         ).logits[:, -1, :]
         group.mask = mask
         self._counters["decode_steps"] += 1
@@ -523,6 +525,15 @@ class TransformersEngine(DecodeThread):
         self._order.clear()
         self._n_active = 0
         self._deliver(out)
+
+
+def cache_argument(model: Any) -> str:
+    """The name `model.forward` takes its KV cache by: `cache` from transformers 5.24 on
+    (which deprecates `past_key_values`, to be removed in 5.40), `past_key_values` before.
+    Read from the signature (the deprecation wrapper keeps the real one), not guessed from
+    the version, so that a model with its own forward is asked what it takes."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _adapter_key(adapter: str) -> str:
