@@ -15,6 +15,7 @@ from lmfoundry.catalog.bundled import smollm2_path
 from lmfoundry.engines.base import Delta, EngineError, GenerationRequest, SamplingParams
 from lmfoundry.engines.gguf import GGUFTokenizer
 from lmfoundry.engines.llamacpp import LlamaCppEngine
+from tests.engines.failure import check_decode_failure
 
 pytestmark = pytest.mark.slow
 
@@ -68,10 +69,11 @@ async def run(engine: LlamaCppEngine, prompt: list[int], **params: Any) -> tuple
     request = GenerationRequest(prompt=prompt, params=SamplingParams(**params))
     parts: list[str] = []
     last: Delta | None = None
-    async for delta in engine.generate(request):
-        assert last is None or last.finish_reason is None
-        parts.append(delta.text)
-        last = delta
+    async with asyncio.timeout(60):  # a hung engine fails here, not at pytest's timeout
+        async for delta in engine.generate(request):
+            assert last is None or last.finish_reason is None
+            parts.append(delta.text)
+            last = delta
     assert last is not None and last.finish_reason is not None
     return "".join(parts), last
 
@@ -291,5 +293,18 @@ async def test_prefix_cache_reuses_a_shared_prompt(tokenizer: GGUFTokenizer) -> 
         assert last.finish_reason == "stop"
         stats = eng.stats()
         assert stats["evictions"] >= 2 and stats["kv_used"] <= stats["kv_total"]
+    finally:
+        await eng.aclose()
+
+
+async def test_a_decode_loop_that_raises_ends_every_request_at_once(
+    tokenizer: GGUFTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = LlamaCppEngine(MODEL_PATH, max_sequences=2, kv_tokens=4096, prefix_cache=0)
+    try:
+        prompt = chat(tokenizer, "Write a very long story about a dragon.")
+        params = SamplingParams(max_tokens=500, temperature=0.0)
+        requests = [GenerationRequest(prompt=prompt, params=params) for _ in range(4)]
+        await check_decode_failure(eng, "_step", requests, monkeypatch)
     finally:
         await eng.aclose()

@@ -28,6 +28,7 @@ if importlib.util.find_spec("onnxruntime_genai") is None:
 import onnxruntime_genai as og  # noqa: E402
 
 from lmfoundry.engines.onnx import OnnxEngine, OnnxTokenizer  # noqa: E402
+from tests.engines.failure import check_decode_failure  # noqa: E402
 
 QUESTIONS = [
     "The model reads a long story",
@@ -105,10 +106,11 @@ async def run(engine: OnnxEngine, prompt: list[int], **params: Any) -> tuple[str
     request = GenerationRequest(prompt=prompt, params=SamplingParams(**params))
     parts: list[str] = []
     last: Delta | None = None
-    async for delta in engine.generate(request):
-        assert last is None or last.finish_reason is None
-        parts.append(delta.text)
-        last = delta
+    async with asyncio.timeout(60):  # a hung engine fails here, not at pytest's timeout
+        async for delta in engine.generate(request):
+            assert last is None or last.finish_reason is None
+            parts.append(delta.text)
+            last = delta
     assert last is not None and last.finish_reason is not None
     return "".join(parts), last
 
@@ -257,3 +259,17 @@ def test_catalog_sees_an_onnx_folder(tiny_onnx: Path) -> None:
     assert (info["format"], info["engine"], info["architecture"]) == ("onnx", "onnx", "phi3")
     assert info["chat_template"] and "<|assistant|>" in info["chat_template"]
     assert create_tokenizer("onnx", str(tiny_onnx), None, None).context_length == 4096
+
+
+async def test_a_decode_loop_that_raises_ends_every_request_at_once(
+    tiny_onnx: Path, tokenizer: OnnxTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = OnnxEngine(tiny_onnx, max_sequences=2)
+    try:
+        params = SamplingParams(max_tokens=500, temperature=0.0)
+        requests = [
+            GenerationRequest(prompt=chat(tokenizer, q), params=params) for q in QUESTIONS[:4]
+        ]
+        await check_decode_failure(eng, "_step", requests, monkeypatch)
+    finally:
+        await eng.aclose()

@@ -29,6 +29,7 @@ from lmfoundry.engines.hf import HFTokenizer, IncrementalDetokenizer  # noqa: E4
 from lmfoundry.engines.registry import create_engine  # noqa: E402
 from lmfoundry.engines.sampling import PENALTY_LAST_N  # noqa: E402
 from lmfoundry.engines.transformers import TransformersEngine  # noqa: E402
+from tests.engines.failure import check_decode_failure  # noqa: E402
 
 QUESTIONS = [
     "Hello there",
@@ -77,10 +78,11 @@ async def run(
     index = len(RecordingDetokenizer.created)
     deltas: list[str] = []
     last = None
-    async for delta in engine.generate(request):
-        assert last is None or last.finish_reason is None
-        deltas.append(delta.text)
-        last = delta
+    async with asyncio.timeout(60):  # a hung engine fails here, not at pytest's timeout
+        async for delta in engine.generate(request):
+            assert last is None or last.finish_reason is None
+            deltas.append(delta.text)
+            last = delta
     assert last is not None
     ids = RecordingDetokenizer.created[index].ids
     return Result("".join(deltas), ids, last.completion_tokens, last.finish_reason, deltas)
@@ -384,5 +386,17 @@ async def test_registry_creates_the_engine(tiny_phi3: Path, prompts: list[list[i
         assert isinstance(eng, TransformersEngine)
         result = await run(eng, prompts[0], max_tokens=4)
         assert result.completion_tokens == 4
+    finally:
+        await eng.aclose()
+
+
+async def test_a_decode_loop_that_raises_ends_every_request_at_once(
+    tiny_phi3: Path, prompts: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = TransformersEngine(tiny_phi3, max_sequences=2)
+    try:
+        params = SamplingParams(max_tokens=500, temperature=0.0)
+        requests = [GenerationRequest(prompt=p, params=params) for p in prompts]
+        await check_decode_failure(eng, "_step", requests, monkeypatch)
     finally:
         await eng.aclose()

@@ -13,10 +13,15 @@ Two halves:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
+
+log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
 
@@ -91,6 +96,11 @@ class Engine(Protocol):
         """Numbers for the health check: active sequences, queue length, memory."""
         ...
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine can answer nothing more (its decode loop died), or None."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -116,6 +126,12 @@ class EngineError(Exception):
         self.param = param
 
 
+class EngineDown(RuntimeError):
+    """Raised to every request of an engine that can answer nothing more: its decode loop
+    failed, or it was shut down. The instance reports itself failed and is restarted; the
+    gateway answers 503 with Retry-After."""
+
+
 def checked_prompt(request: GenerationRequest, limit: int, n_vocab: int, room: str) -> list[int]:
     """The request's prompt ids, or an `EngineError` for what an engine cannot run: an empty
     prompt, one that leaves no room for a generated token within `limit` (`room` says what
@@ -139,14 +155,80 @@ def checked_prompt(request: GenerationRequest, limit: int, n_vocab: int, room: s
 
 
 class DecodeThread:
-    """The stopping of an engine whose decode loop runs on a thread of its own (llamacpp,
-    transformers, onnx): the subclass sets `_thread`, `_cond`, `_closed` and `_stopping`, and
-    its loop exits when it sees `_stopping`; `_after_stop` frees what the loop held."""
+    """The lifecycle of an engine whose decode loop runs on a thread of its own (llamacpp,
+    transformers, onnx). The subclass names itself in `engine_name`; sets `_thread`,
+    `_cond`, `_incoming` (a list), `_live` (an empty set), `_closed`, `_stopping` and
+    `_failure` (None); builds a sequence in `_submit` (with `.loop`, `.queue`, `.done` and
+    `.cancelled`) and hands it over with `_enqueue`. Its loop exits when it sees `_stopping`
+    and then calls `_shut_down`; if it raises, it calls `_died` with the exception.
+    `_after_stop` frees what the loop held.
 
+    `_live` holds every sequence whose consumer has not finished, whatever the loop knows of
+    it, so that a loop that dies mid-step (its sequences half moved between its own lists,
+    final deltas not yet delivered) still ends every one of them."""
+
+    engine_name: str
     _thread: threading.Thread
     _cond: threading.Condition
+    _incoming: list[Any]
+    _live: set[Any]
     _closed: bool
     _stopping: bool
+    _failure: BaseException | None
+
+    def _submit(self, request: GenerationRequest) -> Any:
+        raise NotImplementedError
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        async with aclosing(relay(self._submit(request), self._cond, self._live)) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    @property
+    def failure(self) -> str | None:
+        """Why the decode loop stopped for good, or None while it runs (the instance's
+        health check reports it, and the instance then exits to be restarted)."""
+        if self._failure is None:
+            return None
+        return f"the {self.engine_name} engine failed: {self._failure!r}"
+
+    def _check_open(self) -> None:
+        """Refuse a new request at once when the engine can no longer answer it."""
+        if self._closed or self._stopping:
+            raise EngineDown(f"the {self.engine_name} engine is closed")
+        failure = self.failure
+        if failure is not None:
+            raise EngineDown(failure)
+
+    def _enqueue(self, seq: Any) -> None:
+        """Hand a new sequence to the decode thread (or refuse it: `EngineDown`)."""
+        with self._cond:
+            self._check_open()
+            self._incoming.append(seq)
+            self._live.add(seq)
+            self._cond.notify()
+
+    def _end_all(self, exc: BaseException) -> None:
+        """End every live sequence with `exc` (from the decode thread, as its last act)."""
+        with self._cond:
+            seqs = list(self._live)
+        for seq in seqs:
+            seq.done = True
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody listens
+                seq.loop.call_soon_threadsafe(seq.queue.put_nowait, exc)
+
+    def _shut_down(self) -> None:
+        """End the requests still there when the loop exits because the engine closes."""
+        self._end_all(EngineDown(f"the {self.engine_name} engine was shut down"))
+
+    def _died(self, exc: BaseException) -> None:
+        """The decode loop raised: every queued and running request ends now with
+        `EngineDown`, and every later one is refused, so that nobody waits on a thread that
+        is gone."""
+        log.error("%s decode loop failed", self.engine_name, exc_info=exc)
+        with self._cond:  # a request enqueued after this is refused by `_check_open`
+            self._failure = exc
+        self._end_all(EngineDown(self.failure or "the engine failed"))
 
     async def aclose(self) -> None:
         if self._closed:
@@ -173,11 +255,11 @@ class DecodeThread:
         return None
 
 
-async def relay(seq: Any, cond: threading.Condition) -> AsyncIterator[Delta]:
+async def relay(seq: Any, cond: threading.Condition, live: set[Any]) -> AsyncIterator[Delta]:
     """The deltas a decode thread posts to `seq.queue`, up to the one with a finish reason
-    (an exception posted instead is raised). The engines with a decode thread (llamacpp,
-    transformers) share it: if the consumer goes away first, the sequence is marked
-    cancelled and the thread woken to drop it."""
+    (an exception posted instead is raised); then the sequence leaves `live`. If the
+    consumer goes away first, the sequence is marked cancelled and the thread woken to drop
+    it."""
     try:
         while True:
             item = await seq.queue.get()
@@ -187,7 +269,8 @@ async def relay(seq: Any, cond: threading.Condition) -> AsyncIterator[Delta]:
             if item.finish_reason is not None:
                 return
     finally:
-        if not seq.done:
-            seq.cancelled = True
-            with cond:
+        with cond:
+            live.discard(seq)
+            if not seq.done:
+                seq.cancelled = True
                 cond.notify()

@@ -41,6 +41,7 @@ class EchoEngine:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay  # seconds per token, to make requests take time in tests
         self.active = 0
+        self.failure: str | None = None  # nothing runs beside the event loop to fail
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         prompt = "".join(chr(t) for t in request.prompt)

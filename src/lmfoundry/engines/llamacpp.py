@@ -40,8 +40,6 @@ import os
 import random
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +48,11 @@ import numpy as np
 from lmfoundry.engines.base import (
     DecodeThread,
     Delta,
+    EngineDown,
     EngineError,
     GenerationRequest,
     SamplingParams,
     checked_prompt,
-    relay,
 )
 from lmfoundry.engines.stops import StopScanner
 
@@ -172,6 +170,8 @@ class LlamaCppEngine(DecodeThread):
       min_prefix     shortest shared prefix worth reusing, in tokens (default 32)
     """
 
+    engine_name = "llamacpp"
+
     def __init__(
         self,
         model_path: Path,
@@ -284,6 +284,7 @@ class LlamaCppEngine(DecodeThread):
         # Shared with the event loop, under _cond.
         self._cond = threading.Condition()
         self._incoming: list[_Seq] = []
+        self._live: set[_Seq] = set()  # see DecodeThread
         self._stopping = False
         # Decode thread only (read racily by stats()).
         self._waiting: deque[_Seq] = deque()
@@ -309,16 +310,8 @@ class LlamaCppEngine(DecodeThread):
 
     # ---------------------------------------------------------------- event loop side
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        async with aclosing(relay(self._submit(request), self._cond)) as deltas:
-            async for delta in deltas:
-                yield delta
-
     def _submit(self, request: GenerationRequest) -> _Seq:
-        if self._closed:
-            raise RuntimeError("the llamacpp engine is closed")
-        if self._failure is not None:
-            raise RuntimeError(f"the llamacpp engine failed: {self._failure}")
+        self._check_open()
         if request.adapter is not None:
             raise EngineError("adapters are not loaded on this instance", param="adapter")
         params = request.params
@@ -340,12 +333,11 @@ class LlamaCppEngine(DecodeThread):
             loop,
             asyncio.Queue(),
         )
-        with self._cond:
-            if self._stopping:
-                self._L.llama_sampler_free(sampler)
-                raise RuntimeError("the llamacpp engine is closed")
-            self._incoming.append(seq)
-            self._cond.notify()
+        try:
+            self._enqueue(seq)
+        except EngineDown:
+            self._L.llama_sampler_free(sampler)
+            raise
         return seq
 
     def _make_sampler(self, params: SamplingParams, prompt: list[int]) -> int:
@@ -439,11 +431,9 @@ class LlamaCppEngine(DecodeThread):
                         self._waiting.extend(self._incoming)
                         self._incoming.clear()
                 self._step()
-            self._abort_all(RuntimeError("the llamacpp engine was shut down"))
-        except BaseException as exc:  # a bug here must not leave clients hanging
-            log.exception("llamacpp decode loop failed")
-            self._failure = exc
-            self._abort_all(RuntimeError(f"the llamacpp engine failed: {exc}"))
+            self._shut_down()
+        except BaseException as exc:  # noqa: BLE001 - `_died` logs it and ends every request
+            self._died(exc)
 
     def _step(self) -> None:
         L = self._L
@@ -623,17 +613,6 @@ class LlamaCppEngine(DecodeThread):
         if seq.sampler:
             self._L.llama_sampler_free(seq.sampler)
             seq.sampler = 0
-
-    def _abort_all(self, exc: BaseException) -> None:
-        out: dict[Any, list[Any]] = {}
-        with self._cond:
-            self._waiting.extend(self._incoming)
-            self._incoming.clear()
-        for seq in [*self._running, *self._waiting]:
-            if not seq.done:
-                seq.done = True
-                out.setdefault(seq.loop, []).append((seq.queue, exc))
-        self._deliver(out)
 
     # ---------------------------------------------------------------- KV and slots
 

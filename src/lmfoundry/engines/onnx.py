@@ -36,8 +36,6 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +48,6 @@ from lmfoundry.engines.base import (
     GenerationRequest,
     SamplingParams,
     checked_prompt,
-    relay,
 )
 from lmfoundry.engines.chat_template import render_chat, template_mentions_tools
 from lmfoundry.engines.gguf import PLAIN_TEMPLATE
@@ -240,6 +237,8 @@ class OnnxEngine(DecodeThread):
       max_sequences  most requests in one batch (default 16)
     """
 
+    engine_name = "onnx"
+
     def __init__(
         self,
         model_path: Path,
@@ -280,6 +279,7 @@ class OnnxEngine(DecodeThread):
         # Shared with the event loop, under _cond.
         self._cond = threading.Condition()
         self._incoming: list[_Seq] = []
+        self._live: set[_Seq] = set()  # see DecodeThread
         self._stopping = False
         # Decode thread only (read racily by stats()).
         self._batched: dict[int, _Seq] = {}  # id(og request) -> sequence
@@ -312,16 +312,8 @@ class OnnxEngine(DecodeThread):
 
     # ---------------------------------------------------------------- event loop side
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        async with aclosing(relay(self._submit(request), self._cond)) as deltas:
-            async for delta in deltas:
-                yield delta
-
     def _submit(self, request: GenerationRequest) -> _Seq:
-        if self._closed:
-            raise RuntimeError("the onnx engine is closed")
-        if self._failure is not None:
-            raise RuntimeError(f"the onnx engine failed: {self._failure}")
+        self._check_open()
         if request.adapter is not None:
             raise EngineError("adapters are not loaded on this instance", param="adapter")
         params = request.params
@@ -337,11 +329,7 @@ class OnnxEngine(DecodeThread):
             asyncio.get_running_loop(),
             asyncio.Queue(),
         )
-        with self._cond:
-            if self._stopping:
-                raise RuntimeError("the onnx engine is closed")
-            self._incoming.append(seq)
-            self._cond.notify()
+        self._enqueue(seq)
         return seq
 
     def stats(self) -> dict[str, Any]:
@@ -375,11 +363,9 @@ class OnnxEngine(DecodeThread):
                         break
                     incoming, self._incoming = self._incoming, []
                 self._step(engine, buffer, incoming)
-            self._abort_all(RuntimeError("the onnx engine was shut down"))
-        except Exception as exc:  # a bug or an og failure must not leave clients hanging
-            log.exception("onnx decode loop failed")
-            self._failure = exc
-            self._abort_all(RuntimeError(f"the onnx engine failed: {exc}"))
+            self._shut_down()
+        except BaseException as exc:  # noqa: BLE001 - `_died` logs it and ends every request
+            self._died(exc)
         finally:
             # og objects are released on the thread that owns the Engine.
             for seq in list(self._batched.values()):
@@ -534,15 +520,6 @@ class OnnxEngine(DecodeThread):
                 for seq in [*self._batched.values(), *self._seeded]:
                     if seq.loop is loop:
                         seq.cancelled = True
-
-    def _abort_all(self, exc: BaseException) -> None:
-        out: dict[Any, list[Any]] = {}
-        with self._cond:
-            pending, self._incoming = self._incoming, []
-        for seq in [*pending, *self._batched.values(), *self._seeded]:
-            if not seq.done:
-                self._finish_error(seq, exc, out)
-        self._deliver(out)
 
 
 def _check_supported(params: SamplingParams) -> None:

@@ -37,8 +37,6 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +50,6 @@ from lmfoundry.engines.base import (
     GenerationRequest,
     SamplingParams,
     checked_prompt,
-    relay,
 )
 from lmfoundry.engines.hf import (
     IncrementalDetokenizer,
@@ -152,6 +149,8 @@ class TransformersEngine(DecodeThread):
                      CPU; bfloat16 on CUDA (float16 where bfloat16 is not supported)
     """
 
+    engine_name = "transformers"
+
     def __init__(
         self,
         path: Path,
@@ -194,6 +193,7 @@ class TransformersEngine(DecodeThread):
         # Shared with the event loop, under _cond.
         self._cond = threading.Condition()
         self._incoming: list[_Seq] = []
+        self._live: set[_Seq] = set()  # see DecodeThread
         self._stopping = False
         # Decode thread only (read racily by stats()).
         self._waiting: deque[_Seq] = deque()
@@ -214,16 +214,8 @@ class TransformersEngine(DecodeThread):
 
     # ---------------------------------------------------------------- event loop side
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        async with aclosing(relay(self._submit(request), self._cond)) as deltas:
-            async for delta in deltas:
-                yield delta
-
     def _submit(self, request: GenerationRequest) -> _Seq:
-        if self._closed:
-            raise RuntimeError("the transformers engine is closed")
-        if self._failure is not None:
-            raise RuntimeError(f"the transformers engine failed: {self._failure}")
+        self._check_open()
         params = request.params
         if params.grammar:
             raise EngineError(
@@ -244,11 +236,7 @@ class TransformersEngine(DecodeThread):
             asyncio.get_running_loop(),
             asyncio.Queue(),
         )
-        with self._cond:
-            if self._stopping:
-                raise RuntimeError("the transformers engine is closed")
-            self._incoming.append(seq)
-            self._cond.notify()
+        self._enqueue(seq)
         return seq
 
     def stats(self) -> dict[str, Any]:
@@ -280,11 +268,9 @@ class TransformersEngine(DecodeThread):
                         self._waiting.extend(self._incoming)
                         self._incoming.clear()
                     self._step()
-            self._abort_all(RuntimeError("the transformers engine was shut down"))
-        except Exception as exc:  # a bug or an out-of-memory must not leave clients hanging
-            log.exception("transformers decode loop failed")
-            self._failure = exc
-            self._abort_all(RuntimeError(f"the transformers engine failed: {exc}"))
+            self._shut_down()
+        except BaseException as exc:  # noqa: BLE001 - `_died` logs it and ends every request
+            self._died(exc)
 
     def _step(self) -> None:
         out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
@@ -510,21 +496,6 @@ class TransformersEngine(DecodeThread):
                     for seq in group.seqs:
                         if seq.loop is loop:
                             seq.cancelled = True
-
-    def _abort_all(self, exc: BaseException) -> None:
-        out: dict[Any, list[Any]] = {}
-        with self._cond:
-            self._waiting.extend(self._incoming)
-            self._incoming.clear()
-        seqs = [*self._waiting, *(s for g in self._groups.values() for s in g.seqs)]
-        for seq in seqs:
-            if not seq.done:
-                self._finish_error(seq, exc, out)
-        self._waiting.clear()
-        self._groups.clear()
-        self._order.clear()
-        self._n_active = 0
-        self._deliver(out)
 
 
 def cache_argument(model: Any) -> str:
