@@ -102,10 +102,10 @@ class InsufficientStorage(LmfError):
     code = "insufficient_storage"
 
 
-class EngineFailed(LmfError):
-    """The instance died or the engine failed while answering."""
+class EngineFailed(Unavailable):
+    """The instance died or its engine failed while answering: a 503 with Retry-After, as
+    the instance is restarted and the same request will succeed again."""
 
-    status_code = 502
     code = "engine_failed"
 
 

@@ -27,7 +27,11 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class InstanceLost(Exception):
-    """The connection to the instance broke (it may have died)."""
+    """The connection to the instance broke (it may have died), or its engine failed."""
+
+
+class EngineDied(InstanceLost):
+    """The instance said its engine can answer nothing more; it exits to be restarted."""
 
 
 class InstanceClient:
@@ -88,7 +92,13 @@ class InstanceClient:
                     error = item["error"]
                     if error.get("kind") == "invalid":
                         raise InvalidRequest(error["message"], param=error.get("param"))
-                    raise EngineFailed(f"The instance refused the request: {error['message']}")
+                    if error.get("kind") == "engine_failed":
+                        finished = False  # the instance is going away: drop the connection
+                        raise EngineDied(error["message"])
+                    raise EngineFailed(
+                        f"The instance refused the request: {error['message']}",
+                        headers={"Retry-After": "1"},
+                    )
                 finish = item.get("finish_reason")
                 finished = finish is not None
                 yield Delta(text=item["text"], completion_tokens=item["n"], finish_reason=finish)

@@ -47,10 +47,11 @@ class InstanceInfo:
 
 class LocalInstance:
     def __init__(
-        self, group: str, spec: InstanceSpec, index: int, sockets: Path, logs: Path
+        self, group: str, name: str, spec: InstanceSpec, index: int, sockets: Path, logs: Path
     ) -> None:
         self.spec = spec
         self.id = f"{group}-{index}"
+        self.name = name  # the group's: the deployment it serves, for messages
         # The pid keeps two servers on one home (several gateways) from sharing a socket.
         self.socket = sockets / f"{os.getpid()}-{self.id}.sock"
         self.log_path = logs / f"{self.id}.log"
@@ -70,9 +71,9 @@ class LocalInstance:
 
     async def ensure_started(self, timeout: float) -> None:
         """Start the process if needed and wait until it answers its health check."""
-        if self.state == "ready" and self.alive():
+        if self.ready():
             return
-        if self._starting is None or (self._starting.done() and not self.alive()):
+        if self._starting is None or self._starting.done():  # stopped, or failed: (re)start
             self._starting = asyncio.create_task(self._start(timeout))
         await asyncio.shield(self._starting)
 
@@ -166,11 +167,19 @@ class LocalInstance:
 
     def mark_dead(self) -> None:
         """Called when the process is found gone; the supervisor restarts it."""
+        code = self.process.returncode if self.process else None
+        self.fail(f"instance process exited (code {code}); {self._log_tail(3)}")
+
+    def fail(self, reason: str) -> None:
+        """Take the instance out of routing at once; the supervisor's next tick restarts it
+        (stopping the old process first, if it is still there)."""
         if self.state in ("ready", "starting"):
-            code = self.process.returncode if self.process else None
             self.state = "failed"
-            self.last_error = f"instance process exited (code {code}); {self._log_tail(3)}"
-            log.warning("instance %s died: %s", self.id, self.last_error)
+            self.last_error = reason
+            log.warning("instance %s failed: %s", self.id, reason)
+
+    def ready(self) -> bool:
+        return self.state == "ready" and self.alive()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -190,15 +199,18 @@ class LocalInstance:
             async for delta in client.generate(request):
                 yield delta
         except InstanceLost as exc:
+            # The process died, its engine failed, or the connection to it broke: in each
+            # case the instance is restarted rather than trusted with the next request.
             await asyncio.sleep(0.05)  # let the exit status settle
-            if not self.alive():
+            if self.alive():
+                self.fail(f"{type(exc).__name__}: {exc}")
+            else:
                 self.mark_dead()
-                raise EngineFailed(
-                    "The instance serving this request stopped while answering; a new one is "
-                    "starting, retry the request.",
-                    headers={"Retry-After": "2"},
-                ) from exc
-            raise EngineFailed(f"Lost the connection to the instance: {exc}") from exc
+            raise EngineFailed(
+                f"Instance {self.id} of {self.name} failed while answering ({exc}); it is "
+                "being restarted. Retry the request in a few seconds.",
+                headers={"Retry-After": "2"},
+            ) from exc
         finally:
             self.active -= 1
 
@@ -243,7 +255,12 @@ class InstanceGroup:
         while len(self.instances) < self.replicas:
             self.instances.append(
                 LocalInstance(
-                    self.key, self.spec, self._next_index, self.backend.sockets, self.backend.logs
+                    self.key,
+                    self.name,
+                    self.spec,
+                    self._next_index,
+                    self.backend.sockets,
+                    self.backend.logs,
                 )
             )
             self._next_index += 1
@@ -251,13 +268,13 @@ class InstanceGroup:
     async def acquire(self) -> LocalInstance:
         """A ready instance with the fewest active requests, starting instances if needed."""
         self.last_used = time.monotonic()
-        ready = [i for i in self.instances if i.state == "ready" and i.alive()]
+        ready = [i for i in self.instances if i.ready()]
         if not ready:
             results = await asyncio.gather(
                 *(i.ensure_started(self.backend.start_timeout) for i in self.instances),
                 return_exceptions=True,
             )
-            ready = [i for i in self.instances if i.state == "ready" and i.alive()]
+            ready = [i for i in self.instances if i.ready()]
             if not ready:
                 error = next((r for r in results if isinstance(r, BaseException)), None)
                 if isinstance(error, Unavailable):
@@ -282,14 +299,20 @@ class InstanceGroup:
                         yield delta
                     return
                 except EngineFailed:
-                    if started or attempt == 2 or instance.alive():
+                    # Only to an instance ready now: waiting for a restart would hold the
+                    # request for as long as a model load takes.
+                    if started or attempt == 2 or not self.ready():
                         raise
                     log.warning(
-                        "instance %s died before answering; retrying elsewhere", instance.id
+                        "instance %s failed before answering; retrying elsewhere", instance.id
                     )
         finally:
             self.in_use -= 1
             self.last_used = time.monotonic()
+
+    def ready(self) -> bool:
+        """Whether an instance can take a request now, without a start."""
+        return any(i.ready() for i in self.instances)
 
     async def start_all(self) -> None:
         """Start every instance and wait until all are ready (deployments start eagerly)."""

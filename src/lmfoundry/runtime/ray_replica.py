@@ -42,6 +42,11 @@ class Instance:
     async def health(self) -> dict[str, Any]:
         return health(self.engine, self.spec, self.started)
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose engine failed is replaced."""
+        if self.engine.failure is not None:
+            raise RuntimeError(self.engine.failure)
+
     async def __del__(self) -> None:
         await self.engine.aclose()
 

@@ -200,6 +200,9 @@ class RayGroup:
     def running(self) -> int:
         return sum(1 for r in self._replicas if r.alive())
 
+    def ready(self) -> bool:
+        return self.running() > 0
+
     def config(self) -> dict[str, Any]:
         settings = self.backend.replica_settings
         return {
@@ -306,7 +309,15 @@ class RayGroup:
                     async for item in response:
                         if "error" in item:
                             error = item["error"]
-                            raise InvalidRequest(error["message"], param=error.get("param"))
+                            if error.get("kind") == "invalid":
+                                raise InvalidRequest(error["message"], param=error.get("param"))
+                            # Its health check now fails, and Serve replaces the replica.
+                            raise EngineFailed(
+                                f"A replica of {self.name} failed while answering "
+                                f"({error['message']}); it is being replaced. Retry the "
+                                "request in a few seconds.",
+                                headers={"Retry-After": "2"},
+                            )
                         started = True
                         yield Delta(
                             text=item["text"],

@@ -124,16 +124,20 @@ class RemoteGroup:
                     return
                 except InstanceLost as exc:
                     instance.lost = True
-                    if started or attempt == 2:
+                    if started or attempt == 2 or not self.ready():
                         raise EngineFailed(
-                            "The instance serving this request stopped while answering; "
-                            "retry the request.",
+                            f"Instance {instance.id} of {self.name} failed while answering "
+                            f"({exc}); its supervisor restarts it. Retry the request in a few "
+                            "seconds.",
                             headers={"Retry-After": "2"},
                         ) from exc
                 finally:
                     instance.active -= 1
         finally:
             self.in_use -= 1
+
+    def ready(self) -> bool:
+        return any(i.alive() for i in self.instances)
 
     async def start_all(self) -> None:
         await self.acquire()

@@ -7,6 +7,10 @@ the model is loaded; `{"op": "generate", "request": {...}}` streams the deltas o
 `GenerationRequest`, ending with one that has a `finish_reason` (or an `error`). The gateway
 closing the connection mid-answer cancels the sequence. The process exits when its parent
 (the server) goes away, so a killed server never leaves instances behind.
+
+When the engine fails for good (its decode loop died), every request of it ends with an
+`engine_failed` error item, the health check says `failed`, and the process exits with
+`EXIT_ENGINE_FAILED` once those items are sent, so that the supervisor starts a new one.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from lmfoundry.engines.base import Engine, EngineError, GenerationRequest
+from lmfoundry.engines.base import Engine, EngineDown, EngineError, GenerationRequest
 from lmfoundry.engines.registry import create_engine
 from lmfoundry.runtime.client import LINE_LIMIT
 from lmfoundry.runtime.spec import InstanceSpec
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 5.0
+FAILURE_POLL_SECONDS = 0.1  # how soon a failed engine is noticed
+FAILURE_GRACE_SECONDS = 1.0  # for the failed requests' error items to reach the gateway
+EXIT_ENGINE_FAILED = 70  # EX_SOFTWARE
 
 log = logging.getLogger("lmfoundry.instance")
 
@@ -86,8 +93,6 @@ class Worker:
                     return
         except (ConnectionError, ValueError):
             pass  # a gateway gone, or a line over the limit: drop the connection
-        except Exception:  # the engine failed: the gateway sees the line drop
-            log.exception("a request failed in the instance")
         finally:
             writer.close()
             if task is not None:
@@ -126,8 +131,10 @@ class Worker:
 def health(engine: Engine, spec: InstanceSpec, started: float) -> dict[str, Any]:
     """What an instance says of itself (a local worker or a Ray Serve replica)."""
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    failure = engine.failure
     return {
-        "status": "ok",
+        "status": "ok" if failure is None else "failed",
+        "failure": failure,
         "pid": os.getpid(),
         "engine": spec.engine,
         "model_path": spec.model_path,
@@ -139,7 +146,9 @@ def health(engine: Engine, spec: InstanceSpec, started: float) -> dict[str, Any]
 
 async def items(engine: Engine, request: GenerationRequest) -> AsyncIterator[dict[str, Any]]:
     """A request's answer as the wire's items: the text of each delta, the completion tokens
-    so far and the finish reason at the end; or one `error` item if the engine refuses it."""
+    so far and the finish reason at the end; or, last, one `error` item: `invalid` if the
+    engine refuses the request, `engine_failed` if the engine can answer nothing more,
+    `failed` if this request failed in an engine that goes on."""
     deltas = engine.generate(request)
     try:
         async for delta in deltas:
@@ -149,8 +158,19 @@ async def items(engine: Engine, request: GenerationRequest) -> AsyncIterator[dic
             yield item
     except EngineError as exc:
         yield _error(exc.message, "invalid", exc.param)
+    except EngineDown as exc:
+        yield _error(_reason(exc), "engine_failed")
+    except Exception as exc:  # the gateway must hear why, not see the line drop
+        log.exception("a request failed in the instance")
+        yield _error(_reason(exc), "failed")
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, one-line account of an engine failure for the caller (no traceback)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (first or type(exc).__name__)[:300]
 
 
 def _error(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
@@ -162,8 +182,10 @@ async def _send(writer: asyncio.StreamWriter, item: dict[str, Any]) -> None:
     await writer.drain()
 
 
-async def serve(worker: Worker, path: str) -> None:
-    """Serve until SIGTERM/SIGINT; then let requests in flight finish (a few seconds)."""
+async def serve(worker: Worker, path: str) -> int:
+    """Serve until SIGTERM/SIGINT, then let requests in flight finish (a few seconds); or
+    until the engine fails, then give its requests' error items a moment to go out. The
+    process's exit code: 0, or `EXIT_ENGINE_FAILED`."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     server = await asyncio.start_unix_server(worker.serve_connection, path, limit=LINE_LIMIT)
@@ -171,12 +193,26 @@ async def serve(worker: Worker, path: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(_watch_failure(worker.engine, stop))
     async with server:
         await stop.wait()
         server.close()
+        failed = worker.engine.failure is not None
         if worker.connections:
-            await asyncio.wait(set(worker.connections), timeout=STOP_GRACE_SECONDS)
+            grace = FAILURE_GRACE_SECONDS if failed else STOP_GRACE_SECONDS
+            await asyncio.wait(set(worker.connections), timeout=grace)
+    watch.cancel()
     await worker.engine.aclose()
+    return EXIT_ENGINE_FAILED if failed else 0
+
+
+async def _watch_failure(engine: Engine, stop: asyncio.Event) -> None:
+    """Stop serving once the engine has failed for good, so that the supervisor restarts the
+    instance instead of sending it requests it can only refuse."""
+    while engine.failure is None:
+        await asyncio.sleep(FAILURE_POLL_SECONDS)
+    log.error("instance exits: %s", engine.failure)
+    stop.set()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"instance failed to load {spec.model_path}: {exc}", file=sys.stderr, flush=True)
         sys.exit(3)
 
-    asyncio.run(serve(Worker(engine, spec, started), args.socket))
+    sys.exit(asyncio.run(serve(Worker(engine, spec, started), args.socket)))
 
 
 if __name__ == "__main__":

@@ -358,7 +358,7 @@ class Gateway:
                         finish = delta.finish_reason
                 break
             except EngineFailed:
-                if attempt == 0 and any(i.alive() for i in admitted.group.instances):
+                if attempt == 0 and admitted.group.ready():
                     usage.ttft_ms = None
                     continue
                 await self._finish(admitted, usage, 0, completion, EngineFailed.status_code, False)
