@@ -311,12 +311,17 @@ class RayGroup:
                             error = item["error"]
                             if error.get("kind") == "invalid":
                                 raise InvalidRequest(error["message"], param=error.get("param"))
-                            # Its health check now fails, and Serve replaces the replica.
+                            if error.get("kind") == "engine_failed":
+                                # Its health check now fails, and Serve replaces the replica.
+                                raise EngineFailed(
+                                    f"A replica of {self.name} failed while answering "
+                                    f"({error['message']}); it is being replaced. Retry the "
+                                    "request in a few seconds.",
+                                    headers={"Retry-After": "2"},
+                                )
                             raise EngineFailed(
-                                f"A replica of {self.name} failed while answering "
-                                f"({error['message']}); it is being replaced. Retry the "
-                                "request in a few seconds.",
-                                headers={"Retry-After": "2"},
+                                f"A replica of {self.name} refused the request: {error['message']}",
+                                headers={"Retry-After": "1"},
                             )
                         started = True
                         yield Delta(
