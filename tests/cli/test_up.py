@@ -33,7 +33,7 @@ def test_fresh_up_prints_token_and_a_working_curl(tmp_path: Path) -> None:
         )
         body = json.loads(reply.stdout)
         assert body["model"] == "SmolLM2-135M-Instruct"
-        assert body["choices"][0]["message"]["content"].strip()
+        assert "Paris" in body["choices"][0]["message"]["content"]  # a good first answer
         assert body["usage"]["completion_tokens"] > 0
         assert re.search(
             r"target URL: http://127\.0\.0\.1:\d+/serverless/smollm2-135m-instruct/", output

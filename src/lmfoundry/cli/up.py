@@ -108,9 +108,13 @@ def _default_deployment(settings: Settings, platform: Platform) -> None:
         key = platform.serverless.read_keys(access, name)["primary_key"]
         console.print(f"Created serverless deployment [bold]{name}[/] of {settings.default_model}.")
     target = deployment["target_url"]
+    # Greedy, and asked for one sentence: the bundled 135M model then answers "The capital of
+    # France is Paris."; at its default temperature the bare question drifts into French
+    # word salad ("L'Étoile, la Marseillaise, ...").
     body = (
-        '{"messages": [{"role": "user", "content": "What is the capital of France?"}], '
-        '"max_tokens": 64}'
+        '{"messages": [{"role": "user", "content": '
+        '"What is the capital of France? Answer in one sentence."}], '
+        '"max_tokens": 64, "temperature": 0}'
     )
     console.print(f"  target URL: {target}")
     if key == "$KEY":
