@@ -100,6 +100,29 @@ def test_azure_inference_client(target: tuple[str, str, str]) -> None:
     assert "temperature" in str(refused.value)
 
 
+def test_azure_inference_client_with_an_empty_credential_and_the_api_key_header(
+    target: tuple[str, str, str],
+) -> None:
+    """azure-ai-inference's Azure OpenAI-style samples: `AzureKeyCredential("")` plus
+    `headers={"api-key": key}`, so the request carries an empty Bearer and the real key."""
+    url, key, _ = target
+    client = ChatCompletionsClient(
+        endpoint=url, credential=AzureKeyCredential(""), headers={"api-key": key}
+    )
+    reply = client.complete(
+        messages=[UserMessage("What is the capital of France? Answer in one word.")],
+        max_tokens=32,
+        temperature=0,
+    )
+    assert "Paris" in reply.choices[0].message.content
+    wrong = ChatCompletionsClient(
+        endpoint=url, credential=AzureKeyCredential(""), headers={"api-key": "x" * 64}
+    )
+    with pytest.raises(HttpResponseError) as refused:
+        wrong.complete(messages=[UserMessage("hi")], max_tokens=4)
+    assert refused.value.status_code == 401
+
+
 def test_keys_of_other_deployments_and_unknown_names(
     server: LiveServer, target: tuple[str, str, str]
 ) -> None:

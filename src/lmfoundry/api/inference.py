@@ -16,11 +16,13 @@ router = APIRouter(tags=["inference"])
 
 
 def presented_key(request: Request) -> str | None:
-    """`Authorization: Bearer <key>` or `api-key: <key>` (the Azure SDKs send either)."""
+    """`Authorization: Bearer <key>` or `api-key: <key>` (the Azure SDKs send either). An
+    empty Bearer does not hide the `api-key` header: azure-ai-inference's Azure OpenAI-style
+    samples pass `AzureKeyCredential("")` with `headers={"api-key": key}`, which sends both."""
     auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return request.headers.get("api-key") or None
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return auth[7:].strip()
+    return request.headers.get("api-key", "").strip() or None
 
 
 def render(result: ChatResult) -> Response:
