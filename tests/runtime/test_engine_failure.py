@@ -6,6 +6,7 @@ test creates a flag file; every wait below has its own bound."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -173,3 +174,50 @@ def test_a_failing_decode_loop_ends_every_request_with_503_and_the_instance_rest
         assert time.monotonic() < deadline, requests_metered(live)
         time.sleep(0.2)
     assert requests_metered(live) == 6
+
+
+# Serve awaits a deployment's async `__del__`; built outside Serve, the garbage collector
+# calls it and drops the coroutine (the engine is closed by the test itself).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_ray_replica_whose_engine_failed_fails_its_health_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Ray Serve replica class (no cluster needed to build it): its requests end with an
+    `engine_failed` item, and Serve's `check_health` raises, so that Serve replaces it."""
+    pytest.importorskip("ray")
+    from lmfoundry.catalog.bundled import smollm2_path
+    from lmfoundry.engines.gguf import GGUFTokenizer
+    from lmfoundry.runtime.ray_replica import Instance
+    from lmfoundry.runtime.spec import InstanceSpec
+
+    model = smollm2_path()
+    assert model is not None
+    spec = InstanceSpec.make("llamacpp", str(model), {"max_sequences": 2, "kv_tokens": 4096})
+    replica = Instance(spec.to_json())
+    try:
+        replica.check_health()  # a healthy replica passes
+        tokenizer = GGUFTokenizer(model)
+        prompt = tokenizer.encode(tokenizer.render(LONG["messages"]))
+        tokenizer.close()
+        payload = {"prompt": prompt, "params": {"max_tokens": 400, "temperature": 0.0}}
+
+        original = replica.engine._step  # type: ignore[attr-defined]
+        steps = 0
+
+        def step_then_fail() -> None:  # three real steps, then the loop raises
+            nonlocal steps
+            steps += 1
+            if steps > 3:
+                raise RuntimeError("injected decode failure")
+            original()
+
+        monkeypatch.setattr(replica.engine, "_step", step_then_fail)
+        async with asyncio.timeout(BOUND + 30):
+            items = [item async for item in replica.generate(payload)]
+        assert items[-1]["error"]["kind"] == "engine_failed"
+        assert "injected decode failure" in items[-1]["error"]["message"]
+        assert (await replica.health())["status"] == "failed"
+        with pytest.raises(RuntimeError, match="injected decode failure"):
+            replica.check_health()
+    finally:
+        await replica.engine.aclose()
