@@ -27,6 +27,24 @@ async def _consume(engine: Any, request: GenerationRequest) -> Any:
     return deltas
 
 
+def fail_after(
+    engine: Any, step: str, monkeypatch: pytest.MonkeyPatch, after: int = 3
+) -> list[float]:
+    """Make the method `step`, which the decode loop calls each iteration, run for real
+    `after` times and then raise "injected decode failure"; returns the times of its calls."""
+    original = getattr(engine, step)
+    calls: list[float] = []
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        if len(calls) > after:
+            raise RuntimeError("injected decode failure")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, step, failing)  # the decode thread looks it up each time
+    return calls
+
+
 async def check_decode_failure(
     engine: Any,
     step: str,
@@ -37,17 +55,7 @@ async def check_decode_failure(
     """`requests` must outnumber the engine's batch (so that some queue) and be long enough
     not to finish within `after` steps; `step` names the method the decode loop calls each
     iteration, and its call number `after + 1` raises."""
-    original = getattr(engine, step)
-    calls: list[float] = []
-
-    def failing(*args: Any, **kwargs: Any) -> Any:
-        if len(calls) < after:
-            calls.append(time.monotonic())
-            return original(*args, **kwargs)
-        calls.append(time.monotonic())
-        raise RuntimeError("injected decode failure")
-
-    monkeypatch.setattr(engine, step, failing)  # the decode thread looks it up each time
+    calls = fail_after(engine, step, monkeypatch, after)
     tasks = [asyncio.create_task(_consume(engine, r)) for r in requests]
     results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
     ended_at = time.monotonic()

@@ -189,6 +189,7 @@ async def test_a_ray_replica_whose_engine_failed_fails_its_health_check(
     from lmfoundry.engines.gguf import GGUFTokenizer
     from lmfoundry.runtime.ray_replica import Instance
     from lmfoundry.runtime.spec import InstanceSpec
+    from tests.engines.failure import fail_after
 
     model = smollm2_path()
     assert model is not None
@@ -201,17 +202,7 @@ async def test_a_ray_replica_whose_engine_failed_fails_its_health_check(
         tokenizer.close()
         payload = {"prompt": prompt, "params": {"max_tokens": 400, "temperature": 0.0}}
 
-        original = replica.engine._step  # type: ignore[attr-defined]
-        steps = 0
-
-        def step_then_fail() -> None:  # three real steps, then the loop raises
-            nonlocal steps
-            steps += 1
-            if steps > 3:
-                raise RuntimeError("injected decode failure")
-            original()
-
-        monkeypatch.setattr(replica.engine, "_step", step_then_fail)
+        fail_after(replica.engine, "_step", monkeypatch)  # three real steps, then it raises
         async with asyncio.timeout(BOUND + 30):
             items = [item async for item in replica.generate(payload)]
         assert items[-1]["error"]["kind"] == "engine_failed"
