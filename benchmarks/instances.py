@@ -5,10 +5,11 @@
 Each figure against its baseline in the same run:
 
   prefix reuse   time to first token of a request whose 1,000-token system prompt another
-                 request already prefilled, with the llamacpp engine's prefix cache on
-                 (baseline: the same engine with the cache off, which prefills it again)
-  memory         resident memory of one llamacpp instance process while it serves 1, 4 and 16
-                 concurrent sequences (baseline: the instance idle after loading)
+                 request already prefilled, on llama-server with its prompt cache (what
+                 lmfoundry sends, `cache_prompt`) on (baseline: the same server with it off
+                 for the request, which prefills it again)
+  memory         resident memory of one llama-server instance process while it serves 1, 4
+                 and 16 concurrent sequences (baseline: the instance idle after loading)
   adapters       resident memory of one transformers instance with 1 and with 4 LoRA adapters
                  of SmolLM2 loaded and used (baseline: the base model alone)
   cold start     first token of the first request to a serverless deployment scaled to zero,
@@ -64,8 +65,16 @@ async def complete(engine: Any, prompt: list[int], max_tokens: int = 4) -> None:
         pass
 
 
+def server_rss(engine: Any) -> int:
+    """Resident memory of an engine's llama-server process, bytes."""
+    for line in Path(f"/proc/{engine.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def prefix_reuse() -> dict[str, Any]:
-    from lmfoundry.engines.llamacpp import LlamaCppEngine
+    from lmfoundry.runtime.llama_server import LlamaServerEngine, completion_body
 
     tok = GGUFTokenizer(smollm2_path(), None, 8192)
 
@@ -76,39 +85,47 @@ def prefix_reuse() -> dict[str, Any]:
     first, second = prompt("What is rule 3?"), prompt("What is rule 7?")
     shared = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), 0)
     out: dict[str, Any] = {"shared_prefix_tokens": shared}
-    for label, cache in (("reuse", 4), ("no_reuse", 0)):
-        engine = LlamaCppEngine(smollm2_path(), prefix_cache=cache)
-        asyncio.run(complete(engine, first))  # prefills it (and, with reuse, keeps it)
-        out[f"ttft_{label}_ms"] = round(1000 * asyncio.run(first_token(engine, second)), 1)
-        asyncio.run(engine.aclose())
+    engine = LlamaServerEngine(smollm2_path(), max_sequences=1)
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=engine.socket), timeout=60) as http:
+            for label, cache in (("no_reuse", False), ("reuse", True)):
+                for tokens in (first, second):  # the second request's first token is timed
+                    request = GenerationRequest(tokens, SamplingParams(1, temperature=0))
+                    body = {**completion_body(request), "stream": False, "cache_prompt": cache}
+                    start = time.perf_counter()
+                    http.post("http://llama-server/completion", json=body).raise_for_status()
+                    elapsed = time.perf_counter() - start
+                out[f"ttft_{label}_ms"] = round(1000 * elapsed, 1)
+    finally:
+        engine.close()
     out["speedup"] = round(out["ttft_no_reuse_ms"] / out["ttft_reuse_ms"], 2)
     return out
 
 
 def memory() -> dict[str, Any]:
-    from lmfoundry.engines.llamacpp import LlamaCppEngine
+    from lmfoundry.runtime.llama_server import LlamaServerEngine
 
-    engine = LlamaCppEngine(smollm2_path())
+    engine = LlamaServerEngine(smollm2_path())
     tok = GGUFTokenizer(smollm2_path(), None, 8192)
     prompt = tok.encode(tok.render([{"role": "user", "content": "Tell me a long story."}]))
 
     async def serve(n: int) -> int:
-        peak = rss()
+        peak = server_rss(engine)
 
         async def one() -> None:
             nonlocal peak
             request = GenerationRequest(prompt=prompt, params=SamplingParams(64, temperature=0))
             async for _ in engine.generate(request):
-                peak = max(peak, rss())
+                peak = max(peak, server_rss(engine))
 
         await asyncio.gather(*(one() for _ in range(n)))
         return peak
 
-    out: dict[str, Any] = {"idle_mb": round(rss() / 2**20)}
+    out: dict[str, Any] = {"idle_mb": round(server_rss(engine) / 2**20)}
     for n in (1, 4, 16):
         out[f"sequences_{n}_mb"] = round(asyncio.run(serve(n)) / 2**20)
     out["ratio_16_over_idle"] = round(out["sequences_16_mb"] / out["idle_mb"], 2)
-    asyncio.run(engine.aclose())
+    engine.close()
     return out
 
 

@@ -1,22 +1,31 @@
-"""Serving throughput: lmfoundry against llama-cpp-python's own OpenAI server, same GGUF file,
-and lmfoundry's `onnx` engine against its `llamacpp` engine on the same model.
+"""Serving throughput: lmfoundry against bare llama-server (llama.cpp's own server, the same
+binary lmfoundry runs as its GGUF engine, with the same flags, threads and slots) and against
+llama-cpp-python's OpenAI server, same GGUF file; and lmfoundry's `onnx` engine against its
+`llamacpp` engine on the same model.
 
     .venv/bin/python benchmarks/serving.py [--concurrency 1 4 8 16] [--requests 16]
-        [--max-tokens 64] [--servers baseline lmfoundry onnx] [--json out.json]
+        [--max-tokens 64] [--servers llama-server llama_cpp.server lmfoundry onnx]
+        [--json out.json]
 
-Three servers on loopback, started here, one after the other, with the same thread count:
+The servers run on loopback, started here, one after the other, with the same thread count:
 
-  baseline    `python -m llama_cpp.server` on the bundled SmolLM2-135M GGUF
-  lmfoundry   `lmfoundry up` and its serverless deployment of the same file (llamacpp engine)
-  onnx        `lmfoundry up` and a serverless deployment of SmolLM2 built to int4 ONNX by
-              `lmfoundry models build-onnx` (onnx engine); the build (about a minute and a
-              half) is cached under --onnx-cache. Skipped when onnxruntime-genai or the
-              builder's dependencies are missing.
+  llama-server      the binary `scripts/install` built (or LMFOUNDRY_LLAMA_SERVER), on a TCP
+                    port, with the command line lmfoundry gives its instances: the primary
+                    baseline, what a user would run instead
+  llama_cpp.server  `python -m llama_cpp.server` on the bundled SmolLM2-135M GGUF
+  lmfoundry         `lmfoundry up` and its serverless deployment of the same file (llamacpp
+                    engine): key check, quota reservation and settlement, metering all on
+  onnx              `lmfoundry up` and a serverless deployment of SmolLM2 built to int4 ONNX by
+                    `lmfoundry models build-onnx` (onnx engine); the build (about a minute and a
+                    half) is cached under --onnx-cache. Skipped when onnxruntime-genai or the
+                    builder's dependencies are missing.
 
-The same load generator drives both: at each concurrency, `--requests` streaming chat
-requests per client slot (fixed prompts, greedy, `max_tokens` fixed, `ignore_eos`-free, so
-counts are taken from what came back). Reported per concurrency: aggregate output tokens/s,
-time to first token p50/p99, end-to-end latency p50/p99; then the ratios lmfoundry/baseline.
+The same load generator drives all of them: at each concurrency, `--requests` streaming chat
+requests per client slot (fixed prompts, greedy, `max_tokens` fixed), each on a connection of
+its own (llama-server closes idle connections after a streamed answer). Reported per
+concurrency: aggregate output tokens/s, time to first token p50/p99, end-to-end latency
+p50/p99; then the ratios, lmfoundry over llama-server first, against the targets (tokens/s at
+least 0.95x, TTFT p50 at 1 client within +10 ms).
 Needs `pip install sse-starlette starlette-context` for llama-cpp-python's server.
 """
 
@@ -38,6 +47,8 @@ from typing import Any
 import httpx
 
 from lmfoundry.catalog.bundled import smollm2_path
+from lmfoundry.config import Settings
+from lmfoundry.runtime import llama_server
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -50,7 +61,7 @@ PROMPTS = [
     "Describe a busy market in the morning.",
 ]
 TOKEN = "lmf_pat_" + "b" * 43
-SERVERS = ("baseline", "lmfoundry", "onnx")
+SERVERS = ("llama-server", "llama_cpp.server", "lmfoundry", "onnx")
 
 
 def free_port() -> int:
@@ -104,7 +115,8 @@ async def load(
     url: str, headers: dict[str, str], concurrency: int, per_slot: int, max_tokens: int
 ) -> dict[str, Any]:
     results: list[dict[str, float]] = []
-    async with httpx.AsyncClient(timeout=600) as http:
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a connection per request
+    async with httpx.AsyncClient(timeout=600, limits=fresh) as http:
         await one(http, url, headers, PROMPTS[0], 4)  # warm: the model is loaded
 
         async def slot(n: int) -> None:
@@ -132,7 +144,23 @@ async def load(
     }
 
 
-def run_baseline(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
+def run_llama_server(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
+    """Bare llama-server with the command line of an lmfoundry instance (its default slots
+    and KV cells), listening on a TCP port instead of a unix socket."""
+    port = free_port()
+    settings = Settings()
+    options = {
+        "n_threads": threads,
+        "max_sequences": settings.engine_max_sequences,
+        "kv_tokens": settings.engine_kv_tokens,
+    }
+    binary = llama_server.find_binary()
+    command = [*llama_server.command(binary, str(smollm2_path()), "127.0.0.1", options)]
+    command += ["--port", str(port)]
+    return _serve_and_load(args, command, port)
+
+
+def run_llama_cpp_server(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
     port = free_port()
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
@@ -141,6 +169,12 @@ def run_baseline(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]
         # queue concurrent requests instead of cutting the running stream off (its default)
         "--interrupt_requests", "False",
     ]  # fmt: skip
+    return _serve_and_load(args, command, port)
+
+
+def _serve_and_load(
+    args: argparse.Namespace, command: list[str], port: int
+) -> list[dict[str, Any]]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", process)
@@ -177,7 +211,6 @@ def run_lmfoundry(
             LMFOUNDRY_PORT=str(port),
             LMFOUNDRY_ADMIN_TOKEN=TOKEN,
             LMFOUNDRY_ENGINE_THREADS=str(threads),
-            LMFOUNDRY_QUOTAS_ENABLED="false",  # the baseline has none: compare engines
         )
         process = subprocess.Popen(
             [sys.executable, "-m", "lmfoundry", "up"],
@@ -236,8 +269,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
-    if "baseline" in args.servers:
-        results["baseline"] = run_baseline(args, args.threads)
+    if "llama-server" in args.servers:
+        results["llama-server"] = run_llama_server(args, args.threads)
+    if "llama_cpp.server" in args.servers:
+        results["llama_cpp.server"] = run_llama_cpp_server(args, args.threads)
     if "lmfoundry" in args.servers:
         results["lmfoundry"] = run_lmfoundry(args, args.threads)
     if "onnx" in args.servers:
@@ -250,28 +285,40 @@ def main() -> None:
             print(f"onnx: skipped ({exc.message})")
         else:
             results["onnx"] = run_lmfoundry(args, args.threads, onnx_folder(args.onnx_cache))
-    header = f"{'server':<10} {'conc':>4} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} "
+    header = f"{'server':<16} {'conc':>4} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} "
     print(header + f"{'e2e p50':>9} {'e2e p99':>9}   (ms)")
     for name, rows in results.items():
         for r in rows:
             print(
-                f"{name:<10} {r['concurrency']:>4} {r['tokens_per_s']:>7.1f} "
+                f"{name:<16} {r['concurrency']:>4} {r['tokens_per_s']:>7.1f} "
                 f"{r['ttft_p50_ms']:>9.0f} {r['ttft_p99_ms']:>9.0f} "
                 f"{r['e2e_p50_ms']:>9.0f} {r['e2e_p99_ms']:>9.0f}"
             )
-    ratios: dict[str, float] = {}
-    onnx_ratios: dict[str, float] = {}
-    for label, (ours, theirs, into) in {
-        "lmfoundry / baseline": ("lmfoundry", "baseline", ratios),
-        "onnx / llamacpp engine": ("onnx", "lmfoundry", onnx_ratios),
+    ratios: dict[str, dict[str, float]] = {}
+    for label, (ours, theirs) in {
+        "lmfoundry / llama-server": ("lmfoundry", "llama-server"),
+        "lmfoundry / llama_cpp.server": ("lmfoundry", "llama_cpp.server"),
+        "onnx / llamacpp engine": ("onnx", "lmfoundry"),
     }.items():
         if ours not in results or theirs not in results:
             continue
+        into = ratios[label] = {}
         for a, b in zip(results[ours], results[theirs], strict=True):
             c = a["concurrency"]
             into[f"tokens_per_s_c{c}"] = round(a["tokens_per_s"] / b["tokens_per_s"], 2)
+            into[f"ttft_p50_delta_ms_c{c}"] = round(a["ttft_p50_ms"] - b["ttft_p50_ms"], 1)
             into[f"ttft_p99_c{c}"] = round(a["ttft_p99_ms"] / b["ttft_p99_ms"], 2)
         print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in into.items()))
+    primary = ratios.get("lmfoundry / llama-server", {})
+    for c in args.concurrency:
+        if f"tokens_per_s_c{c}" in primary:
+            tps, ttft = primary[f"tokens_per_s_c{c}"], primary[f"ttft_p50_delta_ms_c{c}"]
+            ok = tps >= 0.95 and (c != 1 or ttft <= 10)
+            print(
+                f"target at {c} client(s): tok/s {tps:.2f}x (>= 0.95x)"
+                + (f", TTFT p50 {ttft:+.1f} ms (<= +10 ms)" if c == 1 else "")
+                + (" met" if ok else " MISSED")
+            )
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -279,7 +326,6 @@ def main() -> None:
                     "threads": args.threads,
                     "results": results,
                     "ratios": ratios,
-                    "onnx_over_llamacpp": onnx_ratios,
                 },
                 indent=2,
             )

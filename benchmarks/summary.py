@@ -34,18 +34,19 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
     if serving.exists():
         data = json.loads(serving.read_text())
         runs = data["results"]
-        pairs = zip(runs.get("lmfoundry", []), runs.get("baseline", []), strict=True)
-        for ours, theirs in pairs:
-            c = ours["concurrency"]
-            out.append(
-                (
-                    f"serving, concurrency {c}",
-                    f"tok/s {ours['tokens_per_s']:.0f} vs llama_cpp.server "
-                    f"{theirs['tokens_per_s']:.0f}; TTFT p99 {ours['ttft_p99_ms']:.0f} vs "
-                    f"{theirs['ttft_p99_ms']:.0f} ms",
-                    f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tok/s",
+        for baseline in ("llama-server", "llama_cpp.server"):
+            pairs = zip(runs.get("lmfoundry", []), runs.get(baseline, []), strict=True)
+            for ours, theirs in pairs:
+                c = ours["concurrency"]
+                out.append(
+                    (
+                        f"serving vs {baseline}, concurrency {c}",
+                        f"tok/s {ours['tokens_per_s']:.0f} vs {theirs['tokens_per_s']:.0f}; "
+                        f"TTFT p50 {ours['ttft_p50_ms']:.0f} vs {theirs['ttft_p50_ms']:.0f} ms",
+                        f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tok/s, TTFT "
+                        f"{ours['ttft_p50_ms'] - theirs['ttft_p50_ms']:+.0f} ms",
+                    )
                 )
-            )
         for onnx, llamacpp in zip(runs.get("onnx", []), runs.get("lmfoundry", []), strict=True):
             out.append(
                 (
@@ -77,20 +78,6 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
                 f"{ratios['throughput_on_over_bare_c16']:.2f}x bare",
             )
         )
-    engine = folder / "engine_batching.json"
-    if engine.exists():
-        data = json.loads(engine.read_text())
-        median = (
-            {row["run"]: row for row in data["median"]}
-            if isinstance(data["median"], list)
-            else data["median"]
-        )
-        ratios = data["ratios"]
-        detail = ", ".join(
-            f"{name} {row['tokens_per_s']:.0f} tok/s" for name, row in median.items()
-        )
-        for key, value in ratios.items():
-            out.append((f"engine: {key.replace('_', ' ')}", detail, f"{value:.2f}x"))
     instances = folder / "instances.json"
     if instances.exists():
         data = json.loads(instances.read_text())

@@ -1,19 +1,18 @@
-"""An engine whose decode loop raises, in a real instance process behind a real `lmfoundry up`:
-every running and queued request of it ends at once with a 503 (streams with an error event),
-every one is metered, the instance is restarted and answers again. The failure is a real
-exception inside the llamacpp engine's decode loop, raised by tests/runtime/inject when the
-test creates a flag file; every wait below has its own bound."""
+"""An instance that dies mid-answer, behind a real `lmfoundry up`: the llama-server process of
+the bundled model is killed (SIGKILL) while it streams two answers and holds two more in its
+queue. Every one of them ends at once with a 503 (streams with an error event), every one is
+metered, the instance is restarted and answers again. Every wait below has its own bound."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +22,6 @@ from tests.conftest import LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
-INJECT = Path(__file__).parent / "inject"
 NAME = "smollm2-135m-instruct"
 SERVERLESS = f"/api/v1/projects/default/serverless-deployments/{NAME}"
 LONG = {
@@ -34,19 +32,11 @@ BOUND = 2.0  # seconds from the failure to the end of every request
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Path]]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("engine-failure")
-    flag = root / "fail-now"
-    path = [str(INJECT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    live = start_server(
-        root / "home",
-        env={
-            "PYTHONPATH": os.pathsep.join(path),
-            "LMF_TEST_FAIL_FLAG": str(flag),
-            "LMFOUNDRY_ENGINE_MAX_SEQUENCES": "2",  # two requests decode, the rest queue
-        },
-    )
-    yield live, flag
+    # Two requests decode, the rest wait in llama-server's queue.
+    live = start_server(root / "home", env={"LMFOUNDRY_ENGINE_MAX_SEQUENCES": "2"})
+    yield live
     stop_server(live)
 
 
@@ -101,10 +91,10 @@ def requests_metered(live: LiveServer) -> int:
     return sum(r["requests"] for r in rows if r["deployment"] == NAME)
 
 
-def test_a_failing_decode_loop_ends_every_request_with_503_and_the_instance_restarts(
-    server: tuple[LiveServer, Path],
+def test_a_killed_instance_ends_every_request_with_503_and_is_restarted(
+    server: LiveServer,
 ) -> None:
-    live, flag = server
+    live = server
     with live.client() as c:
         url = c.get(SERVERLESS).json()["target_url"]
         key = c.get(f"{SERVERLESS}/keys").json()["primary_key"]
@@ -127,14 +117,13 @@ def test_a_failing_decode_loop_ends_every_request_with_503_and_the_instance_rest
         assert time.monotonic() < deadline, "the queued requests did not reach the instance"
         time.sleep(0.05)
 
-    flag.touch()
+    os.kill(before["pid"], signal.SIGKILL)  # the llama-server process itself
     failed_at = time.monotonic()
     for call in [*streams, *waiting]:
         assert call.thread is not None
         call.thread.join(BOUND + 5)
         assert call.ended_at is not None, "a request of the failed engine is still waiting"
         assert call.ended_at - failed_at < BOUND, call.ended_at - failed_at
-    assert not flag.exists()  # the decode loop saw it: the failure was the injected one
 
     for call in waiting:
         assert call.status == 503, call.body
@@ -143,7 +132,7 @@ def test_a_failing_decode_loop_ends_every_request_with_503_and_the_instance_rest
         # The instance by its id (as /api/v1/instances lists it) and the model it serves
         # (serverless deployments of one model share its instances).
         assert before["id"] in message and "SmolLM2-135M-Instruct" in message, message
-        assert "injected decode failure" in message
+        assert "restarted" in message and "code -9" in message, message
     for call in streams:
         assert call.status == 200  # the headers went out before the failure
         assert "[DONE]" not in call.events  # no pretend ending
@@ -179,17 +168,15 @@ def test_a_failing_decode_loop_ends_every_request_with_503_and_the_instance_rest
 # Serve awaits a deployment's async `__del__`; built outside Serve, the garbage collector
 # calls it and drops the coroutine (the engine is closed by the test itself).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_a_ray_replica_whose_engine_failed_fails_its_health_check(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The Ray Serve replica class (no cluster needed to build it): its requests end with an
-    `engine_failed` item, and Serve's `check_health` raises, so that Serve replaces it."""
+async def test_a_ray_replica_whose_llama_server_died_fails_its_health_check() -> None:
+    """The Ray Serve replica class (no cluster needed to build it) holds its llama-server as a
+    child process: when that dies mid-answer, the request ends with an `engine_failed` item
+    and Serve's `check_health` raises, so that Serve replaces the replica."""
     pytest.importorskip("ray")
     from lmfoundry.catalog.bundled import smollm2_path
     from lmfoundry.engines.gguf import GGUFTokenizer
     from lmfoundry.runtime.ray_replica import Instance
     from lmfoundry.runtime.spec import InstanceSpec
-    from tests.engines.failure import fail_after
 
     model = smollm2_path()
     assert model is not None
@@ -202,13 +189,16 @@ async def test_a_ray_replica_whose_engine_failed_fails_its_health_check(
         tokenizer.close()
         payload = {"prompt": prompt, "params": {"max_tokens": 400, "temperature": 0.0}}
 
-        fail_after(replica.engine, "_step", monkeypatch)  # three real steps, then it raises
+        items: list[dict[str, Any]] = []
         async with asyncio.timeout(BOUND + 30):
-            items = [item async for item in replica.generate(payload)]
-        assert items[-1]["error"]["kind"] == "engine_failed"
-        assert "injected decode failure" in items[-1]["error"]["message"]
+            async for item in replica.generate(payload):
+                items.append(item)
+                if len(items) == 3:
+                    os.kill(replica.engine.process.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        assert items[-1]["error"]["kind"] == "engine_failed", items[-1]
+        assert "code -9" in items[-1]["error"]["message"]
         assert (await replica.health())["status"] == "failed"
-        with pytest.raises(RuntimeError, match="injected decode failure"):
+        with pytest.raises(RuntimeError, match="llama-server exited"):
             replica.check_health()
     finally:
         await replica.engine.aclose()

@@ -17,6 +17,8 @@ from lmfoundry.client.api import load_credentials
 from lmfoundry.config import Settings, get_settings
 from lmfoundry.errors import NotFound
 from lmfoundry.platform import Platform
+from lmfoundry.runtime import llama_server
+from lmfoundry.runtime.llama_server import ServerMissing
 
 
 def up(
@@ -44,6 +46,7 @@ def up(
     settings = Settings(**overrides) if overrides else get_settings()
     platform = Platform.create(settings)
     if settings.supervisor:
+        _engine_check()
         _credentials(settings, platform)
         _default_deployment(settings, platform)
     else:
@@ -70,6 +73,18 @@ def up(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run(sockets=sockets)
+
+
+def _engine_check() -> None:
+    """Say at once whether GGUF models can be served (llama-server found and runnable). The
+    server starts either way: other engines do not need it, and a GGUF request answers 503
+    with the same message."""
+    try:
+        version = llama_server.binary_version()
+    except ServerMissing as exc:
+        console.print(f"[bold red]Cannot serve GGUF models:[/] {exc.message}", soft_wrap=True)
+        return
+    console.print(f"GGUF engine: llama-server ({version})", highlight=False)
 
 
 def _shared_socket(host: str, port: int) -> socket.socket:

@@ -107,6 +107,7 @@ class Fleet:
                     await self._mark(state, "failed", exc.message)
                     continue
                 plans[state.id] = (state, model, self.spec_for(model))
+            plans = _share_adapter_files(plans)
             sizes: dict[str, int] = {}
             for state, _, spec in plans.values():
                 sizes[spec.key] = max(sizes.get(spec.key, 0), state.instance_count)
@@ -167,3 +168,30 @@ class Fleet:
                 headers={"Retry-After": "5"},
             )
         return running
+
+
+Plan = tuple[DeploymentState, ResolvedModel, InstanceSpec]
+
+
+def _share_adapter_files(plans: dict[int, Plan]) -> dict[int, Plan]:
+    """Deployments of one base whose engine loads adapter files at start (llama-server's
+    `loras`) get one spec naming all of them, so they share instances; each request picks
+    its own adapter. Adding an adapter changes the spec: a rollout, as for new weights."""
+
+    def base(spec: InstanceSpec) -> InstanceSpec:
+        options = {k: v for k, v in spec.options_dict.items() if k != "loras"}
+        return InstanceSpec.make(spec.engine, spec.model_path, options)
+
+    loras: dict[str, set[str]] = {}
+    for _, _, spec in plans.values():
+        named = spec.options_dict.get("loras")
+        if named:
+            loras.setdefault(base(spec).key, set()).update(named)
+    shared: dict[int, Plan] = {}
+    for key, (state, model, spec) in plans.items():
+        union = loras.get(base(spec).key)
+        if union:
+            options = {**base(spec).options_dict, "loras": sorted(union)}
+            spec = InstanceSpec.make(spec.engine, spec.model_path, options)
+        shared[key] = (state, model, spec)
+    return shared

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,16 +16,19 @@ from lmfoundry.storage.models import RegisteredModel
 
 
 class ModelResolver:
-    """Registered LoRA adapters are served by the `transformers` engine on their base model's
-    Hugging Face weights, with PEFT switching adapters per batch (engines/transformers.py).
+    """Registered LoRA adapters of a GGUF base are served by llama.cpp's server (the
+    `llamacpp` engine) on the base's GGUF file: the PEFT adapter is converted once with
+    llama.cpp's own `convert_lora_to_gguf.py` (against the Hugging Face folder the job trained
+    on) and chosen per request, so several adapters of one base share its instances and the
+    base's memory is paid once. The adapter applies to the quantised base it was trained
+    against in dequantised form: its answers are the fine-tune's, not bit for bit those of
+    the fp32 weights.
 
-    Why not llama.cpp: its adapters are GGUF LoRA files applied per context, so serving one
-    would mean converting the PEFT weights (with the llama q/k row permutation) and grouping
-    decode steps by adapter; and the adapter was trained against the fp32 weights the job
-    dequantised from the GGUF file, which the transformers engine serves exactly, while
-    llama.cpp would apply it to the quantised base. All adapters of one base share one
-    instance (`ResolvedModel.instance_key` is the base folder), so the base's memory is paid
-    once."""
+    Adapters of a Hugging Face base, or where the converter cannot run (no llama-server
+    build beside the binary, no torch/transformers), are served by the `transformers` engine
+    on the base's Hugging Face weights, with PEFT switching adapters per batch
+    (engines/transformers.py); their instances are shared the same way
+    (`ResolvedModel.instance_key` is the base)."""
 
     def __init__(self, catalog: CatalogService, registry: RegistryService) -> None:
         self.catalog = catalog
@@ -119,6 +125,8 @@ class ModelResolver:
 
     def _adapter(self, row: RegisteredModel, ref: str, load: bool) -> ResolvedModel:
         base_card = self.catalog.get_card(row.base_model or "")
+        on_gguf = _gguf_adapters() and base_card.format == "gguf"
+        engine, form = ("llamacpp", "gguf") if on_gguf else ("transformers", "hf")
         card = base_card.model_copy(
             update={
                 "id": ref,
@@ -126,12 +134,26 @@ class ModelResolver:
                 "base_model": base_card.id,
                 "description": row.description or base_card.description,
                 "tags": ["fine-tuned"],
-                "format": "hf",
-                "engine": "transformers",
+                "format": form,
+                "engine": engine,
             }
         )
-        folder = self._base_folder(row, base_card) if load else Path(".")
-        return ResolvedModel(card=card, path=folder, engine="transformers", adapter=Path(row.path))
+        if not load:
+            return ResolvedModel(card=card, path=Path("."), engine=engine, adapter=Path(row.path))
+        folder = self._base_folder(row, base_card)
+        if not on_gguf:
+            return ResolvedModel(card=card, path=folder, engine=engine, adapter=Path(row.path))
+        from lmfoundry.runtime.llama_server import convert_lora
+
+        base = self.catalog.resolve(base_card.id)
+        stamp = max((f.stat().st_mtime_ns for f in Path(row.path).iterdir()), default=0)
+        digest = hashlib.sha256(f"{row.path}:{stamp}".encode()).hexdigest()[:12]
+        lora = convert_lora(
+            Path(row.path),
+            folder,
+            self.catalog.models_dir / "lora-gguf" / f"p{row.project_id}-{row.name}-{digest}.gguf",
+        )
+        return ResolvedModel(card=card, path=base.path, engine=engine, adapter=lora)
 
     def _base_folder(self, row: RegisteredModel, base_card: ModelCard) -> Path:
         """The Hugging Face folder the adapter was trained on: the adapter's own
@@ -159,3 +181,19 @@ class ModelResolver:
             "Hugging Face folder (`lmfoundry models import`).",
             param="model",
         )
+
+
+@functools.cache
+def _gguf_adapters() -> bool:
+    """Whether adapters can be served on llama-server here: the binary and its converters
+    (scripts/install) and the converter's torch and transformers (the `train` extra)."""
+    from lmfoundry.errors import Unavailable
+    from lmfoundry.runtime.llama_server import converter
+
+    if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers")):
+        return False
+    try:
+        converter()
+    except Unavailable:
+        return False
+    return True

@@ -1,5 +1,7 @@
-"""Which engine and tokenizer serve a model. Engines are imported lazily: the gateway never
-loads weights, and the `transformers` and `onnx` engines need optional extras."""
+"""Which engine and tokenizer serve a model, and what each engine can do. Engines are imported
+lazily: the gateway never loads weights, and the `transformers` and `onnx` engines need
+optional extras. The gateway and the wire models ask `supports` and `instance_options`, never
+an engine's name."""
 
 from __future__ import annotations
 
@@ -11,6 +13,31 @@ from lmfoundry.errors import Unavailable
 
 ENGINES = ("llamacpp", "transformers", "onnx", "vllm", "echo")
 
+# What each engine does beyond plain chat: `grammar` (response_format json_object /
+# json_schema), `adapters` (several fine-tuned adapters of one base on its instances),
+# `adapter_files` (its adapters are files its instances load at start: `loras`).
+FEATURES: dict[str, frozenset[str]] = {
+    "llamacpp": frozenset({"grammar", "adapters", "adapter_files"}),  # llama.cpp's server
+    "transformers": frozenset({"adapters"}),
+    "onnx": frozenset(),
+    "echo": frozenset(),
+}
+
+
+def supports(engine: str, feature: str) -> bool:
+    return feature in FEATURES.get(engine, frozenset())
+
+
+def instance_options(
+    engine: str, threads: int | None, max_sequences: int, kv_tokens: int
+) -> dict[str, Any]:
+    """The instance settings an engine takes (they are part of its instances' key)."""
+    if engine == "llamacpp":
+        return {"n_threads": threads, "max_sequences": max_sequences, "kv_tokens": kv_tokens}
+    if engine in ("transformers", "onnx"):
+        return {"n_threads": threads, "max_sequences": max_sequences}
+    return {}
+
 
 def create_engine(kind: str, model_path: str, options: dict[str, Any]) -> Engine:
     """Load an engine in an instance process."""
@@ -19,9 +46,10 @@ def create_engine(kind: str, model_path: str, options: dict[str, Any]) -> Engine
 
         return EchoEngine(delay=float(options.get("delay", 0.0)))
     if kind == "llamacpp":
-        from lmfoundry.engines.llamacpp import LlamaCppEngine
+        # llama.cpp's server, as a child process (local instances run it directly instead).
+        from lmfoundry.runtime.llama_server import LlamaServerEngine
 
-        return LlamaCppEngine(Path(model_path), **options)
+        return LlamaServerEngine(Path(model_path), **options)
     if kind == "transformers":
         _require_train_extra()
         from lmfoundry.engines.transformers import TransformersEngine

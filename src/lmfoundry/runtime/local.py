@@ -23,6 +23,7 @@ from typing import Any
 
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
+from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.client import InstanceClient, InstanceLost
 from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
@@ -31,6 +32,36 @@ log = logging.getLogger("lmfoundry.runtime")
 
 READY_POLL_SECONDS = 0.02
 SUPERVISE_SECONDS = 0.5
+
+
+Client = InstanceClient | llama_server.LlamaServerClient
+
+
+def instance_client(spec: InstanceSpec, socket: str) -> Client:
+    """How a gateway talks to an instance of `spec`: llama-server's HTTP for GGUF models,
+    the worker's line protocol for the engines that run in a Python worker."""
+    if spec.engine == llama_server.ENGINE:
+        return llama_server.LlamaServerClient(socket, spec.options_dict.get("loras") or ())
+    return InstanceClient(socket)
+
+
+def instance_command(spec: InstanceSpec, socket: str) -> list[str]:
+    """The process of one instance: llama-server itself for GGUF models, else a worker."""
+    if spec.engine == llama_server.ENGINE:
+        return llama_server.command(
+            llama_server.find_binary(), spec.model_path, socket, spec.options_dict
+        )
+    return [
+        sys.executable,
+        "-m",
+        "lmfoundry.runtime.worker",
+        "--socket",
+        socket,
+        "--spec",
+        spec.to_json(),
+        "--parent",
+        str(os.getpid()),
+    ]
 
 
 @dataclass
@@ -62,7 +93,8 @@ class LocalInstance:
         self.started_at: float | None = None
         self.last_error: str | None = None
         self._starting: asyncio.Task[None] | None = None
-        self._client: InstanceClient | None = None
+        self._client: Client | None = None
+        self._log_start = 0  # where this run's output begins in the (appended) log
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -92,34 +124,28 @@ class LocalInstance:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = instance_command(self.spec, str(self.socket))
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here
         try:
+            self._log_start = log_file.tell()
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "lmfoundry.runtime.worker",
-                    "--socket",
-                    str(self.socket),
-                    "--spec",
-                    self.spec.to_json(),
-                    "--parent",
-                    str(os.getpid()),
-                ],
+                argv,
                 stdout=log_file,
                 stderr=log_file,
                 stdin=subprocess.DEVNULL,
+                # llama-server has no parent watchdog of its own (the worker has).
+                preexec_fn=llama_server.die_with_parent,
             )
         finally:
             log_file.close()
         self.started_at = time.time()
-        self._client = InstanceClient(str(self.socket))
+        self._client = instance_client(self.spec, str(self.socket))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise Unavailable(
                     f"The instance for {Path(self.spec.model_path).name} exited while loading "
-                    f"(code {self.process.returncode}): {self._log_tail()}"
+                    f"(code {self.process.returncode}): {self._exit_reason()}"
                 )
             if self.socket.exists():
                 try:
@@ -136,6 +162,18 @@ class LocalInstance:
             f"The instance for {Path(self.spec.model_path).name} did not become ready within "
             f"{timeout:.0f} s; raise LMFOUNDRY_INSTANCE_START_TIMEOUT or check {self.log_path}."
         )
+
+    def _exit_reason(self) -> str:
+        """Why this run's process exited, in its own words."""
+        if self.spec.engine != llama_server.ENGINE:
+            return self._log_tail()
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(self._log_start)
+                text = log_file.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return llama_server.error_line(text)
 
     def _log_tail(self, lines: int = 5) -> str:
         try:
@@ -168,7 +206,7 @@ class LocalInstance:
     def mark_dead(self) -> None:
         """Called when the process is found gone; the supervisor restarts it."""
         code = self.process.returncode if self.process else None
-        self.fail(f"instance process exited (code {code}); {self._log_tail(3)}")
+        self.fail(f"instance process exited (code {code}); {self._exit_reason()}")
 
     def fail(self, reason: str) -> None:
         """Take the instance out of routing at once; the supervisor's next tick restarts it
@@ -202,12 +240,15 @@ class LocalInstance:
             # The process died, its engine failed, or the connection to it broke: in each
             # case the instance is restarted rather than trusted with the next request.
             await asyncio.sleep(0.05)  # let the exit status settle
+            reason = str(exc)
             if self.alive():
                 self.fail(f"{type(exc).__name__}: {exc}")
             else:
+                code = self.process.returncode if self.process is not None else None
+                reason = f"its process exited with code {code}"
                 self.mark_dead()
             raise EngineFailed(
-                f"Instance {self.id} of {self.name} failed while answering ({exc}); it is "
+                f"Instance {self.id} of {self.name} failed while answering ({reason}); it is "
                 "being restarted. Retry the request in a few seconds.",
                 headers={"Retry-After": "2"},
             ) from exc

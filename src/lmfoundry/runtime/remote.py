@@ -13,8 +13,8 @@ from collections.abc import AsyncGenerator
 
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
-from lmfoundry.runtime.client import InstanceClient, InstanceLost
-from lmfoundry.runtime.local import InstanceInfo
+from lmfoundry.runtime.client import InstanceLost
+from lmfoundry.runtime.local import Client, InstanceInfo, instance_client
 from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec
 
@@ -26,7 +26,7 @@ WAIT_POLL_SECONDS = 0.1
 
 
 class RemoteInstance:
-    def __init__(self, published: Published, client: InstanceClient) -> None:
+    def __init__(self, published: Published, client: Client) -> None:
         self.id = published.id
         self.published = published
         self.client = client
@@ -80,7 +80,7 @@ class RemoteGroup:
         self.instances = [
             known[p.id]
             if p.id in known and not known[p.id].lost
-            else RemoteInstance(p, self.backend.client(p.address))
+            else RemoteInstance(p, self.backend.client(p.address, self.spec))
             for p in published
         ]
 
@@ -153,11 +153,11 @@ class RemoteBackend:
         self.registry = registry
         self.start_timeout = start_timeout
         self.groups: dict[str, RemoteGroup] = {}
-        self._clients: dict[str, InstanceClient] = {}
+        self._clients: dict[str, Client] = {}
 
-    def client(self, address: str) -> InstanceClient:
+    def client(self, address: str, spec: InstanceSpec) -> Client:
         if address not in self._clients:
-            self._clients[address] = InstanceClient(address)
+            self._clients[address] = instance_client(spec, address)
         return self._clients[address]
 
     def group(

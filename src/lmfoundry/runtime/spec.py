@@ -46,9 +46,8 @@ class InstanceSpec:
     def make(
         cls, engine: str, model_path: str, options: dict[str, Any] | None = None
     ) -> InstanceSpec:
-        return cls(
-            engine=engine, model_path=model_path, options=tuple(sorted((options or {}).items()))
-        )
+        items = ((k, tuple(v) if isinstance(v, list) else v) for k, v in (options or {}).items())
+        return cls(engine=engine, model_path=model_path, options=tuple(sorted(items)))
 
 
 def socket_dir(home: Path) -> Path:

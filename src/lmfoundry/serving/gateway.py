@@ -23,7 +23,7 @@ from lmfoundry.config import Settings
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import ServingTarget
 from lmfoundry.engines.base import EngineError, GenerationRequest, Tokenizer
-from lmfoundry.engines.registry import create_tokenizer
+from lmfoundry.engines.registry import create_tokenizer, instance_options, supports
 from lmfoundry.errors import (
     EngineFailed,
     Forbidden,
@@ -39,8 +39,6 @@ from lmfoundry.runtime.backend import Backend, Group
 from lmfoundry.runtime.spec import InstanceSpec
 from lmfoundry.serving import wire
 from lmfoundry.storage.db import Database
-
-GRAMMAR_ENGINES = {"llamacpp"}
 
 
 @dataclass
@@ -132,6 +130,14 @@ class Gateway:
             resolved = self._resolved[(project_id, ref)] = self.resolver.resolve(project_id, ref)
         return resolved
 
+    async def resolve_async(self, project_id: int, ref: str) -> ResolvedModel:
+        """`resolve` off the event loop when it is not cached: the first resolution of an
+        adapter converts it to GGUF (seconds, in a child process)."""
+        resolved = self._resolved.get((project_id, ref))
+        if resolved is not None and resolved.path.exists():
+            return resolved
+        return await asyncio.to_thread(self.resolve, project_id, ref)
+
     async def tokenizer(self, model: ResolvedModel) -> Tokenizer:
         key = f"{model.instance_key}:{model.card.context_length}:{model.card.chat_template}"
         tokenizer = self._tokenizers.get(key)
@@ -150,18 +156,16 @@ class Gateway:
         return self._tokenizers[key]
 
     def instance_spec(self, model: ResolvedModel) -> InstanceSpec:
-        options: dict[str, Any] = {}
-        if model.engine == "llamacpp":
-            options = {
-                "n_threads": self.settings.engine_threads,
-                "max_sequences": self.settings.engine_max_sequences,
-                "kv_tokens": self.settings.engine_kv_tokens,
-            }
-        elif model.engine in ("transformers", "onnx"):
-            options = {
-                "n_threads": self.settings.engine_threads,
-                "max_sequences": self.settings.engine_max_sequences,
-            }
+        options = instance_options(
+            model.engine,
+            self.settings.engine_threads,
+            self.settings.engine_max_sequences,
+            self.settings.engine_kv_tokens,
+        )
+        if model.adapter is not None and supports(model.engine, "adapter_files"):
+            # Loaded when the instance starts (llama-server), not on a request's first use;
+            # the fleet merges the adapters of one base into one instance.
+            options["loras"] = [str(model.adapter)]
         return InstanceSpec.make(model.engine, str(model.path), options)
 
     async def admit(
@@ -179,9 +183,9 @@ class Gateway:
     ) -> Admitted:
         """Check the request, count its prompt, and reserve its quota. `claim` names the
         caller's retry (same key, same body) so a refused caller keeps its place in line."""
-        model = model or self.resolve(target.project_id, target.model)
+        model = model or await self.resolve_async(target.project_id, target.model)
         tokenizer = await self.tokenizer(model)
-        request.check_supported(tokenizer.supports_tools, model.engine in GRAMMAR_ENGINES)
+        request.check_supported(tokenizer.supports_tools, supports(model.engine, "grammar"))
         try:
             text = tokenizer.render(request.chat_messages(), request.tools)
         except EngineError as exc:
