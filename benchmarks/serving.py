@@ -19,6 +19,10 @@ The servers run on loopback, started here, one after the other, with the same th
                     `lmfoundry models build-onnx` (onnx engine); the build (about a minute and a
                     half) is cached under --onnx-cache. Skipped when onnxruntime-genai or the
                     builder's dependencies are missing.
+  adapter           `lmfoundry up` with two serverless deployments: the base SmolLM2 and a
+                    registered rank-8 LoRA adapter of it (random weights, made once under
+                    --onnx-cache), which lmfoundry converts to a GGUF LoRA and serves on the
+                    base's llama-server; the adapter against its base (target: at least 0.8x)
 
 The same load generator drives all of them: at each concurrency, `--requests` streaming chat
 requests per client slot (fixed prompts, greedy, `max_tokens` fixed), each on a connection of
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +67,7 @@ PROMPTS = [
     "Describe a busy market in the morning.",
 ]
 TOKEN = "lmf_pat_" + "b" * 43
-SERVERS = ("llama-server", "llama_cpp.server", "lmfoundry", "onnx")
+SERVERS = ("llama-server", "llama_cpp.server", "lmfoundry", "onnx", "adapter")
 
 
 def free_port() -> int:
@@ -200,9 +206,9 @@ def onnx_folder(cache: Path) -> Path:
     return folder
 
 
-def run_lmfoundry(
-    args: argparse.Namespace, threads: int, onnx: Path | None = None
-) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def lmfoundry_server(threads: int) -> Iterator[tuple[str, dict[str, str]]]:
+    """`lmfoundry up` on a fresh home, keys, quotas and metering on: (base URL, admin auth)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMFOUNDRY_")}
@@ -221,34 +227,95 @@ def run_lmfoundry(
         try:
             base = f"http://127.0.0.1:{port}"
             wait_http(base + "/healthz", process)
-            auth = {"Authorization": f"Bearer {TOKEN}"}
-            name = "smollm2-135m-instruct"
-            if onnx is not None:  # the same model on the onnx engine, in its own deployment
-                name = "smollm2-onnx"
-                model = httpx.post(
-                    f"{base}/api/v1/catalog/import",
-                    json={"path": str(onnx), "id": "SmolLM2-135M-Instruct-onnx"},
-                    headers=auth,
-                ).json()
-                assert model["engine"] == "onnx", model
-                created = httpx.post(
-                    f"{base}/api/v1/projects/default/serverless-deployments",
-                    json={"name": name, "model": model["id"]},
-                    headers=auth,
-                )
-                created.raise_for_status()
-            keys = httpx.get(
-                f"{base}/api/v1/projects/default/serverless-deployments/{name}/keys", headers=auth
-            ).json()
-            url = f"{base}/serverless/{name}/v1/chat/completions"
-            headers = {"api-key": keys["primary_key"]}
-            return [
-                asyncio.run(load(url, headers, c, args.requests, args.max_tokens))
-                for c in args.concurrency
-            ]
+            yield base, {"Authorization": f"Bearer {TOKEN}"}
         finally:
             process.terminate()
             process.wait(30)
+
+
+def deployment(base: str, auth: dict[str, str], name: str, model: str | None) -> tuple[str, dict]:
+    """(chat URL, headers) of serverless deployment `name`, created for `model` if given."""
+    if model is not None:
+        created = httpx.post(
+            f"{base}/api/v1/projects/default/serverless-deployments",
+            json={"name": name, "model": model},
+            headers=auth,
+            timeout=600,  # an adapter is converted to GGUF on its first resolution
+        )
+        created.raise_for_status()
+    keys = httpx.get(
+        f"{base}/api/v1/projects/default/serverless-deployments/{name}/keys", headers=auth
+    ).json()
+    return f"{base}/serverless/{name}/v1/chat/completions", {"api-key": keys["primary_key"]}
+
+
+def run_lmfoundry(
+    args: argparse.Namespace, threads: int, onnx: Path | None = None
+) -> list[dict[str, Any]]:
+    with lmfoundry_server(threads) as (base, auth):
+        name, model = "smollm2-135m-instruct", None
+        if onnx is not None:  # the same model on the onnx engine, in its own deployment
+            imported = httpx.post(
+                f"{base}/api/v1/catalog/import",
+                json={"path": str(onnx), "id": "SmolLM2-135M-Instruct-onnx"},
+                headers=auth,
+            ).json()
+            assert imported["engine"] == "onnx", imported
+            name, model = "smollm2-onnx", imported["id"]
+        url, headers = deployment(base, auth, name, model)
+        return [
+            asyncio.run(load(url, headers, c, args.requests, args.max_tokens))
+            for c in args.concurrency
+        ]
+
+
+def lora_adapter(cache: Path) -> Path:
+    """A LoRA adapter of SmolLM2 (rank 8 on the attention projections, random non-zero
+    weights: what a fine-tune costs to serve does not depend on what it learnt), on the Hugging
+    Face form of the bundled GGUF that fine-tuning uses. Made once under `cache`."""
+    folder = cache / "SmolLM2-135M-Instruct-lora-r8"
+    if (folder / "adapter_config.json").exists():
+        return folder
+    sys.path.insert(0, str(Path(__file__).parent))
+    import torch
+    from finetune_throughput import base_dir
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+    )
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir(cache)), config)
+    model.save_pretrained(folder)
+    return folder
+
+
+def run_adapter(args: argparse.Namespace, threads: int) -> dict[str, list[dict[str, Any]]]:
+    """The base and a registered adapter of it, each a serverless deployment of one server;
+    the adapter runs on the base's llama-server (`--lora`, chosen per request)."""
+    adapter = lora_adapter(args.onnx_cache)
+    with lmfoundry_server(threads) as (base, auth):
+        registered = httpx.post(
+            f"{base}/api/v1/projects/default/models",
+            json={"name": "smol-lora", "path": str(adapter), "base_model": "SmolLM2-135M-Instruct"},
+            headers=auth,
+        )
+        registered.raise_for_status()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for label, name, model in (
+            ("base", "smollm2-135m-instruct", None),
+            ("adapter", "smol-lora", "smol-lora:1"),
+        ):
+            url, headers = deployment(base, auth, name, model)
+            out[label] = [
+                asyncio.run(load(url, headers, c, args.requests, args.max_tokens))
+                for c in args.concurrency
+            ]
+        return out
 
 
 def main() -> None:
@@ -285,6 +352,9 @@ def main() -> None:
             print(f"onnx: skipped ({exc.message})")
         else:
             results["onnx"] = run_lmfoundry(args, args.threads, onnx_folder(args.onnx_cache))
+    if "adapter" in args.servers:
+        adapter = run_adapter(args, args.threads)
+        results["adapter base"], results["adapter"] = adapter["base"], adapter["adapter"]
     header = f"{'server':<16} {'conc':>4} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} "
     print(header + f"{'e2e p50':>9} {'e2e p99':>9}   (ms)")
     for name, rows in results.items():
@@ -299,6 +369,7 @@ def main() -> None:
         "lmfoundry / llama-server": ("lmfoundry", "llama-server"),
         "lmfoundry / llama_cpp.server": ("lmfoundry", "llama_cpp.server"),
         "onnx / llamacpp engine": ("onnx", "lmfoundry"),
+        "adapter / its base": ("adapter", "adapter base"),
     }.items():
         if ours not in results or theirs not in results:
             continue
@@ -319,6 +390,12 @@ def main() -> None:
                 + (f", TTFT p50 {ttft:+.1f} ms (<= +10 ms)" if c == 1 else "")
                 + (" met" if ok else " MISSED")
             )
+    lora = ratios.get("adapter / its base", {})
+    for c in args.concurrency:
+        if f"tokens_per_s_c{c}" in lora:
+            tps = lora[f"tokens_per_s_c{c}"]
+            verdict = "met" if tps >= 0.8 else "MISSED"
+            print(f"target for an adapter at {c} client(s): {tps:.2f}x its base's tok/s {verdict}")
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -302,3 +302,17 @@ def test_a_missing_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -
     assert "does not run" in info.value.message
     monkeypatch.delenv(llama_server.ENV)
     assert llama_server.binary_version()  # the one scripts/install linked into the venv
+
+
+def test_instance_sockets_live_in_a_folder_of_this_user_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmfoundry.runtime.spec import socket_dir
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    folder = socket_dir(tmp_path / "home")
+    assert folder.parent == tmp_path and (folder.stat().st_mode & 0o777) == 0o700
+    folder.chmod(0o777)  # opened up by someone: closed again before any socket is made
+    assert (socket_dir(tmp_path / "home").stat().st_mode & 0o777) == 0o700
+    argv = llama_server.command(Path("/bin/llama-server"), "m.gguf", str(folder / "a.sock"), {})
+    assert argv[argv.index("--host") + 1].endswith(".sock") and "--port" not in argv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,4 +56,14 @@ def socket_dir(home: Path) -> Path:
     digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
     path = Path(tempfile.gettempdir()) / f"lmf-{os.getuid()}-{digest}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Instances (llama-server included) answer anyone who can reach their socket: the folder
+    # must be this user's alone, not one another local user made first in /tmp.
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(
+            f"{path} is not a folder of this user's; remove it (another user may have made "
+            "it to reach this server's instances) and start again."
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)
     return path
