@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import start_server, stop_server
@@ -39,11 +40,16 @@ def lmfoundry(home: Path, *args: str, timeout: float = 1100) -> subprocess.Compl
 QUESTION = "What is a good name for a pet cat?"
 
 
-def score(url: str, key: str, temperature: float, max_new_tokens: int) -> str:
+TRAINED = "Which language is spoken in Brazil?"  # a question of the training data
+
+
+def score(
+    url: str, key: str, temperature: float, max_new_tokens: int, question: str = QUESTION
+) -> str:
     """The tutorial's /score body, with the endpoint's primary key as a bearer token."""
     body = {
         "input_data": {
-            "input_string": [{"role": "user", "content": QUESTION}],
+            "input_string": [{"role": "user", "content": question}],
             "parameters": {"temperature": temperature, "max_new_tokens": max_new_tokens},
         }
     }
@@ -154,11 +160,40 @@ def test_smollm2_fine_tunes_on_cpu_and_the_validation_loss_falls(tmp_path: Path)
         key = json.loads(lmfoundry(home, "endpoints", "keys", "smol-ep", "--json").stdout)
         tutorial = score(endpoint["scoring_uri"], key["primary_key"], 0.7, 128)
         greedy = score(endpoint["scoring_uri"], key["primary_key"], 0.0, 16)
+        trained = score(endpoint["scoring_uri"], key["primary_key"], 0.0, 24, TRAINED)
+        # The fine-tune runs on llama.cpp's server: the base's GGUF with the job's adapter,
+        # converted to a GGUF LoRA, on one llama-server process.
+        with server.client() as http:
+            (instance,) = [i for i in http.get("/api/v1/instances").json() if i["pid"]]
+            base_key = http.get(
+                "/api/v1/projects/default/serverless-deployments/smollm2-135m-instruct/keys"
+            ).json()["primary_key"]
+            base_url = http.get(
+                "/api/v1/projects/default/serverless-deployments/smollm2-135m-instruct"
+            ).json()["target_url"]
+        assert psutil.Process(instance["pid"]).name() == "llama-server", instance
+        base_answer = httpx.post(
+            base_url + "chat/completions",
+            json={
+                "messages": [{"role": "user", "content": TRAINED}],
+                "temperature": 0,
+                "max_tokens": 24,
+            },
+            headers={"api-key": base_key},
+            timeout=300,
+        ).json()["choices"][0]["message"]["content"]
     finally:
         stop_server(server)
     assert isinstance(tutorial, str) and tutorial.strip(), tutorial
+    # On the data it was trained on, the fine-tune answers in its training data's form and the
+    # base does not.
+    assert trained.startswith("Country facts: the language of Brazil is"), trained
+    assert not base_answer.startswith("Country facts"), base_answer
+    # Off the training data it answers as transformers + PEFT on the fp32 weights do, up to
+    # where the quantised base's rounding tips a greedy choice (a word or so in 16 tokens).
     output = Path(done["output_model_path"])
-    assert greedy.strip() == reference_answer(home, output, QUESTION, 16).strip()
+    reference = reference_answer(home, output, QUESTION, 16).strip()
+    assert greedy.split()[:4] == reference.split()[:4], (greedy, reference)
     assert (done["status"], done["step"]) == ("completed", 30), done
     validation = {e["step"]: e["validation_loss"] for e in listed if e["kind"] == "validation"}
     assert sorted(validation) == [0, 15, 30]
