@@ -24,12 +24,15 @@ The servers run on loopback, started here, one after the other, with the same th
                     --onnx-cache), which lmfoundry converts to a GGUF LoRA and serves on the
                     base's llama-server; the adapter against its base (target: at least 0.8x)
 
-The same load generator drives all of them: at each concurrency, `--requests` streaming chat
-requests per client slot (fixed prompts, greedy, `max_tokens` fixed), each on a connection of
-its own (llama-server closes idle connections after a streamed answer). Reported per
-concurrency: aggregate output tokens/s, time to first token p50/p99, end-to-end latency
-p50/p99; then the ratios, lmfoundry over llama-server first, against the targets (tokens/s at
-least 0.95x, TTFT p50 at 1 client within +10 ms).
+The same load generator drives all of them: at each concurrency, `--rounds` rounds of
+`--requests` streaming chat requests per client slot (fixed prompts, greedy, `max_tokens`
+fixed), each on a connection of its own (llama-server closes idle connections after a streamed
+answer). Bare llama-server and lmfoundry run at the same time and take their rounds in turn,
+as do the adapter and its base, so that the machine's slow minutes fall on both (on two cores
+single runs swing by 10% and more). Reported per concurrency, the median round: aggregate
+output tokens/s, time to first token p50/p99, end-to-end latency p50/p99; then the ratios,
+lmfoundry over llama-server first, against the targets (tokens/s at least 0.95x, TTFT p50 at
+1 client within +10 ms).
 Needs `pip install sse-starlette starlette-context` for llama-cpp-python's server.
 """
 
@@ -150,10 +153,9 @@ async def load(
     }
 
 
-def run_llama_server(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
+def llama_server_command(threads: int, port: int) -> list[str]:
     """Bare llama-server with the command line of an lmfoundry instance (its default slots
     and KV cells), listening on a TCP port instead of a unix socket."""
-    port = free_port()
     settings = Settings()
     options = {
         "n_threads": threads,
@@ -162,8 +164,55 @@ def run_llama_server(args: argparse.Namespace, threads: int) -> list[dict[str, A
     }
     binary = llama_server.find_binary()
     command = [*llama_server.command(binary, str(smollm2_path()), "127.0.0.1", options)]
-    command += ["--port", str(port)]
-    return _serve_and_load(args, command, port)
+    return [*command, "--port", str(port)]
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one concurrency as one row: the median of each figure, counts summed."""
+    row: dict[str, Any] = {"concurrency": runs[0]["concurrency"], "rounds": len(runs)}
+    for key in ("requests", "tokens"):
+        row[key] = sum(r[key] for r in runs)
+    for key in runs[0]:
+        if key not in row:
+            row[key] = round(statistics.median(r[key] for r in runs), 1)
+    return row
+
+
+def interleaved(
+    args: argparse.Namespace, targets: dict[str, tuple[str, dict[str, str]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every target at each concurrency, round after round in turn (A, B, A, B, ...), so that
+    a slow minute of the machine falls on all of them alike; the median round is reported."""
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    for c in args.concurrency:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, (url, headers) in targets.items():
+                runs[name].append(
+                    asyncio.run(load(url, headers, c, args.requests, args.max_tokens))
+                )
+        for name in targets:
+            out[name].append(median_run(runs[name]))
+    return out
+
+
+def run_against_llama_server(
+    args: argparse.Namespace, threads: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Bare llama-server and lmfoundry up at once (an idle llama-server takes no CPU), their
+    rounds interleaved."""
+    port = free_port()
+    command = llama_server_command(threads, port)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", process)
+        with lmfoundry_server(threads) as (base, auth):
+            bare = (f"http://127.0.0.1:{port}/v1/chat/completions", {})
+            ours = deployment(base, auth, "smollm2-135m-instruct", None)
+            return interleaved(args, {"llama-server": bare, "lmfoundry": ours})
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def run_llama_cpp_server(args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
@@ -185,9 +234,7 @@ def _serve_and_load(
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", process)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        return [
-            asyncio.run(load(url, {}, c, args.requests, args.max_tokens)) for c in args.concurrency
-        ]
+        return interleaved(args, {"server": (url, {})})["server"]
     finally:
         process.terminate()
         process.wait(30)
@@ -262,18 +309,15 @@ def run_lmfoundry(
             ).json()
             assert imported["engine"] == "onnx", imported
             name, model = "smollm2-onnx", imported["id"]
-        url, headers = deployment(base, auth, name, model)
-        return [
-            asyncio.run(load(url, headers, c, args.requests, args.max_tokens))
-            for c in args.concurrency
-        ]
+        return interleaved(args, {name: deployment(base, auth, name, model)})[name]
 
 
 def lora_adapter(cache: Path) -> Path:
     """A LoRA adapter of SmolLM2 (rank 8 on the attention projections, random non-zero
-    weights: what a fine-tune costs to serve does not depend on what it learnt), on the Hugging
-    Face form of the bundled GGUF that fine-tuning uses. Made once under `cache`."""
-    folder = cache / "SmolLM2-135M-Instruct-lora-r8"
+    weights: what a fine-tune costs to serve does not depend on what it learnt, but its
+    answers' lengths do, so the weights are small enough to keep them the base's), on the
+    Hugging Face form of the bundled GGUF that fine-tuning uses. Made once under `cache`."""
+    folder = cache / "SmolLM2-135M-Instruct-lora-r8-small"
     if (folder / "adapter_config.json").exists():
         return folder
     sys.path.insert(0, str(Path(__file__).parent))
@@ -290,6 +334,10 @@ def lora_adapter(cache: Path) -> Path:
         init_lora_weights=False,
     )
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir(cache)), config)
+    with torch.no_grad():  # small: the text stays the base's, so answers are as long
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.mul_(0.02)
     model.save_pretrained(folder)
     return folder
 
@@ -305,23 +353,22 @@ def run_adapter(args: argparse.Namespace, threads: int) -> dict[str, list[dict[s
             headers=auth,
         )
         registered.raise_for_status()
-        out: dict[str, list[dict[str, Any]]] = {}
-        for label, name, model in (
-            ("base", "smollm2-135m-instruct", None),
-            ("adapter", "smol-lora", "smol-lora:1"),
-        ):
-            url, headers = deployment(base, auth, name, model)
-            out[label] = [
-                asyncio.run(load(url, headers, c, args.requests, args.max_tokens))
-                for c in args.concurrency
-            ]
-        return out
+        return interleaved(
+            args,
+            {
+                "adapter base": deployment(base, auth, "smollm2-135m-instruct", None),
+                "adapter": deployment(base, auth, "smol-lora", "smol-lora:1"),
+            },
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--requests", type=int, default=4, help="per client slot")
+    parser.add_argument("--requests", type=int, default=4, help="per client slot and round")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per concurrency, taken in turn"
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
@@ -336,12 +383,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {}
-    if "llama-server" in args.servers:
-        results["llama-server"] = run_llama_server(args, args.threads)
+    if "llama-server" in args.servers and "lmfoundry" in args.servers:
+        results.update(run_against_llama_server(args, args.threads))
     if "llama_cpp.server" in args.servers:
         results["llama_cpp.server"] = run_llama_cpp_server(args, args.threads)
-    if "lmfoundry" in args.servers:
+    elif "lmfoundry" in args.servers:
         results["lmfoundry"] = run_lmfoundry(args, args.threads)
+    elif "llama-server" in args.servers:
+        port = free_port()
+        results["llama-server"] = _serve_and_load(
+            args, llama_server_command(args.threads, port), port
+        )
     if "onnx" in args.servers:
         from lmfoundry.catalog.onnx_build import check_build_deps
         from lmfoundry.errors import Unavailable
@@ -353,8 +405,7 @@ def main() -> None:
         else:
             results["onnx"] = run_lmfoundry(args, args.threads, onnx_folder(args.onnx_cache))
     if "adapter" in args.servers:
-        adapter = run_adapter(args, args.threads)
-        results["adapter base"], results["adapter"] = adapter["base"], adapter["adapter"]
+        results.update(run_adapter(args, args.threads))
     header = f"{'server':<16} {'conc':>4} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} "
     print(header + f"{'e2e p50':>9} {'e2e p99':>9}   (ms)")
     for name, rows in results.items():
