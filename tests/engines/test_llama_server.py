@@ -18,7 +18,6 @@ import pytest
 
 from lmfoundry.catalog.bundled import smollm2_path
 from lmfoundry.engines.base import (
-    Delta,
     EngineDown,
     EngineError,
     GenerationRequest,
@@ -28,6 +27,7 @@ from lmfoundry.engines.gguf import GGUFTokenizer
 from lmfoundry.errors import Unavailable
 from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.llama_server import LlamaServerEngine, ServerMissing
+from tests.engines.requests import run
 
 pytestmark = pytest.mark.slow
 
@@ -72,21 +72,6 @@ def engine() -> Iterator[LlamaServerEngine]:
 
 def chat(tokenizer: GGUFTokenizer, text: str) -> list[int]:
     return tokenizer.encode(tokenizer.render([{"role": "user", "content": text}]))
-
-
-async def run(engine: LlamaServerEngine, prompt: list[int], **params: Any) -> tuple[str, Delta]:
-    params.setdefault("max_tokens", 24)
-    params.setdefault("temperature", 0.0)
-    request = GenerationRequest(prompt=prompt, params=SamplingParams(**params))
-    parts: list[str] = []
-    last: Delta | None = None
-    async with asyncio.timeout(60):  # a hung engine fails here, not at pytest's timeout
-        async for delta in engine.generate(request):
-            assert last is None or last.finish_reason is None
-            parts.append(delta.text)
-            last = delta
-    assert last is not None and last.finish_reason is not None
-    return "".join(parts), last
 
 
 def reference_greedy(llm: Any, prompt: list[int], max_tokens: int) -> tuple[bytes, int]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmfoundry.engines.base import Delta, EngineError, GenerationRequest, SamplingParams
+from lmfoundry.engines.base import EngineError, GenerationRequest, SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +29,7 @@ import onnxruntime_genai as og  # noqa: E402
 
 from lmfoundry.engines.onnx import OnnxEngine, OnnxTokenizer  # noqa: E402
 from tests.engines.failure import check_decode_failure  # noqa: E402
+from tests.engines.requests import run  # noqa: E402
 
 QUESTIONS = [
     "The model reads a long story",
@@ -98,21 +99,6 @@ def og_loop(model: Any, prompt: list[int], max_tokens: int, **search: Any) -> li
 def decode(tokenizer: OnnxTokenizer, ids: list[int]) -> str:
     text: str = tokenizer._tokenizer.decode(ids, skip_special_tokens=True)
     return text.rstrip("\ufffd")
-
-
-async def run(engine: OnnxEngine, prompt: list[int], **params: Any) -> tuple[str, Delta]:
-    params.setdefault("max_tokens", 24)
-    params.setdefault("temperature", 0.0)
-    request = GenerationRequest(prompt=prompt, params=SamplingParams(**params))
-    parts: list[str] = []
-    last: Delta | None = None
-    async with asyncio.timeout(60):  # a hung engine fails here, not at pytest's timeout
-        async for delta in engine.generate(request):
-            assert last is None or last.finish_reason is None
-            parts.append(delta.text)
-            last = delta
-    assert last is not None and last.finish_reason is not None
-    return "".join(parts), last
 
 
 async def test_greedy_output_is_onnxruntime_genais_own(
