@@ -51,6 +51,7 @@ PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back 
 PROMPT_CACHE_MIB = 256  # host RAM for prompts evicted from the slots (llama-server: 8 GiB)
 FINISH = {"limit": "length", "eos": "stop", "word": "stop"}
 PR_SET_PDEATHSIG = 1
+_LOG_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [EWIDT] ")
 BUILD_HINT = (
     "run `scripts/install` (it builds llama-server once from the llama.cpp that "
     "llama-cpp-python vendors, 10 to 15 minutes on two cores, then reuses it), or set "
@@ -153,7 +154,8 @@ def die_with_parent() -> None:
 
 def error_line(log: str) -> str:
     """llama-server's own reason for exiting, from its log: the first error line."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    # llama.cpp's log lines begin with a timestamp and a level ("0.00.025.935 E ").
+    lines = [_LOG_PREFIX.sub("", line.strip()) for line in log.splitlines() if line.strip()]
     for pattern in (r"error loading model|failed to load", r"\berror\b|\bfailed\b|invalid"):
         for line in lines:
             if re.search(pattern, line, re.IGNORECASE):
