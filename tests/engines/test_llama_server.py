@@ -98,19 +98,21 @@ async def test_greedy_matches_llama_cpp_python(
     assert last.finish_reason == ("length" if n == 24 else "stop")
 
 
-async def test_concurrent_requests_match_running_alone(
+async def test_concurrent_requests_each_get_their_own_answer(
     engine: LlamaServerEngine, tokenizer: GGUFTokenizer
 ) -> None:
-    prompts = [chat(tokenizer, q) for q in QUESTIONS]
-    together = await asyncio.gather(*(run(engine, p, max_tokens=16) for p in prompts))
-    alone = [await run(engine, p, max_tokens=16) for p in prompts]
-    # Each answer is its own prompt's: batched with others it begins as it does alone. (Not
-    # bit for bit to the end: llama.cpp's kernels round a batch of four differently from a
-    # batch of one, and greedy decoding of this small model then drifts after some tokens.)
-    for (batched, _), (single, _) in zip(together, alone, strict=True):
-        assert batched.split()[:3] == single.split()[:3], (batched, single)
-    assert len({t for t, _ in alone}) == len(prompts)
-    assert all(d.finish_reason in ("stop", "length") for _, d in together)
+    """Four requests decode together in one batch; no answer carries another's words. (Not
+    compared token for token with the same requests alone: llama.cpp's kernels round a batch
+    of four differently from a batch of one, and this small model's greedy choice between
+    near-tied tokens flips with it, even on the first token.)"""
+    words = ["banana", "cherry", "pumpkin", "tomato"]
+    prompts = [chat(tokenizer, f'Repeat after me, and say nothing else: "{w}"') for w in words]
+    answers = await asyncio.gather(*(run(engine, p, max_tokens=8) for p in prompts))
+    texts = [text.lower() for text, _ in answers]
+    for word, text in zip(words, texts, strict=True):
+        assert not [w for w in words if w != word and w in text], (word, text)
+    assert sum(word in text for word, text in zip(words, texts, strict=True)) >= 2, texts
+    assert all(d.finish_reason in ("stop", "length") for _, d in answers)
 
 
 async def test_max_tokens_and_stop_sequences(
