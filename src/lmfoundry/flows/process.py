@@ -27,13 +27,9 @@ secrets masked. stdin is /dev/null for flow code, so it cannot read the protocol
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,24 +38,9 @@ from typing import Any, TextIO
 from lmfoundry.errors import LmfError
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.executor import Executor, NodeError, describe
+from lmfoundry.runtime.lifeline import die_with_parent
 
 COMPAT = Path(__file__).parent / "compat"
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """Exit when the server dies: the kernel's parent-death signal, plus a watchdog thread for
-    platforms without prctl."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                os._exit(0)
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
 def _protocol_streams() -> tuple[TextIO, TextIO]:
@@ -90,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lmfoundry-flow")
     parser.add_argument("--parent", type=int, default=os.getppid())
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
+    die_with_parent(args.parent)
     commands, answers = _protocol_streams()
 
     def emit(event: dict[str, Any]) -> None:

@@ -13,11 +13,17 @@ import time
 PR_SET_PDEATHSIG = 1
 
 
+def parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel for `sig` when this process's parent dies. Alone, as a `preexec_fn`,
+    for children that are not Python (llama-server): it survives the exec."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
 def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
     """Exit as soon as `parent` is gone. SIGKILL by default: a job process has nothing to
     save on the way out (its checkpoints are on disk), and must not outlive the server."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+    parent_death_signal(sig)
 
     def watch() -> None:
         while True:

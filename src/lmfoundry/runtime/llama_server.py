@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -39,6 +38,7 @@ import httpx
 from lmfoundry.engines.base import Delta, EngineDown, EngineError, GenerationRequest
 from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
 from lmfoundry.runtime.client import InstanceLost
+from lmfoundry.runtime.lifeline import parent_death_signal
 
 ENGINE = "llamacpp"
 ENV = "LMFOUNDRY_LLAMA_SERVER"
@@ -50,7 +50,6 @@ SAMPLERS = ["penalties", "top_k", "top_p", "min_p", "temperature"]
 PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back on
 PROMPT_CACHE_MIB = 256  # host RAM for prompts evicted from the slots (llama-server: 8 GiB)
 FINISH = {"limit": "length", "eos": "stop", "word": "stop"}
-PR_SET_PDEATHSIG = 1
 _LOG_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [EWIDT] ")
 BUILD_HINT = (
     "run `scripts/install` (it builds llama-server once from the llama.cpp that "
@@ -143,13 +142,6 @@ def command(binary: Path, model_path: str, socket: str, options: dict[str, Any])
     if loras:
         args += ["--lora", ",".join(loras), "--lora-init-without-apply"]
     return args
-
-
-def die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the server that started it dies, so a killed
-    server never leaves llama-server processes behind (the worker does the same)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def error_line(log: str) -> str:
@@ -361,7 +353,7 @@ class LlamaServerEngine:
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
+            preexec_fn=parent_death_signal,  # SIGTERM when this process dies
         )
         self.client = LlamaServerClient(self.socket, options.get("loras") or ())
         self._closed = False

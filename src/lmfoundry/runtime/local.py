@@ -25,6 +25,7 @@ from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.client import InstanceClient, InstanceLost
+from lmfoundry.runtime.lifeline import parent_death_signal
 from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
 
@@ -134,7 +135,7 @@ class LocalInstance:
                 stderr=log_file,
                 stdin=subprocess.DEVNULL,
                 # llama-server has no parent watchdog of its own (the worker has).
-                preexec_fn=llama_server.die_with_parent,
+                preexec_fn=parent_death_signal,
             )
         finally:
             log_file.close()

@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import resource
 import signal
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,30 +31,15 @@ from typing import Any
 from lmfoundry.engines.base import Engine, EngineDown, EngineError, GenerationRequest
 from lmfoundry.engines.registry import create_engine
 from lmfoundry.runtime.client import LINE_LIMIT
+from lmfoundry.runtime.lifeline import die_with_parent
 from lmfoundry.runtime.spec import InstanceSpec
 
-PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 5.0
 FAILURE_POLL_SECONDS = 0.1  # how soon a failed engine is noticed
 FAILURE_GRACE_SECONDS = 1.0  # for the failed requests' error items to reach the gateway
 EXIT_ENGINE_FAILED = 70  # EX_SOFTWARE
 
 log = logging.getLogger("lmfoundry.instance")
-
-
-def _die_with_parent(parent: int) -> None:
-    """Exit when the server dies: the kernel's parent-death signal, plus a watchdog thread for
-    the moment between fork and prctl and for platforms without prctl."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                os._exit(0)
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
 class Worker:
@@ -221,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", required=True)
     parser.add_argument("--parent", type=int, default=os.getppid())
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
+    die_with_parent(args.parent, signal.SIGTERM)
 
     spec = InstanceSpec.from_json(args.spec)
     started = time.monotonic()

@@ -124,19 +124,21 @@ class Gateway:
             )
         return match.slot
 
-    def resolve(self, project_id: int, ref: str) -> ResolvedModel:
+    def _cached(self, project_id: int, ref: str) -> ResolvedModel | None:
         resolved = self._resolved.get((project_id, ref))
-        if resolved is None or not resolved.path.exists():
+        return resolved if resolved is not None and resolved.path.exists() else None
+
+    def resolve(self, project_id: int, ref: str) -> ResolvedModel:
+        resolved = self._cached(project_id, ref)
+        if resolved is None:
             resolved = self._resolved[(project_id, ref)] = self.resolver.resolve(project_id, ref)
         return resolved
 
     async def resolve_async(self, project_id: int, ref: str) -> ResolvedModel:
         """`resolve` off the event loop when it is not cached: the first resolution of an
         adapter converts it to GGUF (seconds, in a child process)."""
-        resolved = self._resolved.get((project_id, ref))
-        if resolved is not None and resolved.path.exists():
-            return resolved
-        return await asyncio.to_thread(self.resolve, project_id, ref)
+        cached = self._cached(project_id, ref)
+        return cached or await asyncio.to_thread(self.resolve, project_id, ref)
 
     async def tokenizer(self, model: ResolvedModel) -> Tokenizer:
         key = f"{model.instance_key}:{model.card.context_length}:{model.card.chat_template}"
