@@ -27,12 +27,13 @@ The servers run on loopback, started here, one after the other, with the same th
 The same load generator drives all of them: at each concurrency, `--rounds` rounds of
 `--requests` streaming chat requests per client slot (fixed prompts, greedy, `max_tokens`
 fixed), each on a connection of its own (llama-server closes idle connections after a streamed
-answer). Bare llama-server and lmfoundry run at the same time and take their rounds in turn,
-as do the adapter and its base, so that the machine's slow minutes fall on both (on two cores
-single runs swing by 10% and more). Reported per concurrency, the median round: aggregate
-output tokens/s, time to first token p50/p99, end-to-end latency p50/p99; then the ratios,
-lmfoundry over llama-server first, against the targets (tokens/s at least 0.95x, TTFT p50 at
-1 client within +10 ms).
+answer). Bare llama-server and lmfoundry run at the same time and take their rounds in turn
+(A B, B A, ...), as do the adapter and its base, so that the machine's slow minutes fall on
+both (on this shared two-core machine a round swings by 30% and more). Reported per
+concurrency, the median round: aggregate output tokens/s, time to first token p50/p99,
+end-to-end latency p50/p99; then the ratios, lmfoundry over llama-server first, each the
+median of the rounds' ratios to the round beside them, against the targets (tokens/s at
+least 0.95x, TTFT p50 at 1 client within +10 ms).
 Needs `pip install sse-starlette starlette-context` for llama-cpp-python's server.
 """
 
@@ -168,31 +169,52 @@ def llama_server_command(threads: int, port: int) -> list[str]:
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rounds of one concurrency as one row: the median of each figure, counts summed."""
+    """Rounds of one concurrency as one row: the median of each figure, counts summed, and
+    each round's tokens/s and TTFT p50 (the ratios pair them round by round)."""
     row: dict[str, Any] = {"concurrency": runs[0]["concurrency"], "rounds": len(runs)}
     for key in ("requests", "tokens"):
         row[key] = sum(r[key] for r in runs)
     for key in runs[0]:
         if key not in row:
             row[key] = round(statistics.median(r[key] for r in runs), 1)
+    row["round_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
+    row["round_ttft_p50_ms"] = [r["ttft_p50_ms"] for r in runs]
     return row
+
+
+def paired(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[float, float]:
+    """(tokens/s ratio, TTFT p50 difference in ms): the median over rounds of each round's
+    figure against the other server's round beside it in time. On a shared two-core machine
+    a round's speed swings by 30% and more with the neighbours' load; two rounds taken one
+    after the other swing together, so their ratio holds still where the medians do not."""
+    ratios = [
+        a / b for a, b in zip(ours["round_tokens_per_s"], theirs["round_tokens_per_s"], strict=True)
+    ]
+    deltas = [
+        a - b for a, b in zip(ours["round_ttft_p50_ms"], theirs["round_ttft_p50_ms"], strict=True)
+    ]
+    return round(statistics.median(ratios), 2), round(statistics.median(deltas), 1)
 
 
 def interleaved(
     args: argparse.Namespace, targets: dict[str, tuple[str, dict[str, str]]]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every target at each concurrency, round after round in turn (A, B, A, B, ...), so that
-    a slow minute of the machine falls on all of them alike; the median round is reported."""
+    """Every target at each concurrency, round after round in turn (A B, B A, A B, ...), so
+    that a slow minute of the machine falls on all of them alike; the median round is
+    reported, and rows of one call are marked to be compared round by round."""
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    group = id(out)
     for c in args.concurrency:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        order = list(targets.items())
         for _ in range(args.rounds):
-            for name, (url, headers) in targets.items():
+            for name, (url, headers) in order:
                 runs[name].append(
                     asyncio.run(load(url, headers, c, args.requests, args.max_tokens))
                 )
+            order.reverse()
         for name in targets:
-            out[name].append(median_run(runs[name]))
+            out[name].append({**median_run(runs[name]), "interleaved": group})
     return out
 
 
@@ -200,16 +222,21 @@ def run_against_llama_server(
     args: argparse.Namespace, threads: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Bare llama-server and lmfoundry up at once (an idle llama-server takes no CPU), their
-    rounds interleaved."""
+    rounds interleaved; with `--stream-interval-ms`, one lmfoundry per interval
+    (`lmfoundry` for the first, `lmfoundry@<N>ms` for the others)."""
     port = free_port()
     command = llama_server_command(threads, port)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    intervals = args.stream_interval_ms or [None]
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", process)
-        with lmfoundry_server(threads) as (base, auth):
-            bare = (f"http://127.0.0.1:{port}/v1/chat/completions", {})
-            ours = deployment(base, auth, "smollm2-135m-instruct", None)
-            return interleaved(args, {"llama-server": bare, "lmfoundry": ours})
+        with contextlib.ExitStack() as stack:
+            targets = {"llama-server": (f"http://127.0.0.1:{port}/v1/chat/completions", {})}
+            for i, interval in enumerate(intervals):
+                base, auth = stack.enter_context(lmfoundry_server(threads, interval))
+                name = "lmfoundry" if i == 0 else f"lmfoundry@{interval:g}ms"
+                targets[name] = deployment(base, auth, "smollm2-135m-instruct", None)
+            return interleaved(args, targets)
     finally:
         process.terminate()
         process.wait(30)
@@ -254,8 +281,11 @@ def onnx_folder(cache: Path) -> Path:
 
 
 @contextlib.contextmanager
-def lmfoundry_server(threads: int) -> Iterator[tuple[str, dict[str, str]]]:
-    """`lmfoundry up` on a fresh home, keys, quotas and metering on: (base URL, admin auth)."""
+def lmfoundry_server(
+    threads: int, stream_interval_ms: float | None = None
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """`lmfoundry up` on a fresh home, keys, quotas and metering on: (base URL, admin auth).
+    `stream_interval_ms`: LMFOUNDRY_STREAM_INTERVAL_MS (default: the setting's default)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMFOUNDRY_")}
@@ -265,6 +295,8 @@ def lmfoundry_server(threads: int) -> Iterator[tuple[str, dict[str, str]]]:
             LMFOUNDRY_ADMIN_TOKEN=TOKEN,
             LMFOUNDRY_ENGINE_THREADS=str(threads),
         )
+        if stream_interval_ms is not None:
+            env["LMFOUNDRY_STREAM_INTERVAL_MS"] = str(stream_interval_ms)
         process = subprocess.Popen(
             [sys.executable, "-m", "lmfoundry", "up"],
             env=env,
@@ -365,9 +397,9 @@ def run_adapter(args: argparse.Namespace, threads: int) -> dict[str, list[dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--requests", type=int, default=4, help="per client slot and round")
+    parser.add_argument("--requests", type=int, default=2, help="per client slot and round")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds per concurrency, taken in turn"
+        "--rounds", type=int, default=7, help="rounds per concurrency, taken in turn"
     )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -379,6 +411,13 @@ def main() -> None:
         type=Path,
         default=Path.home() / ".cache" / "lmfoundry-benchmarks",
         help="where the ONNX build of SmolLM2 is kept between runs",
+    )
+    parser.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        nargs="+",
+        help="LMFOUNDRY_STREAM_INTERVAL_MS of the lmfoundry server(s) against llama-server; "
+        "several values: one server each, in the same rounds (default: the setting's default)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -419,6 +458,11 @@ def main() -> None:
     for label, (ours, theirs) in {
         "lmfoundry / llama-server": ("lmfoundry", "llama-server"),
         "lmfoundry / llama_cpp.server": ("lmfoundry", "llama_cpp.server"),
+        **{
+            f"{name} / llama-server": (name, "llama-server")
+            for name in (results if "llama-server" in results else ())
+            if name.startswith("lmfoundry@")
+        },
         "onnx / llamacpp engine": ("onnx", "lmfoundry"),
         "adapter / its base": ("adapter", "adapter base"),
     }.items():
@@ -427,8 +471,13 @@ def main() -> None:
         into = ratios[label] = {}
         for a, b in zip(results[ours], results[theirs], strict=True):
             c = a["concurrency"]
-            into[f"tokens_per_s_c{c}"] = round(a["tokens_per_s"] / b["tokens_per_s"], 2)
-            into[f"ttft_p50_delta_ms_c{c}"] = round(a["ttft_p50_ms"] - b["ttft_p50_ms"], 1)
+            if a.get("interleaved") == b.get("interleaved") is not None:  # taken in turn
+                tps, ttft = paired(a, b)
+            else:
+                tps = round(a["tokens_per_s"] / b["tokens_per_s"], 2)
+                ttft = round(a["ttft_p50_ms"] - b["ttft_p50_ms"], 1)
+            into[f"tokens_per_s_c{c}"] = tps
+            into[f"ttft_p50_delta_ms_c{c}"] = ttft
             into[f"ttft_p99_c{c}"] = round(a["ttft_p99_ms"] / b["ttft_p99_ms"], 2)
         print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in into.items()))
     primary = ratios.get("lmfoundry / llama-server", {})

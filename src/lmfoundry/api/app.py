@@ -54,6 +54,11 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     app.state.platform = plat
     errors.install(app)
+    # The data plane first: every request is matched against the routes in order, and
+    # inference requests are the many (about 70 management routes otherwise come before).
+    app.include_router(inference.router)
+    app.include_router(endpoints.data_plane)
+    app.include_router(flow_score.router)
     for module in (
         catalog,
         projects,
@@ -68,9 +73,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         finetune,
     ):
         app.include_router(module.router, prefix="/api/v1")
-    app.include_router(inference.router)
-    app.include_router(endpoints.data_plane)
-    app.include_router(flow_score.router)
     web.install(app)
 
     @app.get("/healthz", tags=["health"])

@@ -82,7 +82,9 @@ class EventList(BaseModel):
 
 @router.post(PREFIX, response_model=JobView, status_code=201)
 def create(body: JobCreate, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
-    return plat.finetune.create_job(access, **body.model_dump())
+    job = plat.finetune.create_job(access, **body.model_dump())
+    plat.jobs.queued()
+    return job
 
 
 @router.get(PREFIX, response_model=list[JobView])

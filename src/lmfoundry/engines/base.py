@@ -54,6 +54,9 @@ class GenerationRequest:
     params: SamplingParams
     request_id: str = ""
     adapter: str | None = None
+    # Seconds the caller lets deltas gather before it takes them (0: each as it comes);
+    # engines that stream over a socket (llama-server) read that much less often.
+    delivery_interval: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,7 @@ class GenerationRequest:
             "params": self.params.to_dict(),
             "request_id": self.request_id,
             "adapter": self.adapter,
+            "delivery_interval": self.delivery_interval,
         }
 
     @classmethod
@@ -70,16 +74,20 @@ class GenerationRequest:
             params=SamplingParams.from_dict(data["params"]),
             request_id=data.get("request_id", ""),
             adapter=data.get("adapter"),
+            delivery_interval=float(data.get("delivery_interval", 0.0)),
         )
 
 
 @dataclass
 class Delta:
-    """New text since the last delta; `completion_tokens` counts all tokens so far."""
+    """New text since the last delta; `completion_tokens` counts all tokens so far.
+    `pieces`, when given, is `text` as the engine produced it, piece by piece (one per token
+    that arrived together), for streams that send each as its own chunk."""
 
     text: str
     completion_tokens: int
     finish_reason: FinishReason | None = None
+    pieces: tuple[str, ...] = ()
 
 
 class Engine(Protocol):

@@ -111,6 +111,8 @@ class MeteringService:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
+            if self._journal is None and not self._pending:
+                continue  # nothing to write: no trip to a thread
             try:
                 await asyncio.to_thread(self.flush)
             except Exception:  # keep the batch and try again next tick

@@ -38,7 +38,10 @@ from lmfoundry.storage.models import FineTuningJob, utcnow
 
 log = logging.getLogger("lmfoundry.jobs")
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.5  # how soon a job process's exit or a cancel is acted on
+# How soon a queued job starts: the queue is read from the database (any server may queue a
+# job), a query a pass that would otherwise cost the serving path CPU twice a second.
+QUEUE_POLL_SECONDS = 2.0
 STOP_GRACE_SECONDS = 5.0
 JOB_MODULE = "lmfoundry.finetune.run"
 
@@ -137,6 +140,7 @@ class JobSupervisor:
         self.processes: dict[str, JobProcess] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._queued = False  # a job was queued through this server: read the queue next pass
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -144,15 +148,29 @@ class JobSupervisor:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
 
+    def queued(self) -> None:
+        """A job was just queued here (from any thread): start it on the next pass rather
+        than at the next read of the queue."""
+        self._queued = True
+
     async def _run(self) -> None:
         recovered = False
+        queue_read = 0.0
         while True:
             try:
                 if not recovered:
                     async with self._lock:
                         await self._recover()
                     recovered = True
-                await self.reconcile()
+                running = len(self.processes)
+                due = self._queued or time.monotonic() - queue_read >= QUEUE_POLL_SECONDS
+                self._queued = False
+                await self.reconcile(queue=due)
+                if not due and len(self.processes) < running:  # a job just freed its place
+                    await self.reconcile()
+                    due = True
+                if due:
+                    queue_read = time.monotonic()
             except Exception:  # keep supervising whatever one pass hit
                 log.exception("supervising fine-tuning jobs failed")
             await asyncio.sleep(POLL_SECONDS)
@@ -204,12 +222,14 @@ class JobSupervisor:
 
     # -- reconciling -------------------------------------------------------------------------
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, queue: bool = True) -> None:
+        """Reap ended job processes, stop canceled ones and (with `queue`) start queued jobs."""
         async with self._lock:
-            codes = await asyncio.to_thread(self._poll_all)
-            self._reap(codes)
+            if self.processes:  # no trip to a thread when there is nothing to poll
+                self._reap(await asyncio.to_thread(self._poll_all))
             await self._stop_canceled()
-            self._start_queued()
+            if queue:
+                self._start_queued()
 
     async def cancel(self, job_id: str) -> None:
         """Stop a job whose cancel was just recorded, now rather than at the next pass."""

@@ -38,6 +38,7 @@ import httpx
 from lmfoundry.engines.base import Delta, EngineDown, EngineError, GenerationRequest
 from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
 from lmfoundry.runtime.client import InstanceLost
+from lmfoundry.runtime.event_stream import EventStream, StreamBroken
 from lmfoundry.runtime.lifeline import parent_death_signal
 
 ENGINE = "llamacpp"
@@ -249,8 +250,8 @@ class LlamaServerClient:
     def __init__(self, socket: str, loras: Sequence[str] = ()) -> None:
         self.socket = socket
         self.loras = [str(p) for p in loras]
-        # No keep-alive: llama-server closes idle connections after a streamed answer, and a
-        # new unix-socket connection costs microseconds.
+        # httpx for the occasional request; answers stream through `EventStream`. No
+        # keep-alive: a new unix-socket connection costs microseconds.
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket),
             base_url="http://llama-server",
@@ -279,37 +280,45 @@ class LlamaServerClient:
         """The answer's deltas, as llama-server streams them. `InvalidRequest` for a request
         it refuses (400), `EngineFailed` for one it cannot run now, `ServerLost` when the
         connection breaks."""
-        body = completion_body(request, self.loras)
+        body = json.dumps(completion_body(request, self.loras)).encode()
         n = 0
         try:
-            async with self._http.stream("POST", "/completion", json=body) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise _refusal(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        raise EngineFailed(
-                            f"The instance failed the request: {_message(event)}",
-                            headers={"Retry-After": "1"},
-                        )
-                    n += len(event.get("tokens") or ())
-                    if event.get("stop"):
-                        n = int(event.get("tokens_predicted", n))
-                        finish = FINISH.get(event.get("stop_type", ""), "stop")
-                        yield Delta(event.get("content", ""), n, finish)  # type: ignore[arg-type]
-                        return
-                    yield Delta(event.get("content", ""), n)
+            async with EventStream(self.socket, "/completion", body) as stream:
+                if stream.status != 200:
+                    raise _refusal(stream.status, stream.body)
+                async for batch in stream.batches(request.delivery_interval):
+                    pieces = []
+                    for data in batch:
+                        event = json.loads(data)
+                        if "error" in event:
+                            raise EngineFailed(
+                                f"The instance failed the request: {_message(event)}",
+                                headers={"Retry-After": "1"},
+                            )
+                        n += len(event.get("tokens") or ())
+                        if event.get("content"):
+                            pieces.append(event["content"])
+                        if event.get("stop"):
+                            n = int(event.get("tokens_predicted", n))
+                            finish = FINISH.get(event.get("stop_type", ""), "stop")
+                            yield _delta(pieces, n, finish)
+                            return
+                    yield _delta(pieces, n)
             raise ServerLost("llama-server ended the stream before its last event")
-        except httpx.HTTPError as exc:
-            raise ServerLost(f"{type(exc).__name__}: {exc}") from exc
+        except StreamBroken as exc:
+            raise ServerLost(str(exc)) from exc
         except ValueError as exc:  # a broken event
             raise ServerLost(f"a broken event from llama-server: {exc}") from exc
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _delta(pieces: list[str], n: int, finish: Any = None) -> Delta:
+    """The events of one batch as one delta, each event's text a piece of it."""
+    if len(pieces) == 1:
+        return Delta(pieces[0], n, finish)
+    return Delta("".join(pieces), n, finish, tuple(pieces))
 
 
 def _message(payload: Any) -> str:
@@ -319,18 +328,18 @@ def _message(payload: Any) -> str:
     return str(error or payload)[:300]
 
 
-def _refusal(response: httpx.Response) -> Exception:
+def _refusal(status: int, body: bytes) -> Exception:
     try:
-        message = _message(response.json())
+        message = _message(json.loads(body))
     except ValueError:
-        message = response.text[:300]
-    if response.status_code == 400:
+        message = body[:300].decode(errors="replace")
+    if status == 400:
         # The grammar comes from response_format (or a pass-through `grammar`); else the
         # prompt is what llama-server checks (its length against the context).
         param = "response_format" if "grammar" in message.lower() else "messages"
         return InvalidRequest(f"The model refused the request: {message}", param=param)
     return EngineFailed(
-        f"The instance refused the request ({response.status_code}): {message}",
+        f"The instance refused the request ({status}): {message}",
         headers={"Retry-After": "1"},
     )
 

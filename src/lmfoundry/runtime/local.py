@@ -26,13 +26,14 @@ from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.client import InstanceClient, InstanceLost
 from lmfoundry.runtime.lifeline import parent_death_signal
-from lmfoundry.runtime.registry import InstanceRegistry, Published
+from lmfoundry.runtime.registry import STALE_SECONDS, InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
 
 log = logging.getLogger("lmfoundry.runtime")
 
 READY_POLL_SECONDS = 0.02
 SUPERVISE_SECONDS = 0.5
+HEARTBEAT_SECONDS = STALE_SECONDS / 4  # an unchanged instance list is published this often
 
 
 Client = InstanceClient | llama_server.LlamaServerClient
@@ -422,6 +423,8 @@ class LocalBackend:
         self.groups: dict[str, InstanceGroup] = {}
         self._task: asyncio.Task[None] | None = None
         self._starting: set[asyncio.Task[Any]] = set()
+        self._published: list[Published] | None = None
+        self._published_at = 0.0
 
     def group(
         self,
@@ -487,8 +490,14 @@ class LocalBackend:
             for i in g.instances
             if i.state != "stopped"
         ]
-        await asyncio.to_thread(registry.publish, published)
-        demands = await asyncio.to_thread(registry.demands, self.idle_seconds)
+        # A changed list at once; an unchanged one as a heartbeat, often enough that readers
+        # never take it for a dead supervisor's (each write is a transaction, twice a second
+        # otherwise, and costs the decoding threads CPU they wait for).
+        now = time.monotonic()
+        due = published != self._published or now - self._published_at >= HEARTBEAT_SECONDS
+        demands = await asyncio.to_thread(self._exchange, registry, published if due else None)
+        if due:
+            self._published, self._published_at = published, now
         now_wall, now_mono = datetime.now(UTC), time.monotonic()
         for key, spec, name, last_used in demands:
             group = self.groups.get(key)
@@ -501,6 +510,14 @@ class LocalBackend:
                 task.add_done_callback(self._starting.discard)
             used = now_mono - (now_wall - last_used).total_seconds()
             group.last_used = max(group.last_used, used)
+
+    def _exchange(
+        self, registry: InstanceRegistry, published: list[Published] | None
+    ) -> list[tuple[str, dict[str, Any], str, datetime]]:
+        """Publish (unless None) and read the gateways' demands: one trip to a thread."""
+        if published is not None:
+            registry.publish(published)
+        return registry.demands(self.idle_seconds)
 
     async def shutdown(self) -> None:
         if self._task is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -246,6 +245,7 @@ class Gateway:
                 params=params,
                 request_id=request_id,
                 adapter=str(model.adapter) if model.adapter else None,
+                delivery_interval=self.settings.stream_interval_ms / 1000,
             ),
             reservation=decision.reservation or "",
             headers=headers,
@@ -386,37 +386,31 @@ class Gateway:
         """Data-only server-sent events: chunks, a final chunk with usage, then [DONE]."""
         usage = admitted.usage()
         usage.streamed = True
-        cid = wire.completion_id()
-        created = int(time.time())
-        model = admitted.model.card.id
+        events = wire.ChunkEvents(wire.completion_id(), admitted.model.card.id, int(time.time()))
         completion = 0
         status = 200
         delivered = False
         deltas = admitted.group.generate(admitted.generation)
         try:
-            yield _sse(wire.chunk_body(cid, model, created, {"role": "assistant", "content": ""}))
+            yield events.chunk({"role": "assistant", "content": ""})
             async for delta in deltas:
                 completion = delta.completion_tokens
                 delivered = True
                 if delta.text:
                     if usage.ttft_ms is None:
                         usage.ttft_ms = (time.perf_counter() - admitted.started) * 1000
-                    yield _sse(wire.chunk_body(cid, model, created, {"content": delta.text}))
+                    if delta.pieces:  # tokens that came together: one chunk each, one write
+                        yield b"".join(map(events.content, delta.pieces))
+                    else:
+                        yield events.content(delta.text)
                 if delta.finish_reason:
-                    yield _sse(
-                        wire.chunk_body(
-                            cid,
-                            model,
-                            created,
-                            {},
-                            delta.finish_reason,
-                            wire.usage(admitted.prompt_tokens, completion),
-                        )
+                    yield events.chunk(
+                        {}, delta.finish_reason, wire.usage(admitted.prompt_tokens, completion)
                     )
             yield b"data: [DONE]\n\n"
         except LmfError as exc:
             status = exc.status_code
-            yield _sse(exc.to_body())
+            yield wire.event(exc.to_body())
         except BaseException as exc:  # client gone (cancelled) or anything unexpected
             status = _status_of(exc)
             raise
@@ -445,10 +439,6 @@ class Gateway:
             await self.quotas.settle(
                 self._quota_key(admitted.target), admitted.reservation, prompt + completion
             )
-
-
-def _sse(body: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _status_of(exc: BaseException) -> int:

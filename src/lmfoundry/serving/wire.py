@@ -345,6 +345,33 @@ def chunk_body(
     return body
 
 
+class ChunkEvents:
+    """The server-sent events of one streamed answer. Its content chunks differ only in their
+    text, so each is its text's JSON between a prefix and a suffix made once (the bytes
+    `json.dumps` of the whole chunk would give): a stream pays one small `json.dumps` per
+    token, not a whole body's."""
+
+    _MARK = "\x00"
+
+    def __init__(self, cid: str, model: str, created: int) -> None:
+        self.cid, self.model, self.created = cid, model, created
+        body = event(chunk_body(cid, model, created, {"content": self._MARK}))
+        self._prefix, self._suffix = body.split(json.dumps(self._MARK).encode())
+
+    def content(self, text: str) -> bytes:
+        return self._prefix + json.dumps(text).encode() + self._suffix
+
+    def chunk(
+        self, delta: dict[str, Any], finish_reason: str | None = None, usage_: Any = None
+    ) -> bytes:
+        return event(chunk_body(self.cid, self.model, self.created, delta, finish_reason, usage_))
+
+
+def event(body: dict[str, Any]) -> bytes:
+    """One data-only server-sent event."""
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
 class ModelInfoResponse(BaseModel):
     model_name: str
     model_type: str = "chat-completions"
