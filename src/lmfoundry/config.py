@@ -87,12 +87,13 @@ class Settings(BaseSettings):
         default=16384, description="KV cache cells shared by the sequences of one instance."
     )
     stream_interval_ms: float = Field(
-        default=30.0,
+        default=0.0,
         ge=0.0,
         le=1000.0,
         description="Tokens of a streamed answer that come sooner than this after the "
-        "previous write are sent together, each still its own chunk (the first at once): one "
-        "wake-up and one write for several tokens. 0 sends each token as it comes.",
+        "previous write are read and sent together, each still its own chunk (the first at "
+        "once): one wake-up of the gateway for several tokens, a third less of its CPU per "
+        "token, for hosts where it competes with the engine. 0: each token as it comes.",
     )
     flow_line_timeout: float = Field(
         default=600.0,
