@@ -100,6 +100,11 @@ class _Response(asyncio.Protocol):
 
     # -- helpers -----------------------------------------------------------------------------
 
+    @property
+    def streaming(self) -> bool:
+        """More may come: the answer has neither ended nor failed."""
+        return not self.complete and self.error is None
+
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
         if self.transport is not None:
@@ -120,9 +125,9 @@ class _Response(asyncio.Protocol):
 
 class EventStream:
     """`async with EventStream(socket, "/completion", body) as stream:` then `stream.status`
-    (and `stream.body` when it is not 200) or `async for data in stream:` the `data:` payload
-    of each event. Leaving the block closes the connection: a server that stops work for a
-    vanished client (llama-server does) stops it."""
+    (and `stream.body` when it is not 200) or `async for batch in stream.batches():` the
+    `data:` payloads of the events. Leaving the block closes the connection: a server that
+    stops work for a vanished client (llama-server does) stops it."""
 
     def __init__(self, socket: str, path: str, body: bytes, connect_timeout: float = 5.0) -> None:
         self.socket = socket
@@ -183,14 +188,14 @@ class EventStream:
         last = -1e9  # when the previous list was taken
         fast = False  # events come sooner than `pace`: gather them
         while True:
-            if not events and response.error is None and not response.complete:
+            if not events and response.streaming:
                 if fast:
                     response.transport.pause_reading()
                     await asyncio.sleep(max(0.0, last + pace - loop.time()))
                     response.transport.resume_reading()
                     await asyncio.sleep(0)  # the loop reads what gathered
                     fast = bool(events)
-                if not events and response.error is None and not response.complete:
+                if not events and response.streaming:
                     await response.wait()
                     fast = pace > 0 and loop.time() - last < pace
             if events:

@@ -162,15 +162,11 @@ class JobSupervisor:
                     async with self._lock:
                         await self._recover()
                     recovered = True
-                running = len(self.processes)
                 due = self._queued or time.monotonic() - queue_read >= QUEUE_POLL_SECONDS
                 self._queued = False
-                await self.reconcile(queue=due)
-                if not due and len(self.processes) < running:  # a job just freed its place
-                    await self.reconcile()
-                    due = True
                 if due:
                     queue_read = time.monotonic()
+                await self.reconcile(queue=due)
             except Exception:  # keep supervising whatever one pass hit
                 log.exception("supervising fine-tuning jobs failed")
             await asyncio.sleep(POLL_SECONDS)
@@ -223,12 +219,14 @@ class JobSupervisor:
     # -- reconciling -------------------------------------------------------------------------
 
     async def reconcile(self, queue: bool = True) -> None:
-        """Reap ended job processes, stop canceled ones and (with `queue`) start queued jobs."""
+        """Reap ended job processes, stop canceled ones and start queued jobs: with `queue`,
+        or when a job just freed its place."""
         async with self._lock:
-            if self.processes:  # no trip to a thread when there is nothing to poll
+            running = len(self.processes)
+            if running:  # no trip to a thread when there is nothing to poll
                 self._reap(await asyncio.to_thread(self._poll_all))
             await self._stop_canceled()
-            if queue:
+            if queue or len(self.processes) < running:
                 self._start_queued()
 
     async def cancel(self, job_id: str) -> None:
