@@ -194,6 +194,17 @@ async def score(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
 @data_plane.post("/endpoints/{name}/chat/completions")
 @data_plane.post("/endpoints/{name}/v1/chat/completions")
 async def chat_completions(name: str, request: Request, plat: PlatformDep) -> Response:
+    return await _generate(name, request, plat, "chat")
+
+
+@data_plane.post("/endpoints/{name}/completions")
+@data_plane.post("/endpoints/{name}/v1/completions")
+async def completions(name: str, request: Request, plat: PlatformDep) -> Response:
+    """The legacy completions API: a prompt, no chat template."""
+    return await _generate(name, request, plat, "completions")
+
+
+async def _generate(name: str, request: Request, plat: PlatformDep, api: str) -> Response:
     route, slot = plat.router.authorize(name, presented_key(request))
     result = await plat.router.chat(
         route,
@@ -202,6 +213,7 @@ async def chat_completions(name: str, request: Request, plat: PlatformDep) -> Re
         request.headers.get("extra-parameters"),
         request.state.request_id,
         request.headers.get("azureml-model-deployment"),
+        api=api,
     )
     return render(result)
 

@@ -38,6 +38,17 @@ def render(result: ChatResult) -> Response:
 @router.post("/serverless/{name}/chat/completions", include_in_schema=True)
 @router.post("/serverless/{name}/v1/chat/completions", include_in_schema=True)
 async def chat_completions(name: str, request: Request, plat: PlatformDep) -> Response:
+    return await _generate(name, request, plat, "chat")
+
+
+@router.post("/serverless/{name}/completions", include_in_schema=True)
+@router.post("/serverless/{name}/v1/completions", include_in_schema=True)
+async def completions(name: str, request: Request, plat: PlatformDep) -> Response:
+    """The legacy completions API: a prompt, no chat template."""
+    return await _generate(name, request, plat, "completions")
+
+
+async def _generate(name: str, request: Request, plat: PlatformDep, api: str) -> Response:
     target = plat.serverless.serving_target(name)
     slot = plat.gateway.check_key(target, presented_key(request))
     result = await plat.gateway.chat(
@@ -46,6 +57,7 @@ async def chat_completions(name: str, request: Request, plat: PlatformDep) -> Re
         await request.body(),
         request.headers.get("extra-parameters"),
         request.state.request_id,
+        api=api,
     )
     return render(result)
 

@@ -24,6 +24,9 @@ from typing import Any, Literal, Protocol
 log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
+# One generated token's log probability in OpenAI's shape: `token`, `logprob`, `bytes` and
+# `top_logprobs` (a list of the same three for the most likely tokens at that place).
+TokenLogprob = dict[str, Any]
 
 
 @dataclass
@@ -38,7 +41,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
-    grammar: str | None = None  # GBNF, for response_format json_object / json_schema
+    grammar: str | None = None  # GBNF, for response_format json_object / json_schema / tools
+    n: int = 1  # choices generated from the one prompt (engines with the `choices` feature)
+    logprobs: int | None = None  # None: none; K: each token's and the K most likely (`logprobs`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,14 +85,39 @@ class GenerationRequest:
 
 @dataclass
 class Delta:
-    """New text since the last delta; `completion_tokens` counts all tokens so far.
-    `pieces`, when given, is `text` as the engine produced it, piece by piece (one per token
-    that arrived together), for streams that send each as its own chunk."""
+    """New text of choice `index` since its last delta; `completion_tokens` counts all of
+    that choice's tokens so far. `pieces`, when given, is `text` as the engine produced it,
+    piece by piece (one per token that arrived together), for streams that send each as its
+    own chunk. `logprobs` holds one entry per token of `text` when the request asked for
+    them. A request with `n` choices ends when each has had a delta with a finish reason."""
 
     text: str
     completion_tokens: int
     finish_reason: FinishReason | None = None
     pieces: tuple[str, ...] = ()
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+
+    def to_item(self) -> dict[str, Any]:
+        """The delta as one line of the instance wire (worker, Ray replica)."""
+        item: dict[str, Any] = {"text": self.text, "n": self.completion_tokens}
+        if self.finish_reason:
+            item["finish_reason"] = self.finish_reason
+        if self.index:
+            item["i"] = self.index
+        if self.logprobs is not None:
+            item["lp"] = self.logprobs
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Delta:
+        return cls(
+            text=item["text"],
+            completion_tokens=item["n"],
+            finish_reason=item.get("finish_reason"),
+            index=int(item.get("i", 0)),
+            logprobs=item.get("lp"),
+        )
 
 
 class Engine(Protocol):

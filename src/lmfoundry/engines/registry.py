@@ -14,10 +14,15 @@ from lmfoundry.errors import Unavailable
 ENGINES = ("llamacpp", "transformers", "onnx", "vllm", "echo")
 
 # What each engine does beyond plain chat: `grammar` (response_format json_object /
-# json_schema), `adapters` (several fine-tuned adapters of one base on its instances),
-# `adapter_files` (its adapters are files its instances load at start: `loras`).
+# json_schema), `tools` (tool calls, decoded under a grammar: serving.tools), `choices`
+# (`n` answers from one prompt), `logprobs` (each token's log probability and the most
+# likely alternatives), `adapters` (several fine-tuned adapters of one base on its
+# instances), `adapter_files` (its adapters are files its instances load at start: `loras`),
+# `embeddings` (embeddings models: pooled vectors, serving.embeddings).
 FEATURES: dict[str, frozenset[str]] = {
-    "llamacpp": frozenset({"grammar", "adapters", "adapter_files"}),  # llama.cpp's server
+    "llamacpp": frozenset(  # llama.cpp's server
+        {"grammar", "tools", "choices", "logprobs", "adapters", "adapter_files", "embeddings"}
+    ),
     "transformers": frozenset({"adapters"}),
     "onnx": frozenset(),
     "echo": frozenset(),

@@ -78,6 +78,7 @@ class InstanceClient:
         can tell a dead instance from a refused request."""
         reader, writer = await self._connect()
         finished = False
+        choices = request.params.n  # the answer ends when each choice has finished
         try:
             message = {"op": "generate", "request": request.to_dict()}
             writer.write(json.dumps(message).encode() + b"\n")
@@ -99,9 +100,11 @@ class InstanceClient:
                         f"The instance refused the request: {error['message']}",
                         headers={"Retry-After": "1"},
                     )
-                finish = item.get("finish_reason")
-                finished = finish is not None
-                yield Delta(text=item["text"], completion_tokens=item["n"], finish_reason=finish)
+                delta = Delta.from_item(item)
+                if delta.finish_reason is not None:
+                    choices -= 1
+                finished = choices == 0
+                yield delta
                 if finished:
                     return
         except (OSError, ValueError) as exc:  # ValueError: a broken line (JSON or over limit)

@@ -51,6 +51,8 @@ SAMPLERS = ["penalties", "top_k", "top_p", "min_p", "temperature"]
 PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back on
 PROMPT_CACHE_MIB = 256  # host RAM for prompts evicted from the slots (llama-server: 8 GiB)
 FINISH = {"limit": "length", "eos": "stop", "word": "stop"}
+EMBEDDING_UBATCH = 512  # tokens: the longest embeddings input (all-MiniLM-L6-v2's context)
+EMBEDDING_BATCH = 2048  # tokens of several inputs evaluated together
 _LOG_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [EWIDT] ")
 BUILD_HINT = (
     "run `scripts/install` (it builds llama-server once from the llama.cpp that "
@@ -142,6 +144,12 @@ def command(binary: Path, model_path: str, socket: str, options: dict[str, Any])
     loras = [str(p) for p in options.get("loras") or ()]
     if loras:
         args += ["--lora", ",".join(loras), "--lora-init-without-apply"]
+    if options.get("embeddings"):
+        # An embeddings model: llama-server answers /v1/embeddings only, each input pooled
+        # (`mean`: as sentence-transformers) and L2-normalised. A non-causal model evaluates
+        # an input in one micro-batch, so that holds the longest input the gateway admits.
+        args += ["--embeddings", "--pooling", str(options["embeddings"])]
+        args += ["--ubatch-size", str(EMBEDDING_UBATCH), "--batch-size", str(EMBEDDING_BATCH)]
     return args
 
 
@@ -179,6 +187,12 @@ def completion_body(request: GenerationRequest, loras: Sequence[str] = ()) -> di
     }
     if p.grammar:
         body["grammar"] = p.grammar
+    if p.n > 1:
+        body["n_cmpl"] = p.n  # the children copy the parent's evaluated prompt
+    if p.logprobs is not None:
+        # Probabilities before sampling, as OpenAI's logprobs are; at least the chosen one.
+        body["n_probs"] = max(p.logprobs, 1)
+        body["post_sampling_probs"] = False
     if loras:
         # Every loaded adapter is named, the request's at scale 1, the others at 0.
         if request.adapter is not None and request.adapter not in loras:
@@ -281,13 +295,15 @@ class LlamaServerClient:
         it refuses (400), `EngineFailed` for one it cannot run now, `ServerLost` when the
         connection breaks."""
         body = json.dumps(completion_body(request, self.loras)).encode()
-        n = 0
+        top = request.params.logprobs
+        counts = [0] * request.params.n  # tokens so far, per choice
+        running = request.params.n
         try:
             async with EventStream(self.socket, "/completion", body) as stream:
                 if stream.status != 200:
                     raise _refusal(stream.status, stream.body)
                 async for batch in stream.batches(request.delivery_interval):
-                    pieces = []
+                    choices: dict[int, _Choice] = {}
                     for data in batch:
                         event = json.loads(data)
                         if "error" in event:
@@ -295,30 +311,87 @@ class LlamaServerClient:
                                 f"The instance failed the request: {_message(event)}",
                                 headers={"Retry-After": "1"},
                             )
-                        n += len(event.get("tokens") or ())
-                        if event.get("content"):
-                            pieces.append(event["content"])
+                        index = int(event.get("index", 0))
+                        choice = choices.setdefault(index, _Choice(top))
+                        counts[index] += len(event.get("tokens") or ())
+                        choice.add(event)
                         if event.get("stop"):
-                            n = int(event.get("tokens_predicted", n))
-                            finish = FINISH.get(event.get("stop_type", ""), "stop")
-                            yield _delta(pieces, n, finish)
-                            return
-                    yield _delta(pieces, n)
+                            counts[index] = int(event.get("tokens_predicted", counts[index]))
+                            choice.finish = FINISH.get(event.get("stop_type", ""), "stop")
+                    for index, choice in choices.items():
+                        yield choice.delta(index, counts[index])
+                        running -= choice.finish is not None
+                    if running == 0:
+                        return
             raise ServerLost("llama-server ended the stream before its last event")
         except StreamBroken as exc:
             raise ServerLost(str(exc)) from exc
-        except ValueError as exc:  # a broken event
+        except (ValueError, IndexError) as exc:  # a broken event
             raise ServerLost(f"a broken event from llama-server: {exc}") from exc
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One pooled, normalised vector per input (token ids, special tokens included),
+        in order. `InvalidRequest` for inputs llama-server refuses, `EngineFailed` for a
+        request it cannot run now, `ServerLost` when the connection breaks."""
+        body = {"input": [list(tokens) for tokens in inputs], "encoding_format": "float"}
+        try:
+            answer = await self._http.post("/v1/embeddings", json=body)
+        except httpx.HTTPError as exc:
+            raise ServerLost(f"llama-server does not answer: {exc}") from exc
+        if answer.status_code != 200:
+            raise _refusal(answer.status_code, answer.content, param="input")
+        try:
+            data = sorted(answer.json()["data"], key=lambda item: int(item["index"]))
+            vectors = [[float(x) for x in item["embedding"]] for item in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServerLost(f"a broken embeddings answer from llama-server: {exc}") from exc
+        if len(vectors) != len(inputs):
+            raise ServerLost(f"llama-server embedded {len(vectors)} of {len(inputs)} inputs")
+        return vectors
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-def _delta(pieces: list[str], n: int, finish: Any = None) -> Delta:
-    """The events of one batch as one delta, each event's text a piece of it."""
-    if len(pieces) == 1:
-        return Delta(pieces[0], n, finish)
-    return Delta("".join(pieces), n, finish, tuple(pieces))
+class _Choice:
+    """The events of one choice within one batch, gathered into one delta."""
+
+    def __init__(self, top_logprobs: int | None) -> None:
+        self.pieces: list[str] = []
+        self.top = top_logprobs
+        self.logprobs: list[dict[str, Any]] | None = None if top_logprobs is None else []
+        self.finish: Any = None
+
+    def add(self, event: dict[str, Any]) -> None:
+        if event.get("content"):
+            self.pieces.append(event["content"])
+        if self.logprobs is not None:
+            self.logprobs += [
+                _logprob(p, self.top or 0) for p in event.get("completion_probabilities") or ()
+            ]
+
+    def delta(self, index: int, n: int) -> Delta:
+        pieces = self.pieces
+        text = pieces[0] if len(pieces) == 1 else "".join(pieces)
+        many = tuple(pieces) if len(pieces) > 1 else ()
+        return Delta(text, n, self.finish, many, index, self.logprobs)
+
+
+def _logprob(entry: dict[str, Any], top: int) -> dict[str, Any]:
+    """llama-server's probability of one token in OpenAI's shape."""
+    return {
+        "token": entry.get("token", ""),
+        "logprob": float(entry.get("logprob", 0.0)),
+        "bytes": entry.get("bytes"),
+        "top_logprobs": [
+            {
+                "token": t.get("token", ""),
+                "logprob": float(t.get("logprob", 0.0)),
+                "bytes": t.get("bytes"),
+            }
+            for t in (entry.get("top_logprobs") or ())[:top]
+        ],
+    }
 
 
 def _message(payload: Any) -> str:
@@ -328,7 +401,7 @@ def _message(payload: Any) -> str:
     return str(error or payload)[:300]
 
 
-def _refusal(status: int, body: bytes) -> Exception:
+def _refusal(status: int, body: bytes, param: str | None = None) -> Exception:
     try:
         message = _message(json.loads(body))
     except ValueError:
@@ -336,7 +409,8 @@ def _refusal(status: int, body: bytes) -> Exception:
     if status == 400:
         # The grammar comes from response_format (or a pass-through `grammar`); else the
         # prompt is what llama-server checks (its length against the context).
-        param = "response_format" if "grammar" in message.lower() else "messages"
+        if param is None:
+            param = "response_format" if "grammar" in message.lower() else "messages"
         return InvalidRequest(f"The model refused the request: {message}", param=param)
     return EngineFailed(
         f"The instance refused the request ({status}): {message}",

@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -324,11 +324,7 @@ class RayGroup:
                                 headers={"Retry-After": "1"},
                             )
                         started = True
-                        yield Delta(
-                            text=item["text"],
-                            completion_tokens=item["n"],
-                            finish_reason=item.get("finish_reason"),
-                        )
+                        yield Delta.from_item(item)
                     return
                 except RayError as exc:
                     if started or attempt == 2:
@@ -344,6 +340,12 @@ class RayGroup:
         finally:
             self.in_use -= 1
             self.last_used = time.monotonic()
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        raise Unavailable(
+            "Embeddings models run on local instances only, not yet on Ray Serve replicas; "
+            "serve this deployment from an `lmfoundry up` without LMFOUNDRY_RAY_ADDRESS."
+        )
 
 
 @dataclass(frozen=True)

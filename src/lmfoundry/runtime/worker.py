@@ -135,10 +135,7 @@ async def items(engine: Engine, request: GenerationRequest) -> AsyncIterator[dic
     deltas = engine.generate(request)
     try:
         async for delta in deltas:
-            item: dict[str, Any] = {"text": delta.text, "n": delta.completion_tokens}
-            if delta.finish_reason:
-                item["finish_reason"] = delta.finish_reason
-            yield item
+            yield delta.to_item()
     except EngineError as exc:
         yield _error(exc.message, "invalid", exc.param)
     except EngineDown as exc:

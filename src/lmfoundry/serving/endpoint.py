@@ -78,7 +78,10 @@ class EndpointRouter:
         extra: str | None,
         request_id: str,
         header: str | None,
+        api: str = "chat",
     ) -> ChatResult:
+        """Run a request of a generating API (chat by default) on the deployment the split
+        (or the header) picks."""
         state, mirror = self.pick(route, header)
         running = self.fleet.serving(state)
         running.claim()
@@ -95,6 +98,7 @@ class EndpointRouter:
                     deployment=state.name,
                     group=running.group,
                     model=running.model,
+                    api=api,
                 )
         except TimeoutError as exc:
             running.release()
@@ -103,7 +107,7 @@ class EndpointRouter:
             running.release()
             raise
         if mirror is not None:
-            self._mirror(route, mirror, slot, body, extra, request_id)
+            self._mirror(route, mirror, slot, body, extra, request_id, api)
         if result.stream is None:
             running.release()
             return result
@@ -130,6 +134,7 @@ class EndpointRouter:
         body: bytes,
         extra: str | None,
         request_id: str,
+        api: str,
     ) -> None:
         """Send a copy to the mirror deployment; its answer is dropped, its usage recorded
         (as mirrored, so it is not billed to the caller)."""
@@ -149,6 +154,7 @@ class EndpointRouter:
                     state.name,
                     running.group,
                     running.model,
+                    api,
                 )
             except LmfError as exc:
                 log.info("mirrored request to %s failed: %s", state.name, exc.message)

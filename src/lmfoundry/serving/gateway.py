@@ -21,7 +21,7 @@ from lmfoundry.catalog.service import ResolvedModel
 from lmfoundry.config import Settings
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import ServingTarget
-from lmfoundry.engines.base import EngineError, GenerationRequest, Tokenizer
+from lmfoundry.engines.base import GenerationRequest, Tokenizer
 from lmfoundry.engines.registry import create_tokenizer, instance_options, supports
 from lmfoundry.errors import (
     EngineFailed,
@@ -37,7 +37,17 @@ from lmfoundry.quotas.window import Decision
 from lmfoundry.runtime.backend import Backend, Group
 from lmfoundry.runtime.spec import InstanceSpec
 from lmfoundry.serving import wire
+from lmfoundry.serving.answers import DONE, Answer, Choice, event, usage
+from lmfoundry.serving.completions import CompletionsRequest
 from lmfoundry.storage.db import Database
+
+InferenceRequest = wire.ChatCompletionsRequest | CompletionsRequest
+# The generating APIs, by the name the routers give: each request class parses its body and
+# makes its answer; admission, quota, the run and metering are the same for all.
+APIS: dict[str, type[InferenceRequest]] = {
+    "chat": wire.ChatCompletionsRequest,
+    "completions": CompletionsRequest,
+}
 
 
 @dataclass
@@ -50,6 +60,7 @@ class Admitted:
     model: ResolvedModel
     group: Group
     generation: GenerationRequest
+    answer: Answer
     reservation: str
     headers: dict[str, str]
     request_id: str
@@ -167,6 +178,8 @@ class Gateway:
             # Loaded when the instance starts (llama-server), not on a request's first use;
             # the fleet merges the adapters of one base into one instance.
             options["loras"] = [str(model.adapter)]
+        if model.card.model_type == "embeddings":
+            options["embeddings"] = model.card.pooling or "mean"  # llama-server's pooling
         return InstanceSpec.make(model.engine, str(model.path), options)
 
     async def admit(
@@ -174,7 +187,7 @@ class Gateway:
         target: ServingTarget,
         key_slot: str,
         deployment: str,
-        request: wire.ChatCompletionsRequest,
+        request: InferenceRequest,
         extra: wire.ExtraMode,
         request_id: str,
         group: Group | None = None,
@@ -185,13 +198,10 @@ class Gateway:
         """Check the request, count its prompt, and reserve its quota. `claim` names the
         caller's retry (same key, same body) so a refused caller keeps its place in line."""
         model = model or await self.resolve_async(target.project_id, target.model)
+        model.card.require_type("chat-completions")  # an embeddings model: 400 saying so
         tokenizer = await self.tokenizer(model)
-        request.check_supported(tokenizer.supports_tools, supports(model.engine, "grammar"))
-        try:
-            text = tokenizer.render(request.chat_messages(), request.tools)
-        except EngineError as exc:
-            raise InvalidRequest(exc.message, param=exc.param) from exc
-        prompt = tokenizer.encode(text)
+        request.check_supported(model.engine)
+        prompt = tokenizer.encode(request.prompt_text(tokenizer))
         context = tokenizer.context_length
         if len(prompt) >= context:
             raise InvalidRequest(
@@ -211,12 +221,14 @@ class Gateway:
             )
         else:
             max_tokens = requested
-        reserve = len(prompt) + max_tokens
+        n = request.choices
+        reserve = len(prompt) + n * max_tokens  # every choice may use all of max_tokens
         limits = target.limits
         if reserve > limits.tokens_per_minute:
+            times = f"{n} x " if n > 1 else ""
             raise InvalidRequest(
                 f"max_tokens: this request needs {reserve} tokens (prompt {len(prompt)} + "
-                f"max_tokens {max_tokens}) but {target.name!r} allows "
+                f"{times}max_tokens {max_tokens}) but {target.name!r} allows "
                 f"{limits.tokens_per_minute} tokens per minute; lower max_tokens or raise "
                 "the deployment's tokens_per_minute.",
                 param="max_tokens",
@@ -247,6 +259,7 @@ class Gateway:
                 adapter=str(model.adapter) if model.adapter else None,
                 delivery_interval=self.settings.stream_interval_ms / 1000,
             ),
+            answer=request.answer(model.card.id),
             reservation=decision.reservation or "",
             headers=headers,
             request_id=request_id,
@@ -287,11 +300,13 @@ class Gateway:
         deployment: str | None = None,
         group: Group | None = None,
         model: ResolvedModel | None = None,
+        api: str = "chat",
     ) -> ChatResult:
-        """Parse, admit and run one chat completion for an authenticated caller."""
+        """Parse, admit and run one request of a generating API (`APIS`: chat completions
+        by default) for an authenticated caller."""
         try:
             extra = extra_mode(extra_header)
-            request = wire.ChatCompletionsRequest.parse(body, extra)
+            request = APIS[api].parse(body, extra)
             claim = f"{key_slot}:{hashlib.sha256(body).hexdigest()[:24]}"
             admitted = await self.admit(
                 target,
@@ -308,6 +323,9 @@ class Gateway:
             exc.headers = {**await self.remaining_headers(target), **exc.headers}
             raise
         headers = {**admitted.headers, "azureml-model-deployment": admitted.deployment}
+        ignored = request.ignored_parameters(extra)
+        if ignored:
+            headers[wire.IGNORED_HEADER] = ",".join(ignored)
         if request.stream:
             return ChatResult(headers=headers, stream=self.stream(admitted))
         try:
@@ -326,10 +344,11 @@ class Gateway:
         deployment: str,
         group: Group,
         model: ResolvedModel,
+        api: str = "chat",
     ) -> None:
         """Run a mirrored copy of a request to the end; only its usage record remains."""
         extra = extra_mode(extra_header)
-        request = wire.ChatCompletionsRequest.parse(body, extra)
+        request = APIS[api].parse(body, extra)
         admitted = await self.admit(
             target,
             key_slot,
@@ -349,75 +368,63 @@ class Gateway:
         """Run a non-streaming request to the end and return the response body. Nothing has
         reached the caller yet, so if its instance dies mid-answer the request starts over
         on another instance (once)."""
-        usage = admitted.usage()
+        record = admitted.usage()
+        n = admitted.generation.params.n
         for attempt in range(2):
-            text: list[str] = []
-            finish = "stop"
-            completion = 0
+            choices = [Choice() for _ in range(n)]
             try:
                 async for delta in admitted.group.generate(admitted.generation):
-                    if usage.ttft_ms is None:
-                        usage.ttft_ms = (time.perf_counter() - admitted.started) * 1000
-                    text.append(delta.text)
-                    completion = delta.completion_tokens
-                    if delta.finish_reason:
-                        finish = delta.finish_reason
+                    if record.ttft_ms is None:
+                        record.ttft_ms = (time.perf_counter() - admitted.started) * 1000
+                    choices[delta.index].add(delta)
                 break
             except EngineFailed:
                 if attempt == 0 and admitted.group.ready():
-                    usage.ttft_ms = None
+                    record.ttft_ms = None
                     continue
-                await self._finish(admitted, usage, 0, completion, EngineFailed.status_code, False)
+                await self._finish(
+                    admitted, record, 0, _tokens(choices), EngineFailed.status_code, False
+                )
                 raise
             except BaseException as exc:
-                await self._finish(admitted, usage, 0, completion, _status_of(exc), False)
+                await self._finish(admitted, record, 0, _tokens(choices), _status_of(exc), False)
                 raise
-        await self._finish(admitted, usage, admitted.prompt_tokens, completion, 200, False)
-        return wire.completion_body(
-            wire.completion_id(),
-            admitted.model.card.id,
-            "".join(text),
-            finish,
-            admitted.prompt_tokens,
-            completion,
-        )
+        completion = _tokens(choices)
+        await self._finish(admitted, record, admitted.prompt_tokens, completion, 200, False)
+        return admitted.answer.body(choices, usage(admitted.prompt_tokens, completion))
 
     async def stream(self, admitted: Admitted) -> AsyncIterator[bytes]:
         """Data-only server-sent events: chunks, a final chunk with usage, then [DONE]."""
-        usage = admitted.usage()
-        usage.streamed = True
-        events = wire.ChunkEvents(wire.completion_id(), admitted.model.card.id, int(time.time()))
-        completion = 0
+        record = admitted.usage()
+        record.streamed = True
+        events = admitted.answer.stream()
+        counts = [0] * admitted.generation.params.n  # tokens so far, per choice
         status = 200
         delivered = False
         deltas = admitted.group.generate(admitted.generation)
         try:
-            yield events.chunk({"role": "assistant", "content": ""})
+            first = events.start()
+            if first:
+                yield first
             async for delta in deltas:
-                completion = delta.completion_tokens
+                counts[delta.index] = delta.completion_tokens
                 delivered = True
-                if delta.text:
-                    if usage.ttft_ms is None:
-                        usage.ttft_ms = (time.perf_counter() - admitted.started) * 1000
-                    if delta.pieces:  # tokens that came together: one chunk each, one write
-                        yield b"".join(map(events.content, delta.pieces))
-                    else:
-                        yield events.content(delta.text)
-                if delta.finish_reason:
-                    yield events.chunk(
-                        {}, delta.finish_reason, wire.usage(admitted.prompt_tokens, completion)
-                    )
-            yield b"data: [DONE]\n\n"
+                if delta.text and record.ttft_ms is None:
+                    record.ttft_ms = (time.perf_counter() - admitted.started) * 1000
+                out = events.delta(delta)
+                if out:
+                    yield out
+            yield events.end(usage(admitted.prompt_tokens, sum(counts))) + DONE
         except LmfError as exc:
             status = exc.status_code
-            yield wire.event(exc.to_body())
+            yield event(exc.to_body())
         except BaseException as exc:  # client gone (cancelled) or anything unexpected
             status = _status_of(exc)
             raise
         finally:
             await deltas.aclose()
             prompt = admitted.prompt_tokens if delivered else 0
-            await self._finish(admitted, usage, prompt, completion, status, True)
+            await self._finish(admitted, record, prompt, sum(counts), status, True)
 
     async def _finish(
         self,
@@ -439,6 +446,10 @@ class Gateway:
             await self.quotas.settle(
                 self._quota_key(admitted.target), admitted.reservation, prompt + completion
             )
+
+
+def _tokens(choices: list[Choice]) -> int:
+    return sum(c.tokens for c in choices)
 
 
 def _status_of(exc: BaseException) -> int:

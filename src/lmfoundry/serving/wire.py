@@ -8,19 +8,26 @@ with `detail.loc`, as Azure answers.
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from lmfoundry.engines.base import SamplingParams
+from lmfoundry.engines.base import EngineError, SamplingParams, Tokenizer
+from lmfoundry.engines.registry import supports
 from lmfoundry.errors import InvalidRequest, Unprocessable
+from lmfoundry.serving.answers import ChatAnswer
+from lmfoundry.serving.tools import TEXT_GRAMMAR, ToolPlan
+from lmfoundry.serving.tools import history as tool_history
+from lmfoundry.serving.tools import plan as tools_plan
 
 ExtraMode = Literal["error", "drop", "pass-through"]
 
-# Parameters an engine understands when the caller sends `extra-parameters: pass-through`.
+# Parameters an engine understands when the caller sends `extra-parameters: pass-through`;
+# others are ignored and named in the `IGNORED_HEADER` response header.
 PASS_THROUGH = {"top_k", "min_p", "repeat_penalty"}
+IGNORED_HEADER = "x-lmfoundry-ignored-parameters"
+MAX_CHOICES = 8
+MAX_TOP_LOGPROBS = 20
 
 
 class ContentPart(BaseModel):
@@ -65,29 +72,36 @@ class StreamOptions(BaseModel):
     include_usage: bool = True
 
 
-class ChatCompletionsRequest(BaseModel):
-    """`POST {target}chat/completions` and `{target}v1/chat/completions`."""
+def unsupported(request: BaseModel, field: str, message: str) -> Unprocessable:
+    """A 422 for a valid parameter this request cannot have, with `detail.loc`."""
+    value = getattr(request, field)
+    return Unprocessable(
+        message,
+        param=field,
+        detail={
+            "loc": ["body", field],
+            "input": value.model_dump() if isinstance(value, BaseModel) else value,
+        },
+    )
+
+
+class GenerationParameters(BaseModel):
+    """What chat completions and completions share: sampling, stops, choices, streaming."""
 
     model_config = ConfigDict(extra="allow")
 
-    messages: list[Message] = Field(min_length=1)
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    n: int | None = Field(default=None, ge=1, le=128)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    logprobs: Any = None
     user: str | None = None
 
     @field_validator("stop")
@@ -103,55 +117,155 @@ class ChatCompletionsRequest(BaseModel):
     # -- parsing -----------------------------------------------------------------------------
 
     @classmethod
-    def parse(cls, body: bytes, extra: ExtraMode) -> ChatCompletionsRequest:
+    def parse(cls, body: bytes, extra: ExtraMode) -> Self:
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidRequest(
-                f"The request body is not valid JSON ({exc}); send a JSON object with `messages`.",
+                f"The request body is not valid JSON ({exc}); send a JSON object.",
                 param="body",
             ) from exc
         if not isinstance(data, dict):
-            raise InvalidRequest(
-                "The request body must be a JSON object with `messages`.", param="body"
-            )
+            raise InvalidRequest("The request body must be a JSON object.", param="body")
         try:
             request = cls.model_validate(data)
         except ValidationError as exc:
             raise validation_error(exc) from exc
         request._check_extra(extra)
+        request.check_api()
         return request
+
+    def check_api(self) -> None:
+        """Refuse valid combinations this API does not serve (422)."""
 
     def _check_extra(self, extra: ExtraMode) -> None:
         unknown = sorted((self.model_extra or {}).keys())
-        if not unknown:
-            return
-        if extra == "error":
+        if unknown and extra == "error":
             raise InvalidRequest(
                 f"Unknown parameter(s): {', '.join(unknown)}. Remove them, or send the header "
                 "`extra-parameters: pass-through` to hand them to the model "
                 "(or `drop` to ignore them).",
                 param=unknown[0],
             )
+
+    def ignored_parameters(self, extra: ExtraMode) -> list[str]:
+        """Extra parameters the model does not take: with `pass-through` they are ignored
+        (and named in a response header), with `drop` all extras are."""
+        unknown = sorted((self.model_extra or {}).keys())
         if extra == "pass-through":
-            unsupported = [name for name in unknown if name not in PASS_THROUGH]
-            if unsupported:
-                raise Unprocessable(
-                    f"The model does not accept the extra parameter {unsupported[0]!r}; "
-                    f"pass-through parameters it takes: {', '.join(sorted(PASS_THROUGH))}.",
-                    param=unsupported[0],
-                    detail={
-                        "loc": ["body", unsupported[0]],
-                        "input": (self.model_extra or {})[unsupported[0]],
-                    },
-                )
+            return [name for name in unknown if name not in PASS_THROUGH]
+        return unknown if extra == "drop" else []
 
     def pass_through(self, extra: ExtraMode) -> dict[str, Any]:
         if extra != "pass-through":
             return {}
-        return dict(self.model_extra or {})
+        return {k: v for k, v in (self.model_extra or {}).items() if k in PASS_THROUGH}
 
-    # -- conversion --------------------------------------------------------------------------
+    # -- admission ---------------------------------------------------------------------------
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+    def completion_cap(self) -> int | None:
+        return self.max_tokens
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no log probabilities; K: each token's and its K most likely alternatives."""
+        return None
+
+    def check_supported(self, engine: str) -> None:
+        """A 422 for what this model's engine cannot do (naming the engine)."""
+        if self.choices > 1 and not supports(engine, "choices"):
+            raise unsupported(
+                self,
+                "n",
+                f"The {engine} engine generates one choice per request; send n=1 (or leave "
+                "it out) and repeat the request for more.",
+            )
+        if self.top_logprobs_wanted() is not None and not supports(engine, "logprobs"):
+            raise unsupported(
+                self, "logprobs", f"The {engine} engine does not return log probabilities."
+            )
+
+    def to_sampling_params(self, max_tokens: int, extra: ExtraMode) -> SamplingParams:
+        params = SamplingParams(max_tokens=max_tokens, n=self.choices)
+        params.logprobs = self.top_logprobs_wanted()
+        if self.temperature is not None:
+            params.temperature = self.temperature
+        if self.top_p is not None:
+            params.top_p = self.top_p
+        if self.seed is not None:
+            params.seed = self.seed
+        if self.stop:
+            params.stop = list(self.stop)
+        if self.presence_penalty is not None:
+            params.presence_penalty = self.presence_penalty
+        if self.frequency_penalty is not None:
+            params.frequency_penalty = self.frequency_penalty
+        for name, value in self.pass_through(extra).items():
+            expected = type(getattr(params, name))
+            try:
+                setattr(params, name, expected(value))
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequest(f"{name} must be a {expected.__name__}", param=name) from exc
+        return params
+
+
+class ChatCompletionsRequest(GenerationParameters):
+    """`POST {target}chat/completions` and `{target}v1/chat/completions`."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    _plan: ToolPlan | None = PrivateAttr(default=None)
+    _grammar: str | None = PrivateAttr(default=None)
+
+    def check_api(self) -> None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest(
+                "top_logprobs needs logprobs: send `logprobs: true` with it.",
+                param="top_logprobs",
+            )
+        self._plan = tools_plan(self.tools, self.tool_choice)
+
+    @property
+    def tool_plan(self) -> ToolPlan | None:
+        return self._plan
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def completion_cap(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def check_supported(self, engine: str) -> None:
+        super().check_supported(engine)
+        if self._plan is not None and not supports(engine, "tools"):
+            raise unsupported(
+                self,
+                "tools",
+                f"The {engine} engine cannot constrain its output to a tool call; remove "
+                "`tools`, or deploy the model as GGUF (llama.cpp) to call tools.",
+            )
+        wants_json = self.response_format and self.response_format.type != "text"
+        if wants_json and not supports(engine, "grammar"):
+            raise unsupported(
+                self,
+                "response_format",
+                f"The {engine} engine cannot constrain output to JSON; use response_format text.",
+            )
+        if wants_json and self._plan is not None:
+            raise unsupported(
+                self,
+                "response_format",
+                "Send either tools or a JSON response_format, not both.",
+            )
 
     def chat_messages(self) -> list[dict[str, Any]]:
         out = []
@@ -173,68 +287,51 @@ class ChatCompletionsRequest(BaseModel):
                 item["role"] = "system"
             if message.name:
                 item["name"] = message.name
+            if message.tool_calls:
+                item["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+            if message.tool_call_id:
+                item["tool_call_id"] = message.tool_call_id
             out.append(item)
         return out
 
-    def completion_cap(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
-
-    def check_supported(self, supports_tools: bool, supports_grammar: bool) -> None:
-        def unsupported(field: str, message: str) -> Unprocessable:
-            return Unprocessable(
-                message,
-                param=field,
-                detail={
-                    "loc": ["body", field],
-                    "input": getattr(self, field)
-                    if not isinstance(getattr(self, field), BaseModel)
-                    else getattr(self, field).model_dump(),
-                },
-            )
-
-        if self.n not in (None, 1):
-            raise unsupported(
-                "n",
-                "Only one choice per request is supported; send n=1 "
-                "(or leave it out) and repeat the request for more.",
-            )
-        if self.logprobs:
-            raise unsupported("logprobs", "This deployment does not return log probabilities.")
-        if self.tools and not supports_tools:
-            raise unsupported(
-                "tools",
-                "This model's chat template has no tool support; "
-                "remove `tools` or deploy a model that supports them.",
-            )
-        if self.response_format and self.response_format.type != "text" and not supports_grammar:
-            raise unsupported(
-                "response_format",
-                "This engine cannot constrain output to JSON; use response_format text.",
-            )
+    def prompt_text(self, tokenizer: Tokenizer) -> str:
+        """The prompt as the model reads it: its chat template over the messages, with the
+        tools through the template when it knows them, else as a system message."""
+        messages = tool_history(self.chat_messages(), tokenizer.supports_tools)
+        plan = self._plan
+        tools = None
+        if plan is not None and tokenizer.supports_tools:
+            tools = [f.to_chat_tool() for f in plan.offered()]
+        elif plan is not None:
+            answering = plan.choice == "auto" and self.messages[-1].role == "tool"
+            if answering:
+                # A model that never learnt tools, shown a function's result, calls the
+                # function again, and an agent loop never ends: after results, `auto`
+                # answers in text (`required` and a named function still call).
+                self._plan = None
+                self._grammar = TEXT_GRAMMAR
+            prompt = plan.system_prompt(answering)
+            if messages[0]["role"] == "system":
+                messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + prompt}
+            else:
+                messages.insert(0, {"role": "system", "content": prompt})
+        try:
+            return tokenizer.render(messages, tools)
+        except EngineError as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from exc
 
     def to_sampling_params(self, max_tokens: int, extra: ExtraMode) -> SamplingParams:
-        params = SamplingParams(max_tokens=max_tokens)
-        if self.temperature is not None:
-            params.temperature = self.temperature
-        if self.top_p is not None:
-            params.top_p = self.top_p
-        if self.seed is not None:
-            params.seed = self.seed
-        if self.stop:
-            params.stop = list(self.stop)
-        if self.presence_penalty is not None:
-            params.presence_penalty = self.presence_penalty
-        if self.frequency_penalty is not None:
-            params.frequency_penalty = self.frequency_penalty
+        params = super().to_sampling_params(max_tokens, extra)
         if self.response_format is not None and self.response_format.type != "text":
             params.grammar = json_grammar(self.response_format)
-        for name, value in self.pass_through(extra).items():
-            expected = type(getattr(params, name))
-            try:
-                setattr(params, name, expected(value))
-            except (TypeError, ValueError) as exc:
-                raise InvalidRequest(f"{name} must be a {expected.__name__}", param=name) from exc
+        if self._plan is not None:
+            params.grammar = self._plan.grammar()
+        elif self._grammar:
+            params.grammar = self._grammar
         return params
+
+    def answer(self, model: str) -> ChatAnswer:
+        return ChatAnswer(model, self.choices, self._plan, bool(self.logprobs))
 
 
 def json_grammar(response_format: ResponseFormat) -> str:
@@ -288,88 +385,6 @@ def _path(loc: tuple[int | str, ...]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-# -- responses ---------------------------------------------------------------------------------
-
-
-def completion_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def completion_body(
-    cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "tool_calls": None},
-                "finish_reason": finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
-def chunk_body(
-    cid: str,
-    model: str,
-    created: int,
-    delta: dict[str, Any],
-    finish_reason: str | None = None,
-    usage_: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": cid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-    }
-    if usage_ is not None:
-        body["usage"] = usage_
-    return body
-
-
-class ChunkEvents:
-    """The server-sent events of one streamed answer. Its content chunks differ only in their
-    text, so each is its text's JSON between a prefix and a suffix made once (the bytes
-    `json.dumps` of the whole chunk would give): a stream pays one small `json.dumps` per
-    token, not a whole body's."""
-
-    _MARK = "\x00"
-
-    def __init__(self, cid: str, model: str, created: int) -> None:
-        self.cid, self.model, self.created = cid, model, created
-        body = event(chunk_body(cid, model, created, {"content": self._MARK}))
-        self._prefix, self._suffix = body.split(json.dumps(self._MARK).encode())
-
-    def content(self, text: str) -> bytes:
-        return self._prefix + json.dumps(text).encode() + self._suffix
-
-    def chunk(
-        self, delta: dict[str, Any], finish_reason: str | None = None, usage_: Any = None
-    ) -> bytes:
-        return event(chunk_body(self.cid, self.model, self.created, delta, finish_reason, usage_))
-
-
-def event(body: dict[str, Any]) -> bytes:
-    """One data-only server-sent event."""
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
 class ModelInfoResponse(BaseModel):
