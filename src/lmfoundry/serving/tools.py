@@ -154,6 +154,47 @@ class ToolPlan:
         return calls or None
 
 
+# Bounds on the JSON schemas a request turns into grammars (tools, response_format): the
+# grammar grows with each repetition count and nesting level, so a hostile schema
+# (`"maxLength": 10**9`) would cost the gateway gigabytes before any model ran.
+MAX_SCHEMA_BYTES = 32 * 1024
+MAX_SCHEMA_DEPTH = 24
+MAX_REPETITION = 1024
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+
+
+def check_schema(schema: Any, param: str) -> None:
+    """A 400 naming `param` for a schema too large to turn into a grammar."""
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise InvalidRequest(
+            f"{param}: the JSON schema is over {MAX_SCHEMA_BYTES // 1024} KiB; shorten it.",
+            param=param,
+        )
+
+    def walk(node: Any, depth: int) -> None:
+        if depth > MAX_SCHEMA_DEPTH:
+            raise InvalidRequest(
+                f"{param}: the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels.",
+                param=param,
+            )
+        if isinstance(node, dict):
+            for key in _COUNTS:
+                count = node.get(key)
+                if isinstance(count, int | float) and count > MAX_REPETITION:
+                    raise InvalidRequest(
+                        f"{param}: {key} {count} is over {MAX_REPETITION}; constrained "
+                        f"decoding takes counts up to {MAX_REPETITION}.",
+                        param=param,
+                    )
+            for value in node.values():
+                walk(value, depth + 1)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, depth + 1)
+
+    walk(schema, 0)
+
+
 def _call_schema(function: Function) -> dict[str, Any]:
     parameters = function.parameters or {"type": "object"}
     return {
@@ -212,6 +253,7 @@ def _function(index: int, tool: dict[str, Any]) -> Function:
             f"{where}.function.parameters must be a JSON schema object.",
             param=f"{where}.function.parameters",
         )
+    check_schema(parameters, f"{where}.function.parameters")
     description = spec.get("description") or ""
     if not isinstance(description, str):
         raise InvalidRequest(

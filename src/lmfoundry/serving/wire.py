@@ -16,7 +16,7 @@ from lmfoundry.engines.base import EngineError, SamplingParams, Tokenizer
 from lmfoundry.engines.registry import supports
 from lmfoundry.errors import InvalidRequest, Unprocessable
 from lmfoundry.serving.answers import ChatAnswer
-from lmfoundry.serving.tools import TEXT_GRAMMAR, ToolPlan
+from lmfoundry.serving.tools import TEXT_GRAMMAR, ToolPlan, check_schema
 from lmfoundry.serving.tools import history as tool_history
 from lmfoundry.serving.tools import plan as tools_plan
 
@@ -346,6 +346,7 @@ def json_grammar(response_format: ResponseFormat) -> str:
             "response_format.json_schema needs a `schema` object.",
             param="response_format.json_schema",
         )
+    check_schema(schema, "response_format.json_schema")
     try:
         return str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:
