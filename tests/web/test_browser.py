@@ -169,6 +169,29 @@ def test_studio_end_to_end(server: LiveServer, page: object) -> None:
     shot(p, "05-playground")
     timings["chat"] = time.monotonic() - started
 
+    # -- a tool call from the tools editor, its result sent back, and the answer ----------------
+    p.click("#clear")
+    p.click("#tools-field summary")
+    p.click("#tools-example")
+    p.select_option("#tool_choice", "required")
+    assert '"tool_choice": "required"' in p.inner_text("#code")
+    p.fill("#prompt", "What is the weather in Paris?")
+    p.keyboard.press("Enter")
+    p.locator(".msg.assistant .toolcall").wait_for(timeout=120_000)
+    assert p.inner_text(".msg.assistant .toolcall code").startswith("get_weather({")
+    p.select_option("#tool_choice", "auto")
+    p.fill(".tool-result", "18 degrees and sunny")
+    p.click(".toolcall button")
+    p.locator(".msg.assistant .meta").nth(1).wait_for(timeout=120_000)
+    assert p.inner_text(".msg.assistant >> nth=1 >> .content").strip()
+    shot(p, "05b-playground-tools")
+    p.fill("#tools", "[not json")
+    p.fill("#prompt", "Hello")
+    p.keyboard.press("Enter")
+    assert "not JSON" in field_error(p, "#tools")
+    p.fill("#tools", "")
+    timings["tools"] = time.monotonic() - started
+
     # -- an endpoint with two echo deployments and a traffic split ------------------------------
     p.goto(f"/projects/{PROJECT}/endpoints")
     p.fill("#endpoint-name", "ep-e2e")
