@@ -125,7 +125,7 @@ class ChatStream:
         self.answer = answer
         self.created = int(time.time())
         self._templates: dict[int, tuple[bytes, bytes]] = {}
-        self._held: dict[int, list[str]] = {}  # choices that may be tool calls
+        self._held: dict[int, list[Delta]] = {}  # choices that may be tool calls
         self._decided: set[int] = set()
         self._finished: dict[int, str] = {}
 
@@ -173,17 +173,17 @@ class ChatStream:
         index, tools = delta.index, self.answer.tools
         if tools is not None and index not in self._decided:
             held = self._held.setdefault(index, [])
-            held.append(delta.text)
-            text = "".join(held).lstrip()
+            held.append(delta)
+            text = "".join(d.text for d in held).lstrip()
             if not text:
                 return b""
             self._decided.add(index)
             if tools.forced or text[0] in "{<":
                 return b""  # held until the end: it may be a call
             del self._held[index]
-            return self._content(index, "".join(held), delta)
+            return self._released(index, held)
         if index in self._held:
-            self._held[index].append(delta.text)
+            self._held[index].append(delta)
             return b""
         if not delta.text:
             return b""
@@ -196,11 +196,19 @@ class ChatStream:
             return b"".join(self.content(index, piece) for piece in delta.pieces)
         return self.content(index, text)
 
+    def _released(self, index: int, held: list[Delta]) -> bytes:
+        """Held deltas that turned out to be text, sent as one chunk."""
+        text = "".join(d.text for d in held)
+        if not text:
+            return b""
+        logprobs = [e for d in held for e in d.logprobs or ()]
+        return self._content(index, text, Delta(text, 0, logprobs=logprobs))
+
     def _finish(self, index: int, reason: str) -> bytes:
         held = self._held.pop(index, None)
         out = b""
         if held is not None:
-            text = "".join(held)
+            text = "".join(d.text for d in held)
             calls = self.answer.tools.parse(text) if self.answer.tools else None
             if calls:
                 for k, call in enumerate(calls):
@@ -210,8 +218,8 @@ class ChatStream:
                     args = {"index": k, "function": {"arguments": call.arguments}}
                     out += self.chunk(index, {"tool_calls": [args]})
                 reason = "tool_calls"
-            elif text:
-                out += self.content(index, text)
+            else:
+                out += self._released(index, held)
         self._finished[index] = reason
         return out
 
