@@ -23,6 +23,7 @@ from lmfoundry.api import (
     instances,
     projects,
     registry,
+    responses,
     serverless,
     usage,
 )
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     # inference requests are the many (about 70 management routes otherwise come before).
     app.include_router(inference.router)
     app.include_router(endpoints.data_plane)
+    app.include_router(responses.router)
     app.include_router(flow_score.router)
     for module in (
         catalog,

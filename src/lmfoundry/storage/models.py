@@ -400,3 +400,29 @@ class InstanceDemand(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     name: Mapped[str] = mapped_column(String(200))
     last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- stored responses of the Responses API (migration 0006) ----------------------------------
+
+
+class StoredResponse(Base):
+    """A Responses API answer kept for `previous_response_id` and `GET v1/responses/{id}`:
+    the Response object and the conversation up to it (input items and output items). It
+    belongs to one serverless deployment or one online endpoint (one of the two foreign
+    keys), and goes when that target is deleted."""
+
+    __tablename__ = "stored_responses"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    serverless_id: Mapped[int | None] = mapped_column(
+        ForeignKey("serverless_deployments.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    endpoint_id: Mapped[int | None] = mapped_column(
+        ForeignKey("online_endpoints.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_items: Mapped[list[Any]] = mapped_column(JSON)
+    conversation: Mapped[list[Any]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -1,0 +1,524 @@
+"""Wire models of the OpenAI Responses API (`{target}v1/responses`) and their translation to
+chat completions.
+
+A Responses request becomes a chat-completions body (`ResponsesRequest.to_chat`): the
+instructions as a system message, then the stored conversation it continues, then its input
+items (`function_call` items as assistant `tool_calls`, `function_call_output` items as
+`tool` messages); function tools, `tool_choice`, `text.format` and `max_output_tokens` map to
+their chat twins. The chat path admits, runs and meters it; `response_body` turns the
+chat answer back into a Response object (`serving.response_stream` does the same for
+streams). Valid Responses features this platform does not serve (built-in tools, images,
+files, background mode, conversations) are refused with a 422 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmfoundry.errors import InvalidRequest, Unprocessable
+from lmfoundry.serving.wire import validation_error
+
+MAX_INPUT_ITEMS = 2048
+MAX_METADATA = 16  # OpenAI's limits on `metadata`: 16 pairs, 64-char keys, 512-char values
+
+# Valid Responses parameters this platform does not serve: sent with a value, a 422 names
+# them (with the fix where there is one).
+UNSUPPORTED = {
+    "background": "background mode is not supported; leave out `background` and wait for "
+    "the answer (or stream it).",
+    "conversation": "the Conversations API is not supported; continue a conversation with "
+    "`previous_response_id`.",
+    "prompt": "prompt templates are not supported; send `instructions` and `input`.",
+    "reasoning": "this model does not reason; leave out `reasoning`.",
+    "top_logprobs": "log probabilities are not returned by the Responses API here; use "
+    "chat completions with `logprobs`.",
+    "max_tool_calls": "`max_tool_calls` is not supported; leave it out.",
+    "context_management": "context management is not supported; leave it out.",
+    "moderation": "moderation is not supported; leave it out.",
+    "image": "image options are not supported; this model reads and writes text only.",
+    "access_programs": "access programs are not supported; leave them out.",
+    "background_options": "background mode is not supported; leave it out.",
+    "prompt_cache_options": "prompt cache options are not supported; leave them out.",
+    "prompt_cache_retention": "prompt cache retention is not supported; leave it out.",
+}
+# `include` values: reasoning items are never produced, so their encrypted content is
+# trivially included (Agent Framework asks for it on every stateless request).
+INCLUDABLE = {"reasoning.encrypted_content"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def to_chat(self) -> dict[str, Any]:
+        function: dict[str, Any] = {"name": self.name}
+        if self.description is not None:
+            function["description"] = self.description
+        if self.parameters is not None:
+            function["parameters"] = self.parameters
+        return {"type": "function", "function": function}
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+    def to_chat(self) -> dict[str, Any] | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        if not self.schema_:
+            raise InvalidRequest(
+                "text.format.schema: a json_schema format needs a `schema` object.",
+                param="text.format.schema",
+            )
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": self.name or "response", "schema": self.schema_},
+        }
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == "json_schema":
+            out.update(
+                name=self.name or "response",
+                schema=self.schema_,
+                description=self.description,
+                strict=self.strict,
+            )
+        return out
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_obfuscation: bool | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """`POST {target}v1/responses` (and `{target}responses`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: str | list[dict[str, Any]] = Field(min_length=1)
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    store: bool | None = True  # null: the default, as OpenAI reads it
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=200)
+    metadata: dict[str, str] | None = None
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    service_tier: str | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.store is not False
+
+    # -- parsing -----------------------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, body: bytes) -> Self:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRequest(
+                f"The request body is not valid JSON ({exc}); send a JSON object.",
+                param="body",
+            ) from exc
+        if not isinstance(data, dict):
+            raise InvalidRequest("The request body must be a JSON object.", param="body")
+        if "input" not in data:
+            raise InvalidRequest(
+                "input: required; send the user's text (a string) or a list of input items.",
+                param="input",
+            )
+        try:
+            request = cls.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
+        request._check()
+        return request
+
+    def _check(self) -> None:
+        extra = self.model_extra or {}
+        for name in sorted(extra):
+            if name in UNSUPPORTED:
+                if extra[name] not in (None, False, {}, []):
+                    raise Unprocessable(
+                        f"{name}: {UNSUPPORTED[name]}",
+                        param=name,
+                        detail={"loc": ["body", name], "input": extra[name]},
+                    )
+            else:
+                raise InvalidRequest(
+                    f"Unknown parameter: {name}. Remove it (see the Responses API reference).",
+                    param=name,
+                )
+        if self.text and self.text.verbosity not in (None, "medium"):
+            raise _unprocessable("text.verbosity", "verbosity is not supported; leave it out.")
+        if self.stream_options and self.stream_options.include_obfuscation:
+            raise _unprocessable(
+                "stream_options.include_obfuscation",
+                "stream obfuscation is not supported; send include_obfuscation: false.",
+            )
+        if self.truncation == "auto":
+            raise _unprocessable(
+                "truncation",
+                "automatic truncation is not supported; send truncation: disabled and "
+                "shorten the conversation yourself.",
+            )
+        if self.service_tier not in (None, "auto", "default"):
+            raise _unprocessable("service_tier", "only the default service tier is served.")
+        for index, value in enumerate(self.include or []):
+            if value not in INCLUDABLE:
+                raise _unprocessable(f"include[{index}]", f"{value!r} cannot be included here.")
+        pairs = self.metadata or {}
+        if len(pairs) > MAX_METADATA or any(len(k) > 64 or len(v) > 512 for k, v in pairs.items()):
+            raise InvalidRequest(
+                "metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.",
+                param="metadata",
+            )
+        if isinstance(self.input, list) and len(self.input) > MAX_INPUT_ITEMS:
+            raise InvalidRequest(f"input: send at most {MAX_INPUT_ITEMS} items.", param="input")
+
+    # -- translation -------------------------------------------------------------------------
+
+    def input_items(self) -> list[dict[str, Any]]:
+        """This request's input as normalised items (what is stored and replayed)."""
+        if isinstance(self.input, str):
+            return [_message("user", self.input)]
+        return [_item(index, item) for index, item in enumerate(self.input)]
+
+    def function_tools(self) -> list[FunctionTool]:
+        tools = []
+        for index, tool in enumerate(self.tools or []):
+            kind = tool.get("type")
+            if kind != "function":
+                raise _unprocessable(
+                    f"tools[{index}].type",
+                    f"{kind!r} tools are not supported; only function tools are.",
+                )
+            try:
+                tools.append(FunctionTool.model_validate(tool))
+            except ValidationError as exc:
+                raise _nested(exc, f"tools[{index}]") from exc
+        return tools
+
+    def chat_tool_choice(self, tools: list[FunctionTool]) -> tuple[Any, list[FunctionTool]]:
+        """The chat `tool_choice`, and the tools offered (`allowed_tools` narrows them)."""
+        choice = self.tool_choice
+        if choice is None or isinstance(choice, str):
+            return choice, tools
+        kind = choice.get("type")
+        if kind == "function":
+            return {"type": "function", "function": {"name": choice.get("name")}}, tools
+        if kind == "allowed_tools":
+            allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
+            return choice.get("mode", "auto"), [t for t in tools if t.name in allowed]
+        raise _unprocessable(
+            "tool_choice", f"tool_choice of type {kind!r} is not supported; use a function."
+        )
+
+    def to_chat(self, history: list[dict[str, Any]], inputs: list[dict[str, Any]]) -> bytes:
+        """The chat-completions body of this request, after the conversation `history`."""
+        messages: list[dict[str, Any]] = []
+        if self.instructions:
+            messages.append({"role": "system", "content": self.instructions})
+        messages += chat_messages(history, inputs)
+        body: dict[str, Any] = {"messages": messages, "stream": bool(self.stream)}
+        if self.model:
+            body["model"] = self.model
+        for name, value in (
+            ("max_tokens", self.max_output_tokens),
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("user", self.user),
+            ("parallel_tool_calls", self.parallel_tool_calls),
+        ):
+            if value is not None:
+                body[name] = value
+        tools = self.function_tools()
+        choice, offered = self.chat_tool_choice(tools)
+        if offered:
+            body["tools"] = [t.to_chat() for t in offered]
+        if choice is not None:
+            body["tool_choice"] = choice
+        fmt = self.text.format if self.text else None
+        response_format = fmt.to_chat() if fmt else None
+        if response_format is not None:
+            body["response_format"] = response_format
+        if self.stream:
+            body["stream_options"] = {"include_usage": True}
+        return json.dumps(body).encode()
+
+    def echo(self) -> dict[str, Any]:
+        """The request's settings as a Response object repeats them."""
+        fmt = self.text.format if self.text and self.text.format else TextFormat()
+        return {
+            "instructions": self.instructions,
+            "max_output_tokens": self.max_output_tokens,
+            "metadata": self.metadata or {},
+            "parallel_tool_calls": self.parallel_tool_calls is not False,
+            "previous_response_id": self.previous_response_id,
+            "temperature": self.temperature if self.temperature is not None else 1.0,
+            "top_p": self.top_p if self.top_p is not None else 1.0,
+            "text": {"format": fmt.to_wire(), "verbosity": "medium"},
+            "tool_choice": self.tool_choice if self.tool_choice is not None else "auto",
+            "tools": [
+                {**t.model_dump(), "strict": t.strict if t.strict is not None else True}
+                for t in self.function_tools()
+            ],
+            "truncation": "disabled",
+            "store": self.stored,
+            "user": self.user,
+            "safety_identifier": self.safety_identifier,
+            "prompt_cache_key": self.prompt_cache_key,
+            "service_tier": "default",
+            "background": False,
+            "reasoning": {"effort": None, "summary": None},
+        }
+
+
+def _unprocessable(param: str, message: str) -> Unprocessable:
+    return Unprocessable(
+        f"{param}: {message}", param=param, detail={"loc": ["body", *param.split(".")]}
+    )
+
+
+def _nested(exc: ValidationError, where: str) -> InvalidRequest:
+    inner = validation_error(exc)
+    path = f"{where}.{inner.param}" if inner.param else where
+    message = inner.message.removeprefix("Invalid request: ")
+    return InvalidRequest(f"Invalid request: {where}.{message}", param=path)
+
+
+# -- input items -----------------------------------------------------------------------------
+
+ROLES = ("user", "system", "developer", "assistant")
+
+
+def _message(role: str, text: str) -> dict[str, Any]:
+    kind = "output_text" if role == "assistant" else "input_text"
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+
+def _item(index: int, item: Any) -> dict[str, Any]:
+    """One input item, checked and normalised; 400 / 422 name `input[index]...`."""
+    where = f"input[{index}]"
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"{where}: an input item is a JSON object.", param=where)
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"{where}.role: unknown role {role!r}; use user, system, developer or assistant.",
+                param=f"{where}.role",
+            )
+        return _message(role, _text_of(item.get("content"), f"{where}.content"))
+    if kind == "function_call":
+        call_id, name, arguments = (item.get(k) for k in ("call_id", "name", "arguments"))
+        for field, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
+            if not isinstance(value, str) or (field != "arguments" and not value):
+                raise InvalidRequest(
+                    f"{where}.{field}: a function_call item needs `{field}` as a string.",
+                    param=f"{where}.{field}",
+                )
+        return {
+            "type": "function_call",
+            "id": item.get("id") or new_id("fc"),
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+            "status": "completed",
+        }
+    if kind == "function_call_output":
+        call_id = item.get("call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise InvalidRequest(
+                f"{where}.call_id: a function_call_output needs the `call_id` of its call.",
+                param=f"{where}.call_id",
+            )
+        output = _text_of(item.get("output"), f"{where}.output")
+        return {"type": "function_call_output", "call_id": call_id, "output": output}
+    raise _unprocessable(
+        f"{where}.type",
+        f"{kind!r} items are not supported; send messages, function_call and "
+        "function_call_output items.",
+    )
+
+
+def _text_of(content: Any, where: str) -> str:
+    """The text of a message's content or a call's output: a string or text parts."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where}: give a string or a list of text parts.", param=where)
+    parts = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            parts.append(part["refusal"])
+        else:
+            raise _unprocessable(
+                f"{where}[{index}].type",
+                f"{kind!r} content is not supported; this model reads text only "
+                "(input_text / output_text).",
+            )
+    return "".join(parts)
+
+
+def chat_messages(
+    history: list[dict[str, Any]], inputs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Chat messages from stored and new items; a function_call_output must answer a call
+    made earlier in the conversation (400 naming the input item otherwise)."""
+    messages: list[dict[str, Any]] = []
+    calls: set[str] = set()
+    for origin, items in (("history", history), ("input", inputs)):
+        for index, item in enumerate(items):
+            kind = item["type"]
+            if kind == "message":
+                role = item["role"]
+                text = _text_of(item["content"], f"{origin}[{index}].content")
+                messages.append({"role": role, "content": text})
+            elif kind == "function_call":
+                calls.add(item["call_id"])
+                call = {
+                    "id": item["call_id"],
+                    "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]},
+                }
+                last = messages[-1] if messages else None
+                if last is not None and last["role"] == "assistant" and not last.get("tool_calls"):
+                    last["tool_calls"] = [call]
+                elif last is not None and last["role"] == "assistant" and last.get("tool_calls"):
+                    last["tool_calls"].append(call)
+                else:
+                    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            else:
+                if item["call_id"] not in calls:
+                    where = f"input[{index}].call_id" if origin == "input" else "history"
+                    raise InvalidRequest(
+                        f"{where}: no function_call with call_id {item['call_id']!r} in this "
+                        "conversation; send the function_call item before its output, or "
+                        "continue the response that made the call with previous_response_id.",
+                        param=where,
+                    )
+                messages.append(
+                    {"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]}
+                )
+    return messages
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+def usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+
+
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    }
+
+
+def call_item(item_id: str, call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "call_id": call["id"],
+        "name": call["function"]["name"],
+        "arguments": call["function"]["arguments"],
+        "status": status,
+    }
+
+
+def response_object(
+    response_id: str,
+    echo: dict[str, Any],
+    model: str,
+    created_at: int,
+    status: str,
+    output: list[dict[str, Any]],
+    usage_: dict[str, Any] | None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "completed_at": int(time.time()) if status in ("completed", "incomplete") else None,
+        "status": status,
+        "error": error,
+        "incomplete_details": incomplete,
+        "model": model,
+        "output": output,
+        "usage": usage_,
+        **echo,
+    }
+
+
+def output_of(chat: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """A chat.completion's first choice as Responses output items, and the status."""
+    choice = chat["choices"][0]
+    message = choice["message"]
+    finish = choice.get("finish_reason")
+    status = "incomplete" if finish == "length" else "completed"
+    output = []
+    if message.get("content"):
+        output.append(message_item(new_id("msg"), message["content"], status))
+    for call in message.get("tool_calls") or []:
+        output.append(call_item(new_id("fc"), call))
+    if not output:
+        output.append(message_item(new_id("msg"), "", status))
+    return output, status
