@@ -14,6 +14,7 @@ from lmfoundry.api import (
     catalog,
     connections,
     datasets,
+    embeddings,
     endpoints,
     errors,
     finetune,
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     # inference requests are the many (about 70 management routes otherwise come before).
     app.include_router(inference.router)
     app.include_router(endpoints.data_plane)
+    app.include_router(embeddings.router)
     app.include_router(responses.router)
     app.include_router(flow_score.router)
     for module in (

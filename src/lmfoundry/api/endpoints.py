@@ -223,7 +223,9 @@ async def info(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
     route, _ = plat.router.authorize(name, presented_key(request))
     state, _ = plat.router.pick(route, request.headers.get("azureml-model-deployment"))
     card = plat.resolver.card(state.project_id, state.model)
-    body = ModelInfoResponse(model_name=card.id, model_provider_name=card.publisher)
+    body = ModelInfoResponse(
+        model_name=card.id, model_type=card.model_type, model_provider_name=card.publisher
+    )
     return JSONResponse(body.model_dump(), headers={"azureml-model-deployment": state.name})
 
 

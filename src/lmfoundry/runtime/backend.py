@@ -31,6 +31,10 @@ class Group(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]: ...
 
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One pooled, normalised vector per input (token ids), for embeddings models."""
+        ...
+
     def ready(self) -> bool:
         """Whether an instance can take a request now, without waiting for a start."""
         ...

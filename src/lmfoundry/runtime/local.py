@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,6 +257,32 @@ class LocalInstance:
         finally:
             self.active -= 1
 
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One vector per input (token ids), from llama-server's embeddings mode."""
+        client = self._client
+        if client is None or not self.alive():
+            raise Unavailable(
+                "The instance is not running; retry in a moment.", headers={"Retry-After": "1"}
+            )
+        if not isinstance(client, llama_server.LlamaServerClient):
+            raise Unavailable(f"The {self.spec.engine} engine does not compute embeddings.")
+        self.active += 1
+        try:
+            return await client.embed(inputs)
+        except InstanceLost as exc:
+            await asyncio.sleep(0.05)  # let the exit status settle
+            if self.alive():
+                self.fail(f"{type(exc).__name__}: {exc}")
+            else:
+                self.mark_dead()
+            raise EngineFailed(
+                f"Instance {self.id} of {self.name} failed while embedding ({exc}); it is "
+                "being restarted. Retry the request in a few seconds.",
+                headers={"Retry-After": "2"},
+            ) from exc
+        finally:
+            self.active -= 1
+
     def info(self, group: str) -> InstanceInfo:
         return InstanceInfo(
             id=self.id,
@@ -349,6 +375,24 @@ class InstanceGroup:
                     log.warning(
                         "instance %s failed before answering; retrying elsewhere", instance.id
                     )
+        finally:
+            self.in_use -= 1
+            self.last_used = time.monotonic()
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Embed on the least busy instance; nothing has reached the caller if that one
+        dies, so the request moves to another ready one."""
+        self.in_use += 1
+        try:
+            for _ in range(2):
+                instance = await self.acquire()
+                try:
+                    return await instance.embed(inputs)
+                except EngineFailed:
+                    if not self.ready():
+                        raise
+                    log.warning("instance %s failed embedding; retrying elsewhere", instance.id)
+            return await (await self.acquire()).embed(inputs)
         finally:
             self.in_use -= 1
             self.last_used = time.monotonic()

@@ -9,11 +9,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime.client import InstanceLost
+from lmfoundry.runtime.llama_server import LlamaServerClient
 from lmfoundry.runtime.local import Client, InstanceInfo, instance_client
 from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec
@@ -133,6 +134,34 @@ class RemoteGroup:
                         ) from exc
                 finally:
                     instance.active -= 1
+        finally:
+            self.in_use -= 1
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One vector per input (token ids) from an instance's embeddings mode; a lost
+        instance's request moves to another (nothing reached the caller)."""
+        self.in_use += 1
+        try:
+            for attempt in range(3):
+                instance = await self.acquire()
+                client = instance.client
+                if not isinstance(client, LlamaServerClient):
+                    raise Unavailable(f"The {self.spec.engine} engine does not compute embeddings.")
+                instance.active += 1
+                try:
+                    return await client.embed(inputs)
+                except InstanceLost as exc:
+                    instance.lost = True
+                    if attempt == 2 or not self.ready():
+                        raise EngineFailed(
+                            f"Instance {instance.id} of {self.name} failed while embedding "
+                            f"({exc}); its supervisor restarts it. Retry the request in a few "
+                            "seconds.",
+                            headers={"Retry-After": "2"},
+                        ) from exc
+                finally:
+                    instance.active -= 1
+            raise EngineFailed(f"No instance of {self.name} could embed the request.")
         finally:
             self.in_use -= 1
 

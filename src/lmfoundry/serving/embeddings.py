@@ -1,0 +1,335 @@
+"""Embeddings: `{target}embeddings` (Azure AI model inference) and `{target}v1/embeddings`
+(OpenAI), on an embeddings model such as the bundled all-MiniLM-L6-v2.
+
+A request reads top to bottom in `EmbeddingsService.embed`: parse the body, check the model
+is an embeddings model, count each input's tokens with the gateway's tokenizer (the same
+llama.cpp vocabulary llama-server evaluates: the token ids are what is sent), refuse inputs
+longer than the model's context, reserve the total of the inputs' tokens, run on an
+instance's embeddings mode, settle the reservation to that total and write one usage record
+(prompt tokens = input tokens, no completion tokens). The response's `usage` is the same
+number, so the usage report equals the sum of the responses' usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmfoundry.catalog.service import ResolvedModel
+from lmfoundry.deployments.endpoints import EndpointRoute
+from lmfoundry.deployments.serverless import ServingTarget
+from lmfoundry.engines.registry import supports
+from lmfoundry.errors import InvalidRequest, LmfError
+from lmfoundry.metering.service import Usage
+from lmfoundry.quotas.service import rate_limit_headers
+from lmfoundry.runtime.backend import Group
+from lmfoundry.serving.endpoint import EndpointRouter
+from lmfoundry.serving.endpoint import _target as endpoint_target
+from lmfoundry.serving.endpoint import _timed_out as timed_out
+from lmfoundry.serving.gateway import Gateway, _status_of, extra_mode
+from lmfoundry.serving.wire import IGNORED_HEADER, ExtraMode, unsupported, validation_error
+
+MAX_INPUTS = 2048  # inputs in one request, as OpenAI's embeddings API allows
+ENCODINGS = ("float", "base64")
+
+
+class EmbeddingsRequest(BaseModel):
+    """The body both routes take: Azure's (`input`, `dimensions`, `encoding_format`,
+    `input_type`, `model`) and OpenAI's (`input`, `model`, `dimensions`,
+    `encoding_format`, `user`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text or a list of texts to embed."
+    )
+    model: str | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    encoding_format: Literal["float", "base64", "binary", "int8", "ubinary", "uint8"] | None = None
+    input_type: Literal["text", "query", "document"] | None = None
+    user: str | None = None
+
+    @classmethod
+    def parse(cls, body: bytes, extra: ExtraMode) -> Self:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRequest(
+                f"The request body is not valid JSON ({exc}); send a JSON object.",
+                param="body",
+            ) from exc
+        if not isinstance(data, dict):
+            raise InvalidRequest("The request body must be a JSON object.", param="body")
+        try:
+            request = cls.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
+        unknown = sorted((request.model_extra or {}).keys())
+        if unknown and extra == "error":
+            raise InvalidRequest(
+                f"Unknown parameter(s): {', '.join(unknown)}. Remove them, or send the header "
+                "`extra-parameters: drop` to ignore them.",
+                param=unknown[0],
+            )
+        return request
+
+    def ignored_parameters(self, extra: ExtraMode) -> list[str]:
+        """Extras an embeddings model takes none of: ignored with `drop` or `pass-through`."""
+        return sorted((self.model_extra or {}).keys()) if extra != "error" else []
+
+    def texts(self) -> list[str]:
+        """The inputs, in order; a 422 for token-id inputs, a 400 for empty ones."""
+        items: list[Any] = [self.input] if isinstance(self.input, str) else list(self.input)
+        if not items:
+            raise InvalidRequest("input: give at least one text to embed.", param="input")
+        if not all(isinstance(item, str) for item in items):
+            raise unsupported(
+                self,
+                "input",
+                "input: token ids are not taken; send the text (a string or a list of "
+                "strings), which the model's own tokenizer splits.",
+            )
+        texts = [str(item) for item in items]
+        if len(texts) > MAX_INPUTS:
+            raise InvalidRequest(
+                f"input: {len(texts)} texts, but a request may embed at most {MAX_INPUTS}; "
+                "split them over several requests.",
+                param="input",
+            )
+        for index, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidRequest(
+                    f"input[{index}] is empty; every input must have some text.",
+                    param=f"input[{index}]",
+                )
+        return texts
+
+    def check_supported(self, model: ResolvedModel) -> None:
+        card = model.card
+        if self.dimensions is not None and self.dimensions != card.dimensions:
+            raise unsupported(
+                self,
+                "dimensions",
+                f"dimensions: {card.id} makes {card.dimensions}-dimensional embeddings and "
+                f"cannot shorten them; send dimensions={card.dimensions} or leave it out.",
+            )
+        if self.encoding_format not in (None, *ENCODINGS):
+            raise unsupported(
+                self,
+                "encoding_format",
+                f"encoding_format: {self.encoding_format!r} is not served; use float or "
+                "base64 (little-endian float32).",
+            )
+
+
+@dataclass
+class EmbeddingsResult:
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class Admitted:
+    """An embeddings request that passed admission: its inputs' token ids and what it
+    reserved."""
+
+    request: EmbeddingsRequest
+    model: ResolvedModel
+    inputs: list[list[int]]
+    tokens: int
+    reservation: str
+    headers: dict[str, str]
+    started: float = field(default_factory=time.perf_counter)
+
+
+class EmbeddingsService:
+    """Admission, the run and metering of embeddings requests, over the gateway's keys,
+    tokenizers, quotas and metering."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def embed(
+        self,
+        target: ServingTarget,
+        key_slot: str,
+        body: bytes,
+        extra_header: str | None,
+        request_id: str,
+        deployment: str | None = None,
+        group: Group | None = None,
+        model: ResolvedModel | None = None,
+    ) -> EmbeddingsResult:
+        """Parse, admit, run and meter one request of an authenticated caller."""
+        try:
+            admitted = await self.admit(target, key_slot, body, extra_header, model)
+        except LmfError as exc:
+            exc.headers = {**await self.gateway.remaining_headers(target), **exc.headers}
+            raise
+        deployment = deployment or target.name
+        admitted.headers["azureml-model-deployment"] = deployment
+        model = admitted.model
+        if group is None:
+            spec = self.gateway.instance_spec(model)
+            group = self.gateway.backend.group(spec, name=model.card.id)
+        record = Usage(
+            request_id=request_id,
+            project_id=target.project_id,
+            target_kind=target.kind,
+            target=target.name,
+            deployment=deployment,
+            key_slot=key_slot,
+            model=model.card.id,
+            price_input_per_1k=target.price_input_per_1k,
+            price_output_per_1k=target.price_output_per_1k,
+        )
+        used, status = 0, 200
+        try:
+            vectors = await group.embed(admitted.inputs)
+            used = admitted.tokens
+        except BaseException as exc:
+            status = _status_of(exc)
+            if isinstance(exc, LmfError):
+                exc.headers = {**admitted.headers, **exc.headers}
+            raise
+        finally:
+            await self._finish(target, admitted, record, used, status)
+        encoding = admitted.request.encoding_format or "float"
+        body_ = response_body(model.card.id, vectors, admitted.tokens, encoding)
+        return EmbeddingsResult(admitted.headers, body_)
+
+    async def admit(
+        self,
+        target: ServingTarget,
+        key_slot: str,
+        body: bytes,
+        extra_header: str | None,
+        model: ResolvedModel | None = None,
+    ) -> Admitted:
+        """Check the request and the model, count every input's tokens, reserve them."""
+        gateway = self.gateway
+        extra = extra_mode(extra_header)
+        request = EmbeddingsRequest.parse(body, extra)
+        model = model or await gateway.resolve_async(target.project_id, target.model)
+        model.card.require_type("embeddings")
+        if not supports(model.engine, "embeddings"):
+            raise InvalidRequest(
+                f"The {model.engine} engine does not compute embeddings; serve "
+                f"{model.card.id} as GGUF (llamacpp).",
+                param="model",
+            )
+        request.check_supported(model)
+        texts = request.texts()
+        tokenizer = await gateway.tokenizer(model)
+        inputs = await asyncio.to_thread(lambda: [tokenizer.encode(t) for t in texts])
+        tokens = _check_lengths(inputs, model)
+        limits = target.limits
+        if tokens > limits.tokens_per_minute:
+            raise InvalidRequest(
+                f"input: this request is {tokens} tokens but {target.name!r} allows "
+                f"{limits.tokens_per_minute} tokens per minute; send fewer texts or raise "
+                "the deployment's tokens_per_minute.",
+                param="input",
+            )
+        claim = f"{key_slot}:{hashlib.sha256(body).hexdigest()[:24]}"
+        quota_key = gateway._quota_key(target)
+        decision = await gateway.quotas.reserve(quota_key, tokens, limits, claim=claim)
+        headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
+        if not decision.allowed:
+            raise gateway._over_quota(target, decision, headers)
+        ignored = request.ignored_parameters(extra)
+        if ignored:
+            headers[IGNORED_HEADER] = ",".join(ignored)
+        return Admitted(request, model, inputs, tokens, decision.reservation or "", headers)
+
+    async def _finish(
+        self, target: ServingTarget, admitted: Admitted, record: Usage, used: int, status: int
+    ) -> None:
+        """Settle the reservation to the tokens embedded and write the usage record."""
+        record.prompt_tokens = used
+        record.status_code = status
+        record.latency_ms = (time.perf_counter() - admitted.started) * 1000
+        await self.gateway.metering.record(record)
+        if admitted.reservation:
+            quota_key = self.gateway._quota_key(target)
+            await self.gateway.quotas.settle(quota_key, admitted.reservation, used)
+
+
+def _check_lengths(inputs: list[list[int]], model: ResolvedModel) -> int:
+    """The inputs' total tokens; a 400 naming the first input longer than the context."""
+    context = model.card.context_length
+    for index, tokens in enumerate(inputs):
+        if len(tokens) > context:
+            raise InvalidRequest(
+                f"input[{index}] is {len(tokens)} tokens but {model.card.id} embeds at most "
+                f"{context} tokens per input; shorten it or split it into several inputs.",
+                param=f"input[{index}]",
+            )
+    return sum(len(tokens) for tokens in inputs)
+
+
+def response_body(
+    model: str, vectors: list[list[float]], tokens: int, encoding: str
+) -> dict[str, Any]:
+    """One body for both APIs: Azure's EmbeddingsResult (`id`, `data`, `usage`, `model`)
+    is OpenAI's CreateEmbeddingResponse plus an `id`."""
+    return {
+        "id": "embd-" + uuid.uuid4().hex,
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode(v, encoding)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":  # what OpenAI's client asks for by default and decodes
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector
+
+
+async def embed_on_endpoint(
+    service: EmbeddingsService,
+    router: EndpointRouter,
+    route: EndpointRoute,
+    slot: str,
+    body: bytes,
+    request_id: str,
+    header: str | None,
+    extra_header: str | None,
+) -> EmbeddingsResult:
+    """An online endpoint's embeddings: on the deployment the split (or the
+    `azureml-model-deployment` header) picks, within its concurrency and timeout. Not
+    mirrored: a mirror compares answers, and an embedding has one."""
+    state, _ = router.pick(route, header)
+    running = router.fleet.serving(state)
+    running.claim()
+    timeout = state.request_settings["request_timeout_ms"] / 1000
+    try:
+        async with asyncio.timeout(timeout):
+            return await service.embed(
+                endpoint_target(route.target, running),
+                slot,
+                body,
+                extra_header,
+                request_id,
+                deployment=state.name,
+                group=running.group,
+                model=running.model,
+            )
+    except TimeoutError as exc:
+        raise timed_out(state) from exc
+    finally:
+        running.release()
