@@ -44,6 +44,9 @@ def test_cards(catalog: CatalogService) -> None:
     assert "lmfoundry models pull Phi-3-mini-4k-instruct" in (mini.how_to_get or "")
     assert cards["Phi-3-medium-128k-instruct"].context_length == 131072
     assert not cards["gemma-3-270m"].instruction_tuned
+    # Each card says what it answers: the GGUF engine takes tools, JSON schemas, n, logprobs.
+    assert {"chat_completions", "tools", "json_schema", "n", "logprobs"} <= set(smol.capabilities)
+    assert cards["all-MiniLM-L6-v2"].capabilities == ["embeddings"]
 
 
 def test_absent_weights_say_how_to_get_them(catalog: CatalogService) -> None:

@@ -74,6 +74,7 @@ def test_azure_inference_client(target: tuple[str, str, str]) -> None:
     info = client.get_model_info()
     assert info.model_name == "SmolLM2-135M-Instruct"
     assert info.model_type == "chat-completions"
+    assert "tools" in info["capabilities"]  # beyond Azure's fields, kept by its client
     reply = client.complete(
         messages=[
             SystemMessage("Answer in one sentence."),

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.api.inference import presented_key, render
+from lmfoundry.engines.registry import capabilities
 from lmfoundry.serving.wire import ModelInfoResponse
 
 router = APIRouter(tags=["online endpoints"])
@@ -224,7 +225,10 @@ async def info(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
     state, _ = plat.router.pick(route, request.headers.get("azureml-model-deployment"))
     card = plat.resolver.card(state.project_id, state.model)
     body = ModelInfoResponse(
-        model_name=card.id, model_type=card.model_type, model_provider_name=card.publisher
+        model_name=card.id,
+        model_type=card.model_type,
+        model_provider_name=card.publisher,
+        capabilities=capabilities(card.engine, card.model_type),
     )
     return JSONResponse(body.model_dump(), headers={"azureml-model-deployment": state.name})
 

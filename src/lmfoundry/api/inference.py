@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmfoundry.api.deps import PlatformDep
+from lmfoundry.engines.registry import capabilities
 from lmfoundry.serving.gateway import ChatResult
 from lmfoundry.serving.wire import ModelInfoResponse
 
@@ -68,7 +69,10 @@ async def info(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
     plat.gateway.check_key(target, presented_key(request))
     card = plat.catalog.get_card(target.model)
     body = ModelInfoResponse(
-        model_name=card.id, model_type=card.model_type, model_provider_name=card.publisher
+        model_name=card.id,
+        model_type=card.model_type,
+        model_provider_name=card.publisher,
+        capabilities=capabilities(card.engine, card.model_type),
     )
     return JSONResponse(body.model_dump(), headers=await plat.gateway.remaining_headers(target))
 

@@ -79,6 +79,11 @@ class ModelCard(BaseModel):
 class CardView(ModelCard):
     """A card with what this installation knows about its weights."""
 
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="The APIs it answers and the request features its engine honours "
+        "(tools, json_schema, n, logprobs).",
+    )
     weights_present: bool
     weights_path: str | None = None
     how_to_get: str | None = Field(

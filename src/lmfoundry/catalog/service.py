@@ -14,11 +14,15 @@ from lmfoundry.catalog import minilm
 from lmfoundry.catalog.bundled import gemma_available, gemma_path, smollm2_path
 from lmfoundry.catalog.cards import BUILTIN
 from lmfoundry.catalog.models import CardView, ModelCard, ModelSource
+from lmfoundry.engines.registry import capabilities
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from lmfoundry.runtime.llama_server import EMBEDDING_UBATCH
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import ImportedModel
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# llama.cpp's pooling types (`{arch}.pooling_type` in a GGUF) that make an embeddings model
+GGUF_POOLING = {"1": "mean", "2": "cls", "3": "last"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class CatalogService:
         )
         return CardView(
             **card.model_dump(),
+            capabilities=capabilities(card.engine, card.model_type),
             weights_present=present,
             weights_path=str(path) if path else None,
             how_to_get=None if present else self._how_to_get(card),
@@ -200,6 +205,7 @@ class CatalogService:
                 price_input_per_1k=0.0,
                 price_output_per_1k=0.0,
                 tags=["imported"],
+                **info.get("embeddings", {}),
             )
         with self.db.session() as s:
             if s.get(ImportedModel, model_id) is not None:
@@ -231,7 +237,7 @@ def inspect_weights(path: Path) -> dict[str, Any]:
 
         meta = read_metadata(path)
         arch = meta.get("general.architecture", "unknown")
-        return {
+        info: dict[str, Any] = {
             "id": path.stem,
             "format": "gguf",
             "engine": "llamacpp",
@@ -240,6 +246,16 @@ def inspect_weights(path: Path) -> dict[str, Any]:
             "chat_template": meta.get("tokenizer.chat_template"),
             "license": meta.get("general.license", "unknown"),
         }
+        pooling = GGUF_POOLING.get(str(meta.get(f"{arch}.pooling_type", "")))
+        if pooling is not None:  # an embeddings model (bert, nomic-bert, ...)
+            info["embeddings"] = {
+                "model_type": "embeddings",
+                "pooling": pooling,
+                "dimensions": int(meta.get(f"{arch}.embedding_length", 0)) or None,
+            }
+            # llama-server evaluates an input in one micro-batch of this many tokens
+            info["context_length"] = min(info["context_length"], EMBEDDING_UBATCH)
+        return info
     from lmfoundry.engines.onnx import is_onnx_folder
 
     if is_onnx_folder(path):

@@ -33,6 +33,18 @@ def supports(engine: str, feature: str) -> bool:
     return feature in FEATURES.get(engine, frozenset())
 
 
+# What a card lists (catalog, `info`): the APIs a model answers and the request features its
+# engine honours, in the wire's words.
+_LISTED = {"tools": "tools", "grammar": "json_schema", "choices": "n", "logprobs": "logprobs"}
+
+
+def capabilities(engine: str, model_type: str) -> list[str]:
+    if model_type == "embeddings":
+        return ["embeddings"]
+    listed = ["chat_completions", "completions", "responses", "streaming"]
+    return listed + [name for feature, name in _LISTED.items() if supports(engine, feature)]
+
+
 def instance_options(
     engine: str, threads: int | None, max_sequences: int, kv_tokens: int
 ) -> dict[str, Any]:

@@ -392,3 +392,5 @@ class ModelInfoResponse(BaseModel):
     model_name: str
     model_type: str = "chat-completions"
     model_provider_name: str
+    # Beyond Azure's three fields (its clients keep unknown ones): what the model answers.
+    capabilities: list[str] = Field(default_factory=list)
