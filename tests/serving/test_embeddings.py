@@ -357,3 +357,27 @@ def test_a_gateway_process_embeds_on_the_supervisor_s_instances(tmp_path: Path) 
         if gateway is not None:
             stop_server(gateway)
         stop_server(supervisor)
+
+
+@pytest.mark.slow
+def test_an_imported_embeddings_gguf_is_served_as_one(server: LiveServer, tmp_path: Path) -> None:
+    """A GGUF whose metadata names a pooling type is an embeddings model once imported."""
+    copy = tmp_path / "my-embedder.gguf"
+    copy.write_bytes(minilm.installed_gguf().read_bytes())
+    with server.client() as c:
+        card = c.post("/api/v1/catalog/import", json={"path": str(copy)})
+        assert card.status_code == 201, card.text
+        assert card.json()["model_type"] == "embeddings"
+        assert (card.json()["dimensions"], card.json()["pooling"]) == (384, "mean")
+        created = c.post(S, json={"name": "mine", "model": "my-embedder"})
+        assert created.status_code == 201, created.text
+        key = c.get(f"{S}/mine/keys").json()["primary_key"]
+    url = created.json()["target_url"]
+    client = openai.OpenAI(base_url=url + "v1", api_key=key, max_retries=0)
+    cat, kitten, stocks = (
+        item.embedding
+        for item in client.embeddings.create(model="x", input=[CAT, KITTEN, STOCKS]).data
+    )
+    assert cosine(cat, kitten) > cosine(cat, stocks)
+    info = httpx.get(url + "info", headers={"api-key": key}).json()
+    assert info["model_type"] == "embeddings"
