@@ -172,6 +172,13 @@ def test_items_tools_and_formats_map_to_their_chat_twins() -> None:
         ),
         ({"input": "x", "text": {"format": {"type": "json_schema"}}}, InvalidRequest, None),
         ({"input": "x", "metadata": {str(i): "v" for i in range(17)}}, InvalidRequest, "metadata"),
+        ({"input": "x", "tools": [{}]}, InvalidRequest, "tools[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text"}]}]},
+            InvalidRequest,
+            "input[0].content[0].text",
+        ),
+        ({"input": [{"role": "user", "content": ["hi"]}]}, InvalidRequest, "input[0].content[0]"),
     ],
 )
 def test_bad_and_unsupported_requests_name_the_parameter(
@@ -185,6 +192,30 @@ def test_bad_and_unsupported_requests_name_the_parameter(
         assert param.split("[")[0] in refused.value.message
     else:
         assert "text.format" in (refused.value.param or "")
+
+
+def test_the_chat_paths_errors_are_told_in_the_responses_apis_words() -> None:
+    from lmfoundry.responses.service import _rename
+
+    cases = [
+        ("max_tokens", "max_tokens: set max_tokens to at most 9.", "max_output_tokens"),
+        (
+            "response_format.json_schema",
+            "response_format.json_schema: too deep",
+            "text.format.schema",
+        ),
+        (
+            "tools[0].function.parameters",
+            "tools[0].function.parameters: bad",
+            "tools[0].parameters",
+        ),
+        ("messages", "messages: the prompt is long; shorten the messages.", "input"),
+    ]
+    for param, message, renamed in cases:
+        error = InvalidRequest(message, param=param)
+        _rename(error)
+        assert error.param == renamed
+        assert error.message.startswith(renamed) and param not in error.message
 
 
 def test_a_chat_completion_becomes_output_items() -> None:
@@ -597,7 +628,7 @@ def test_usage_report_equals_the_sum_of_the_responses_usage(server: LiveServer) 
     for event in client.responses.create(
         model=MODEL, input="Count to three.", max_output_tokens=8, stream=True
     ):
-        if event.type == "response.completed":
+        if event.type in ("response.completed", "response.incomplete"):
             received.append(event.response.usage)
     received.append(
         client.responses.create(
@@ -634,9 +665,15 @@ def test_responses_on_an_online_endpoint(server: LiveServer, target: tuple[str, 
         url = c.get(f"{endpoints}/resp-ep").json()["target_url"]
         key = c.get(f"{endpoints}/resp-ep/keys").json()["primary_key"]
     client = openai.OpenAI(base_url=url + "v1", api_key=key, max_retries=0)
-    first = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=24)
+    first = client.responses.create(
+        model=MODEL, input=QUESTION, max_output_tokens=24, temperature=0
+    )
     second = client.responses.create(
-        model=MODEL, previous_response_id=first.id, input="And of Italy?", max_output_tokens=24
+        model=MODEL,
+        previous_response_id=first.id,
+        input="And of Italy?",
+        max_output_tokens=24,
+        temperature=0,
     )
     assert second.output_text and client.responses.retrieve(second.id).id == second.id
     serverless = openai.OpenAI(base_url=target[0] + "v1", api_key=target[1], max_retries=0)
@@ -667,12 +704,28 @@ def test_an_agent_framework_agent_on_the_default_chat_client_calls_a_function(
     chat_client = OpenAIChatClient(model=MODEL, base_url=url + "v1", api_key=key)
     agent = Agent(chat_client, "You answer questions about the weather.", tools=[get_weather])
 
-    async def run() -> Any:
-        return await agent.run(
-            "What is the weather in Paris?", options={"tool_choice": "required", "temperature": 0}
+    async def run() -> tuple[Any, str, list[str]]:
+        session = agent.create_session()
+        first = await agent.run(
+            "What is the weather in Paris?",
+            session=session,
+            options={"tool_choice": "required", "temperature": 0},
         )
+        # the session continues on the server: its next run sends previous_response_id
+        stream = agent.run(
+            "Thank you. Say goodbye.", session=session, stream=True, options={"temperature": 0}
+        )
+        kinds = [  # the Responses events under the agent's and the chat client's updates
+            getattr(update.raw_representation.raw_representation, "type", None)
+            async for update in stream
+        ]
+        final = await stream.get_final_response()
+        assert str(session.service_session_id).startswith("resp_"), session.service_session_id
+        return first, final.text, kinds
 
-    response = asyncio.run(run())
+    response, goodbye, kinds = asyncio.run(run())
     assert called, "the agent ran no function"
-    assert len(called) <= 2, called
+    assert len(called) <= 2, called  # it ran the call the model made, and stopped
     assert response.text and not response.text.lstrip().startswith("{")
+    assert goodbye and kinds[-1] == "response.completed", kinds
+    assert "response.output_text.delta" in kinds

@@ -29,8 +29,13 @@ from lmfoundry.serving.responses import (
 ChatCall = Callable[[bytes], Awaitable[ChatResult]]
 
 # The chat path names its own parameters in errors; a Responses caller sent these instead.
-_PARAMS = {"max_tokens": "max_output_tokens", "response_format": "text.format", "messages": "input"}
-_WORDS = re.compile(r"\b(max_tokens|response_format|messages)\b")
+_PARAMS = {
+    "response_format.json_schema": "text.format.schema",
+    "max_tokens": "max_output_tokens",
+    "response_format": "text.format",
+    "messages": "input",
+}
+_WORDS = re.compile(r"\b(response_format\.json_schema|max_tokens|response_format|messages)\b")
 
 
 class ResponsesService:
@@ -127,8 +132,8 @@ def _rename(exc: LmfError) -> None:
     """The chat path's error in the Responses API's words (`max_output_tokens`, not
     `max_tokens`; `tools[0].name`, not `tools[0].function.name`)."""
     if exc.param:
-        head = exc.param.partition("[")[0]
-        exc.param = _PARAMS.get(head, exc.param).replace(".function.", ".")
+        exc.param = _WORDS.sub(lambda m: _PARAMS[m.group(1)], exc.param)
+        exc.param = exc.param.replace(".function.", ".")
     message = _WORDS.sub(lambda m: _PARAMS[m.group(1)], exc.message)
     exc.message = message.replace(".function.", ".")
     exc.args = (exc.message,)

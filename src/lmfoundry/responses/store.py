@@ -77,7 +77,7 @@ class ResponseStore:
                 f"{MAX_CONVERSATION_BYTES:,}; start a new conversation (no "
                 "previous_response_id), or send `store: false` and the whole conversation "
                 "as input.",
-                param="previous_response_id",
+                param="store",
             )
         with self.db.session() as s:
             used = s.scalar(

@@ -228,6 +228,11 @@ class ResponsesRequest(BaseModel):
         tools = []
         for index, tool in enumerate(self.tools or []):
             kind = tool.get("type")
+            if not isinstance(kind, str):
+                raise InvalidRequest(
+                    f'tools[{index}].type: required; send {{"type": "function", "name": ...}}.',
+                    param=f"tools[{index}].type",
+                )
             if kind != "function":
                 raise _unprocessable(
                     f"tools[{index}].type",
@@ -343,6 +348,8 @@ def _item(index: int, item: Any) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise InvalidRequest(f"{where}: an input item is a JSON object.", param=where)
     kind = item.get("type", "message")
+    if not isinstance(kind, str):
+        raise InvalidRequest(f"{where}.type: an item's type is a string.", param=f"{where}.type")
     if kind == "message":
         role = item.get("role")
         if role not in ROLES:
@@ -391,11 +398,21 @@ def _text_of(content: Any, where: str) -> str:
         raise InvalidRequest(f"{where}: give a string or a list of text parts.", param=where)
     parts = []
     for index, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-            parts.append(part["text"])
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            parts.append(part["refusal"])
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidRequest(
+                f'{where}[{index}]: a content part is an object such as {{"type": '
+                '"input_text", "text": "..."}.',
+                param=f"{where}[{index}]",
+            )
+        kind = part["type"]
+        field = "refusal" if kind == "refusal" else "text"
+        if kind in ("input_text", "output_text", "text", "refusal"):
+            if not isinstance(part.get(field), str):
+                raise InvalidRequest(
+                    f"{where}[{index}].{field}: a {kind} part needs `{field}` as a string.",
+                    param=f"{where}[{index}].{field}",
+                )
+            parts.append(part[field])
         else:
             raise _unprocessable(
                 f"{where}[{index}].type",
