@@ -63,6 +63,7 @@ def test_bad_hyperparameters_are_named(
         ({"model": "no-such-model"}, 404, "model", "not in the catalog"),
         ({"model": "Phi-3-mini-4k-instruct"}, 400, "model", "not on this machine"),
         ({"model": "echo"}, 400, "model", "no weights to fine-tune"),
+        ({"model": "all-MiniLM-L6-v2"}, 400, "model", "is an embeddings model"),
         ({"training_data": "nope"}, 404, "training_data", "No dataset 'nope'"),
         ({"training_data": "chat-train:7"}, 404, "training_data", "chat-train:7"),
         ({"training_data": "chat-train:x"}, 400, "training_data", "NAME:VERSION"),

@@ -65,7 +65,7 @@ def test_hostile_schemas_are_refused_before_any_grammar_is_built() -> None:
         json.loads("[" * 40 + "]" * 40),
     ):
         hostile = {"type": "function", "function": {"name": "f", "parameters": parameters}}
-        with pytest.raises(InvalidRequest, match="tools\\[0\\].function.parameters"):
+        with pytest.raises(InvalidRequest, match=r"tools\[0\]\.function\.parameters"):
             tools.plan([hostile], "required")
 
 

@@ -159,6 +159,12 @@ class FineTuneService:
             raise InvalidRequest(exc.message, param="model") from exc
         except NotFound as exc:
             raise NotFound(exc.message, param="model") from exc
+        if resolved.card.model_type != "chat-completions":
+            raise InvalidRequest(
+                f"{resolved.card.id} is an embeddings model; fine-tuning jobs train chat "
+                "models (LoRA on chat data). Pick a chat model such as SmolLM2-135M-Instruct.",
+                param="model",
+            )
         path = resolved.path
         if not (path.is_dir() or path.suffix == ".gguf"):
             raise InvalidRequest(
