@@ -16,8 +16,9 @@ import openai
 import pytest
 
 from lmfoundry.errors import InvalidRequest, LmfError, Unprocessable
+from lmfoundry.serving.response_items import output_of
 from lmfoundry.serving.response_stream import ResponseEvents, chat_chunks
-from lmfoundry.serving.responses import ResponsesRequest, output_of
+from lmfoundry.serving.responses import ResponsesRequest
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.metering.test_usage import cli
 
@@ -729,3 +730,32 @@ def test_an_agent_framework_agent_on_the_default_chat_client_calls_a_function(
     assert response.text and not response.text.lstrip().startswith("{")
     assert goodbye and kinds[-1] == "response.completed", kinds
     assert "response.output_text.delta" in kinds
+
+
+@pytest.mark.slow
+def test_langchain_on_the_responses_api(target: tuple[str, str]) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    url, key = target
+    llm = langchain_openai.ChatOpenAI(
+        base_url=url + "v1",
+        api_key=key,
+        model=MODEL,
+        temperature=0,
+        max_tokens=24,
+        use_responses_api=True,
+    )
+    answer = llm.invoke(QUESTION)
+    assert str(answer.response_metadata.get("id", "")).startswith("resp_")
+    assert "Paris" in answer.text
+    assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] > 0
+    assert "".join(chunk.text for chunk in llm.stream(QUESTION)) == answer.text
+
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return f"18 degrees in {city}"
+
+    message = llm.bind_tools([get_weather], tool_choice="get_weather").invoke(
+        "What is the weather in Paris?"
+    )
+    (call,) = message.tool_calls
+    assert call["name"] == "get_weather" and set(call["args"]) == {"city"}

@@ -17,14 +17,9 @@ from typing import Any
 from lmfoundry.errors import LmfError
 from lmfoundry.responses.store import Owner, ResponseStore
 from lmfoundry.serving.gateway import ChatResult
+from lmfoundry.serving.response_items import new_id, output_of, response_object, usage
 from lmfoundry.serving.response_stream import ResponseEvents, chat_chunks, sse
-from lmfoundry.serving.responses import (
-    ResponsesRequest,
-    new_id,
-    output_of,
-    response_object,
-    usage,
-)
+from lmfoundry.serving.responses import ResponsesRequest
 
 ChatCall = Callable[[bytes], Awaitable[ChatResult]]
 

@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from lmfoundry.serving.responses import call_item, message_item, new_id, response_object, usage
+from lmfoundry.serving.response_items import call_item, message_item, new_id, response_object, usage
 
 
 async def chat_chunks(stream: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any]]:

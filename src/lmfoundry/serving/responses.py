@@ -5,8 +5,8 @@ A Responses request becomes a chat-completions body (`ResponsesRequest.to_chat`)
 instructions as a system message, then the stored conversation it continues, then its input
 items (`function_call` items as assistant `tool_calls`, `function_call_output` items as
 `tool` messages); function tools, `tool_choice`, `text.format` and `max_output_tokens` map to
-their chat twins. The chat path admits, runs and meters it; `response_body` turns the
-chat answer back into a Response object (`serving.response_stream` does the same for
+their chat twins. The chat path admits, runs and meters it; `serving.response_items` turns
+the chat answer back into a Response object (`serving.response_stream` does the same for
 streams). Valid Responses features this platform does not serve (built-in tools, images,
 files, background mode, conversations) are refused with a 422 naming the parameter.
 """
@@ -14,13 +14,12 @@ files, background mode, conversations) are refused with a 422 naming the paramet
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmfoundry.errors import InvalidRequest, Unprocessable
+from lmfoundry.serving.response_items import chat_messages, item_of, text_message, unprocessable
 from lmfoundry.serving.wire import validation_error
 
 MAX_INPUT_ITEMS = 2048
@@ -49,10 +48,6 @@ UNSUPPORTED = {
 # `include` values: reasoning items are never produced, so their encrypted content is
 # trivially included (Agent Framework asks for it on every stateless request).
 INCLUDABLE = {"reasoning.encrypted_content"}
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(24)}"
 
 
 class FunctionTool(BaseModel):
@@ -190,23 +185,23 @@ class ResponsesRequest(BaseModel):
                     param=name,
                 )
         if self.text and self.text.verbosity not in (None, "medium"):
-            raise _unprocessable("text.verbosity", "verbosity is not supported; leave it out.")
+            raise unprocessable("text.verbosity", "verbosity is not supported; leave it out.")
         if self.stream_options and self.stream_options.include_obfuscation:
-            raise _unprocessable(
+            raise unprocessable(
                 "stream_options.include_obfuscation",
                 "stream obfuscation is not supported; send include_obfuscation: false.",
             )
         if self.truncation == "auto":
-            raise _unprocessable(
+            raise unprocessable(
                 "truncation",
                 "automatic truncation is not supported; send truncation: disabled and "
                 "shorten the conversation yourself.",
             )
         if self.service_tier not in (None, "auto", "default"):
-            raise _unprocessable("service_tier", "only the default service tier is served.")
+            raise unprocessable("service_tier", "only the default service tier is served.")
         for index, value in enumerate(self.include or []):
             if value not in INCLUDABLE:
-                raise _unprocessable(f"include[{index}]", f"{value!r} cannot be included here.")
+                raise unprocessable(f"include[{index}]", f"{value!r} cannot be included here.")
         pairs = self.metadata or {}
         if len(pairs) > MAX_METADATA or any(len(k) > 64 or len(v) > 512 for k, v in pairs.items()):
             raise InvalidRequest(
@@ -221,8 +216,8 @@ class ResponsesRequest(BaseModel):
     def input_items(self) -> list[dict[str, Any]]:
         """This request's input as normalised items (what is stored and replayed)."""
         if isinstance(self.input, str):
-            return [_message("user", self.input)]
-        return [_item(index, item) for index, item in enumerate(self.input)]
+            return [text_message("user", self.input)]
+        return [item_of(index, item) for index, item in enumerate(self.input)]
 
     def function_tools(self) -> list[FunctionTool]:
         tools = []
@@ -234,7 +229,7 @@ class ResponsesRequest(BaseModel):
                     param=f"tools[{index}].type",
                 )
             if kind != "function":
-                raise _unprocessable(
+                raise unprocessable(
                     f"tools[{index}].type",
                     f"{kind!r} tools are not supported; only function tools are.",
                 )
@@ -255,7 +250,7 @@ class ResponsesRequest(BaseModel):
         if kind == "allowed_tools":
             allowed = {t.get("name") for t in choice.get("tools") or [] if isinstance(t, dict)}
             return choice.get("mode", "auto"), [t for t in tools if t.name in allowed]
-        raise _unprocessable(
+        raise unprocessable(
             "tool_choice", f"tool_choice of type {kind!r} is not supported; use a function."
         )
 
@@ -319,223 +314,8 @@ class ResponsesRequest(BaseModel):
         }
 
 
-def _unprocessable(param: str, message: str) -> Unprocessable:
-    return Unprocessable(
-        f"{param}: {message}", param=param, detail={"loc": ["body", *param.split(".")]}
-    )
-
-
 def _nested(exc: ValidationError, where: str) -> InvalidRequest:
     inner = validation_error(exc)
     path = f"{where}.{inner.param}" if inner.param else where
     message = inner.message.removeprefix("Invalid request: ")
     return InvalidRequest(f"Invalid request: {where}.{message}", param=path)
-
-
-# -- input items -----------------------------------------------------------------------------
-
-ROLES = ("user", "system", "developer", "assistant")
-
-
-def _message(role: str, text: str) -> dict[str, Any]:
-    kind = "output_text" if role == "assistant" else "input_text"
-    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
-
-
-def _item(index: int, item: Any) -> dict[str, Any]:
-    """One input item, checked and normalised; 400 / 422 name `input[index]...`."""
-    where = f"input[{index}]"
-    if not isinstance(item, dict):
-        raise InvalidRequest(f"{where}: an input item is a JSON object.", param=where)
-    kind = item.get("type", "message")
-    if not isinstance(kind, str):
-        raise InvalidRequest(f"{where}.type: an item's type is a string.", param=f"{where}.type")
-    if kind == "message":
-        role = item.get("role")
-        if role not in ROLES:
-            raise InvalidRequest(
-                f"{where}.role: unknown role {role!r}; use user, system, developer or assistant.",
-                param=f"{where}.role",
-            )
-        return _message(role, _text_of(item.get("content"), f"{where}.content"))
-    if kind == "function_call":
-        call_id, name, arguments = (item.get(k) for k in ("call_id", "name", "arguments"))
-        for field, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
-            if not isinstance(value, str) or (field != "arguments" and not value):
-                raise InvalidRequest(
-                    f"{where}.{field}: a function_call item needs `{field}` as a string.",
-                    param=f"{where}.{field}",
-                )
-        return {
-            "type": "function_call",
-            "id": item.get("id") or new_id("fc"),
-            "call_id": call_id,
-            "name": name,
-            "arguments": arguments,
-            "status": "completed",
-        }
-    if kind == "function_call_output":
-        call_id = item.get("call_id")
-        if not isinstance(call_id, str) or not call_id:
-            raise InvalidRequest(
-                f"{where}.call_id: a function_call_output needs the `call_id` of its call.",
-                param=f"{where}.call_id",
-            )
-        output = _text_of(item.get("output"), f"{where}.output")
-        return {"type": "function_call_output", "call_id": call_id, "output": output}
-    raise _unprocessable(
-        f"{where}.type",
-        f"{kind!r} items are not supported; send messages, function_call and "
-        "function_call_output items.",
-    )
-
-
-def _text_of(content: Any, where: str) -> str:
-    """The text of a message's content or a call's output: a string or text parts."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{where}: give a string or a list of text parts.", param=where)
-    parts = []
-    for index, part in enumerate(content):
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise InvalidRequest(
-                f'{where}[{index}]: a content part is an object such as {{"type": '
-                '"input_text", "text": "..."}.',
-                param=f"{where}[{index}]",
-            )
-        kind = part["type"]
-        field = "refusal" if kind == "refusal" else "text"
-        if kind in ("input_text", "output_text", "text", "refusal"):
-            if not isinstance(part.get(field), str):
-                raise InvalidRequest(
-                    f"{where}[{index}].{field}: a {kind} part needs `{field}` as a string.",
-                    param=f"{where}[{index}].{field}",
-                )
-            parts.append(part[field])
-        else:
-            raise _unprocessable(
-                f"{where}[{index}].type",
-                f"{kind!r} content is not supported; this model reads text only "
-                "(input_text / output_text).",
-            )
-    return "".join(parts)
-
-
-def chat_messages(
-    history: list[dict[str, Any]], inputs: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Chat messages from stored and new items; a function_call_output must answer a call
-    made earlier in the conversation (400 naming the input item otherwise)."""
-    messages: list[dict[str, Any]] = []
-    calls: set[str] = set()
-    for origin, items in (("history", history), ("input", inputs)):
-        for index, item in enumerate(items):
-            kind = item["type"]
-            if kind == "message":
-                role = item["role"]
-                text = _text_of(item["content"], f"{origin}[{index}].content")
-                messages.append({"role": role, "content": text})
-            elif kind == "function_call":
-                calls.add(item["call_id"])
-                call = {
-                    "id": item["call_id"],
-                    "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]},
-                }
-                last = messages[-1] if messages else None
-                if last is not None and last["role"] == "assistant" and not last.get("tool_calls"):
-                    last["tool_calls"] = [call]
-                elif last is not None and last["role"] == "assistant" and last.get("tool_calls"):
-                    last["tool_calls"].append(call)
-                else:
-                    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-            else:
-                if item["call_id"] not in calls:
-                    where = f"input[{index}].call_id" if origin == "input" else "history"
-                    raise InvalidRequest(
-                        f"{where}: no function_call with call_id {item['call_id']!r} in this "
-                        "conversation; send the function_call item before its output, or "
-                        "continue the response that made the call with previous_response_id.",
-                        param=where,
-                    )
-                messages.append(
-                    {"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]}
-                )
-    return messages
-
-
-# -- answers ---------------------------------------------------------------------------------
-
-
-def usage(prompt: int, completion: int) -> dict[str, Any]:
-    return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": prompt + completion,
-    }
-
-
-def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "message",
-        "role": "assistant",
-        "status": status,
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-    }
-
-
-def call_item(item_id: str, call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "function_call",
-        "call_id": call["id"],
-        "name": call["function"]["name"],
-        "arguments": call["function"]["arguments"],
-        "status": status,
-    }
-
-
-def response_object(
-    response_id: str,
-    echo: dict[str, Any],
-    model: str,
-    created_at: int,
-    status: str,
-    output: list[dict[str, Any]],
-    usage_: dict[str, Any] | None,
-    error: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": created_at,
-        "completed_at": int(time.time()) if status in ("completed", "incomplete") else None,
-        "status": status,
-        "error": error,
-        "incomplete_details": incomplete,
-        "model": model,
-        "output": output,
-        "usage": usage_,
-        **echo,
-    }
-
-
-def output_of(chat: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-    """A chat.completion's first choice as Responses output items, and the status."""
-    choice = chat["choices"][0]
-    message = choice["message"]
-    finish = choice.get("finish_reason")
-    status = "incomplete" if finish == "length" else "completed"
-    output = []
-    if message.get("content"):
-        output.append(message_item(new_id("msg"), message["content"], status))
-    for call in message.get("tool_calls") or []:
-        output.append(call_item(new_id("fc"), call))
-    if not output:
-        output.append(message_item(new_id("msg"), "", status))
-    return output, status
