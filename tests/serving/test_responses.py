@@ -759,3 +759,14 @@ def test_langchain_on_the_responses_api(target: tuple[str, str]) -> None:
     )
     (call,) = message.tool_calls
     assert call["name"] == "get_weather" and set(call["args"]) == {"city"}
+
+
+def test_an_error_the_chat_stream_ends_with_becomes_error_and_response_failed() -> None:
+    failed = {"error": {"code": "engine_failed", "message": "The instance died.", "status": 503}}
+    events = ResponseEvents("resp_1", parse({"input": "x"}).echo(), MODEL, 0)
+    out = events.chunk(chunk({"content": "Pa"})) + events.fail(failed)
+    assert [e["type"] for e in out][-2:] == ["error", "response.failed"]
+    assert out[-2]["code"] == "engine_failed" and out[-2]["message"] == "The instance died."
+    assert out[-1]["response"]["status"] == "failed"
+    assert out[-1]["response"]["error"]["message"] == "The instance died."
+    assert [e["sequence_number"] for e in out] == list(range(len(out)))
