@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,7 +35,13 @@ from lmfoundry.serving.endpoint import EndpointRouter
 from lmfoundry.serving.endpoint import _target as endpoint_target
 from lmfoundry.serving.endpoint import _timed_out as timed_out
 from lmfoundry.serving.gateway import Gateway, _status_of, extra_mode
-from lmfoundry.serving.wire import IGNORED_HEADER, ExtraMode, unsupported, validation_error
+from lmfoundry.serving.wire import (
+    IGNORED_HEADER,
+    ExtraMode,
+    json_object,
+    unsupported,
+    validation_error,
+)
 
 MAX_INPUTS = 2048  # inputs in one request, as OpenAI's embeddings API allows
 ENCODINGS = ("float", "base64")
@@ -60,15 +65,7 @@ class EmbeddingsRequest(BaseModel):
 
     @classmethod
     def parse(cls, body: bytes, extra: ExtraMode) -> Self:
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRequest(
-                f"The request body is not valid JSON ({exc}); send a JSON object.",
-                param="body",
-            ) from exc
-        if not isinstance(data, dict):
-            raise InvalidRequest("The request body must be a JSON object.", param="body")
+        data = json_object(body)
         try:
             request = cls.model_validate(data)
         except ValidationError as exc:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmfoundry.errors import InvalidRequest, Unprocessable
 from lmfoundry.serving.response_items import chat_messages, item_of, text_message, unprocessable
-from lmfoundry.serving.wire import validation_error
+from lmfoundry.serving.wire import json_object, validation_error
 
 MAX_INPUT_ITEMS = 2048
 MAX_METADATA = 16  # OpenAI's limits on `metadata`: 16 pairs, 64-char keys, 512-char values
@@ -148,15 +148,7 @@ class ResponsesRequest(BaseModel):
 
     @classmethod
     def parse(cls, body: bytes) -> Self:
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRequest(
-                f"The request body is not valid JSON ({exc}); send a JSON object.",
-                param="body",
-            ) from exc
-        if not isinstance(data, dict):
-            raise InvalidRequest("The request body must be a JSON object.", param="body")
+        data = json_object(body)
         if "input" not in data:
             raise InvalidRequest(
                 "input: required; send the user's text (a string) or a list of input items.",

@@ -72,6 +72,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = True
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body as the JSON object every inference API takes, or a 400 saying why not."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON ({exc}); send a JSON object.",
+            param="body",
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", param="body")
+    return data
+
+
 def unsupported(request: BaseModel, field: str, message: str) -> Unprocessable:
     """A 422 for a valid parameter this request cannot have, with `detail.loc`."""
     value = getattr(request, field)
@@ -118,15 +132,7 @@ class GenerationParameters(BaseModel):
 
     @classmethod
     def parse(cls, body: bytes, extra: ExtraMode) -> Self:
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRequest(
-                f"The request body is not valid JSON ({exc}); send a JSON object.",
-                param="body",
-            ) from exc
-        if not isinstance(data, dict):
-            raise InvalidRequest("The request body must be a JSON object.", param="body")
+        data = json_object(body)
         try:
             request = cls.model_validate(data)
         except ValidationError as exc:
