@@ -248,6 +248,7 @@ def test_info_and_models(api: Api) -> None:
         "model_name": "echo",
         "model_type": "chat-completions",
         "model_provider_name": "lmfoundry",
+        "capabilities": ["chat_completions", "completions", "responses", "streaming"],
     }
     models = api.client.get(
         "/serverless/echo-a/v1/models", headers={"Authorization": f"Bearer {dep['primary_key']}"}

@@ -476,7 +476,9 @@ class LlamaServerEngine:
         except InvalidRequest as exc:
             raise EngineError(exc.message, param=exc.param) from exc
         except ServerLost as exc:
-            await asyncio.sleep(0.05)  # let the exit status settle
+            deadline = time.monotonic() + 2.0  # a dying process: let its exit status come
+            while self.process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             raise EngineDown(self.failure or f"llama-server: {exc}") from exc
         finally:
             self._active -= 1
