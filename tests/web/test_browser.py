@@ -132,8 +132,10 @@ def test_studio_end_to_end(server: LiveServer, page: object) -> None:
     assert "/serverless/smol-e2e/" in p.inner_text("#target-url")
     assert "•" in p.inner_text("#key-primary")  # hidden until revealed
     p.click("[data-key-reveal] >> nth=0")
+    # A function, not an expression: Playwright re-evaluates an expression with `eval` while
+    # it polls, which the studio's CSP (script-src 'self') refuses.
     p.wait_for_function(
-        "/^[0-9a-f]{64}$/.test(document.getElementById('key-secondary')?.textContent || '')"
+        "() => /^[0-9a-f]{64}$/.test(document.getElementById('key-secondary')?.textContent || '')"
     )
     old_secondary = p.inner_text("#key-secondary")
     p.click('[data-key-regenerate="secondary"]')
