@@ -143,6 +143,20 @@ class LiveServer:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def deploy(
+        self, project: str, name: str, model: str = "SmolLM2-135M-Instruct"
+    ) -> tuple[str, str]:
+        """(target URL, key) of a new serverless deployment of `model` in a new project."""
+        with self.client() as c:
+            c.post("/api/v1/projects", json={"name": project})
+            created = c.post(
+                f"/api/v1/projects/{project}/serverless-deployments",
+                json={"name": name, "model": model},
+            )
+            assert created.status_code == 201, created.text
+            keys = c.get(f"/api/v1/projects/{project}/serverless-deployments/{name}/keys")
+        return created.json()["target_url"], keys.json()["primary_key"]
+
 
 def start_server(
     home: Path,

@@ -58,22 +58,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     stop_server(live)
 
 
-def deploy(server: LiveServer, project: str, name: str) -> tuple[str, str]:
-    """(target URL, key) of a new serverless deployment of SmolLM2 in a new project."""
-    with server.client() as c:
-        c.post("/api/v1/projects", json={"name": project})
-        created = c.post(
-            f"/api/v1/projects/{project}/serverless-deployments",
-            json={"name": name, "model": "SmolLM2-135M-Instruct"},
-        )
-        assert created.status_code == 201, created.text
-        keys = c.get(f"/api/v1/projects/{project}/serverless-deployments/{name}/keys").json()
-    return created.json()["target_url"], keys["primary_key"]
-
-
 @pytest.fixture(scope="module")
 def target(server: LiveServer) -> tuple[str, str]:
-    return deploy(server, PROJECT, "tools")
+    return server.deploy(PROJECT, "tools")
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +288,7 @@ def test_azure_sdk_model_extras_and_api_versions(target: tuple[str, str]) -> Non
 
 
 def test_usage_counts_tool_calls_choices_and_completions_exactly(server: LiveServer) -> None:
-    url, key = deploy(server, "billing", "metered")
+    url, key = server.deploy("billing", "metered")
     client = openai.OpenAI(base_url=url + "v1", api_key=key, max_retries=0)
     received = []
     reply = client.chat.completions.create(

@@ -350,19 +350,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     stop_server(live)
 
 
-def deploy(server: LiveServer, project: str, name: str) -> tuple[str, str]:
-    """(target URL, key) of a new serverless deployment of SmolLM2 in a new project."""
-    with server.client() as c:
-        c.post("/api/v1/projects", json={"name": project})
-        created = c.post(
-            f"/api/v1/projects/{project}/serverless-deployments",
-            json={"name": name, "model": MODEL},
-        )
-        assert created.status_code == 201, created.text
-        keys = c.get(f"/api/v1/projects/{project}/serverless-deployments/{name}/keys").json()
-    return created.json()["target_url"], keys["primary_key"]
-
-
 @pytest.fixture(scope="module")
 def target(server: LiveServer) -> tuple[str, str]:
     with server.client() as c:
@@ -484,7 +471,7 @@ def test_stored_responses_are_read_deleted_and_private_to_their_deployment(
     items = client.responses.input_items.list(reply.id)
     assert [i.type for i in items.data] == ["message"]
 
-    other_url, other_key = deploy(server, "responses-other", "other-smol")
+    other_url, other_key = server.deploy("responses-other", "other-smol")
     other = openai.OpenAI(base_url=other_url + "v1", api_key=other_key, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         other.responses.retrieve(reply.id)
@@ -616,7 +603,7 @@ def test_text_format_json_schema(client: openai.OpenAI) -> None:
 
 @pytest.mark.slow
 def test_usage_report_equals_the_sum_of_the_responses_usage(server: LiveServer) -> None:
-    url, key = deploy(server, "responses-billing", "metered")
+    url, key = server.deploy("responses-billing", "metered")
     client = openai.OpenAI(base_url=url + "v1", api_key=key, max_retries=0)
     received = []
     first = client.responses.create(model=MODEL, input="Say hi.", max_output_tokens=6)

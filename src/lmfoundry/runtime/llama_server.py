@@ -476,9 +476,7 @@ class LlamaServerEngine:
         except InvalidRequest as exc:
             raise EngineError(exc.message, param=exc.param) from exc
         except ServerLost as exc:
-            deadline = time.monotonic() + 2.0  # a dying process: let its exit status come
-            while self.process.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await exit_settled(self.process)
             raise EngineDown(self.failure or f"llama-server: {exc}") from exc
         finally:
             self._active -= 1
@@ -511,6 +509,15 @@ class LlamaServerEngine:
             for name in os.listdir(self._dir):
                 os.unlink(os.path.join(self._dir, name))
             os.rmdir(self._dir)
+
+
+async def exit_settled(process: subprocess.Popen[bytes] | None, limit: float = 2.0) -> None:
+    """After a broken connection, wait (up to `limit` s) for a dying process to exit: the
+    kernel closes its sockets before the exit status is there, longer before for a process
+    unmapping a model, so the failure can name the exit code."""
+    deadline = time.monotonic() + limit
+    while process is not None and process.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:

@@ -103,14 +103,6 @@ class LocalInstance:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    async def _exit_settled(self, limit: float = 2.0) -> None:
-        """After a broken connection, wait (up to `limit` s) for a dying process to exit:
-        the kernel closes its sockets before the exit status is there, longer after for a
-        process unmapping a model, so the failure can name the exit code."""
-        deadline = time.monotonic() + limit
-        while self.alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-
     async def ensure_started(self, timeout: float) -> None:
         """Start the process if needed and wait until it answers its health check."""
         if self.ready():
@@ -249,7 +241,7 @@ class LocalInstance:
         except InstanceLost as exc:
             # The process died, its engine failed, or the connection to it broke: in each
             # case the instance is restarted rather than trusted with the next request.
-            await self._exit_settled()
+            await llama_server.exit_settled(self.process)
             reason = str(exc)
             if self.alive():
                 self.fail(f"{type(exc).__name__}: {exc}")
@@ -278,7 +270,7 @@ class LocalInstance:
         try:
             return await client.embed(inputs)
         except InstanceLost as exc:
-            await self._exit_settled()
+            await llama_server.exit_settled(self.process)
             if self.alive():
                 self.fail(f"{type(exc).__name__}: {exc}")
             else:

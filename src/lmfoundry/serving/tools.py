@@ -54,15 +54,12 @@ class ToolCall:
     name: str
     arguments: str  # JSON text, as OpenAI sends it
 
-    def to_wire(self, index: int | None = None) -> dict[str, Any]:
-        call: dict[str, Any] = {
+    def to_wire(self) -> dict[str, Any]:
+        return {
             "id": self.id,
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments},
         }
-        if index is not None:
-            call = {"index": index, **call}
-        return call
 
 
 def call_id() -> str:

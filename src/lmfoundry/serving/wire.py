@@ -240,10 +240,6 @@ class ChatCompletionsRequest(GenerationParameters):
             )
         self._plan = tools_plan(self.tools, self.tool_choice)
 
-    @property
-    def tool_plan(self) -> ToolPlan | None:
-        return self._plan
-
     def top_logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
