@@ -53,6 +53,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # An admin disabled the user: none of its tokens or sessions authenticate.
+    disabled_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Token(Base):
@@ -67,6 +69,7 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Project(Base):
@@ -75,6 +78,11 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Flow code runs only in projects whose owner enabled flows.
+    flows_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The project's own resource quotas (instances, threads, jobs, flow calls, storage);
+    # a name that is absent takes the server's default.
+    quotas: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class Membership(Base):
