@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,9 @@ from fastapi.testclient import TestClient
 from lmfoundry.config import Settings, reset_settings
 
 ADMIN_TOKEN = "lmf_pat_" + "t" * 43
+# Folders tests register models from by path (LMFOUNDRY_IMPORT_ROOTS): the session's
+# temporary folders and the bundled SmolLM2's package; set by `_import_roots`.
+IMPORT_ROOTS: list[Path] = []
 
 
 def free_port() -> int:
@@ -50,6 +54,14 @@ def database_url_for(home: Path) -> str:
     return server.rsplit("/", 1)[0] + "/" + name
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _import_roots(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from lmfoundry.catalog.bundled import smollm2_path
+
+    smollm2 = smollm2_path()
+    IMPORT_ROOTS[:] = [tmp_path_factory.getbasetemp(), *([smollm2.parent] if smollm2 else [])]
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty LMFOUNDRY_HOME (and database); settings read from the environment see it."""
@@ -77,7 +89,9 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(home: Path) -> Settings:
-    return Settings(home=home, admin_token=ADMIN_TOKEN, instance_idle_seconds=600)
+    return Settings(
+        home=home, admin_token=ADMIN_TOKEN, instance_idle_seconds=600, import_roots=IMPORT_ROOTS
+    )
 
 
 @dataclass
@@ -178,6 +192,7 @@ def start_server(
         }
     )
     environ["LMFOUNDRY_DATABASE_URL"] = database_url_for(home)
+    environ["LMFOUNDRY_IMPORT_ROOTS"] = json.dumps([str(root) for root in IMPORT_ROOTS])
     if token:
         environ["LMFOUNDRY_ADMIN_TOKEN"] = token
     environ.update(env or {})

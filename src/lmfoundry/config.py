@@ -5,11 +5,14 @@ Nothing else in the package reads `os.environ` for configuration; it asks `get_s
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -105,6 +108,29 @@ class Settings(BaseSettings):
     flow_max_bytes: int = Field(
         default=50 * 1024 * 1024, description="Largest flow folder accepted (packed)."
     )
+    allow_self_service_projects: bool = Field(
+        default=False,
+        description="Let users who are not admins create projects (they become the owner); "
+        "off: only an admin creates projects and adds their members.",
+    )
+    flows_enabled_by_default: bool = Field(
+        default=False,
+        description="Turn flows on in new projects (the owner can switch them on or off "
+        "later with `lmfoundry projects flows enable|disable`). The default project made "
+        "on the first start always has them on.",
+    )
+    import_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders on the server whose models may be registered by path "
+        "(separated by ':' or a JSON list); empty: registering by path is off. Never "
+        "$LMFOUNDRY_HOME, never through a symlink.",
+    )
+    import_max_bytes: int = Field(
+        default=64 * 1024**3, ge=1, description="Largest model folder registered by path."
+    )
+    import_max_files: int = Field(
+        default=10_000, ge=1, description="Most files in a model folder registered by path."
+    )
     database_busy_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -143,6 +169,17 @@ class Settings(BaseSettings):
     default_deployment: str = "smollm2-135m-instruct"
     default_model: str = "SmolLM2-135M-Instruct"
     log_level: str = "info"
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        """`/srv/models:/data/hf` (as PATH is written) or a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part.strip()]
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -26,6 +26,7 @@ from lmfoundry.flows.runs import RunService
 from lmfoundry.flows.service import FlowService
 from lmfoundry.metering.service import MeteringService
 from lmfoundry.quotas.service import QuotaService, make_store
+from lmfoundry.registry.imports import ImportPolicy
 from lmfoundry.registry.service import RegistryService
 from lmfoundry.runtime.backend import Backend
 from lmfoundry.runtime.jobs import JobSupervisor
@@ -72,10 +73,24 @@ class Platform:
         db.migrate()
         box = SecretBox(load_master_key(settings.home, settings.master_key))
         keys = KeyStore(box)
-        access = AccessService(db)
+        access = AccessService(
+            db,
+            allow_self_service_projects=settings.allow_self_service_projects,
+            flows_enabled_by_default=settings.flows_enabled_by_default,
+        )
         bootstrap = access.bootstrap(settings.admin_token, settings.default_project)
         catalog = CatalogService(db, settings.home / "models")
-        registry = RegistryService(db, catalog, settings.artifacts_dir)
+        registry = RegistryService(
+            db,
+            catalog,
+            settings.artifacts_dir,
+            imports=ImportPolicy(
+                tuple(settings.import_roots),
+                settings.home,
+                settings.import_max_bytes,
+                settings.import_max_files,
+            ),
+        )
         resolver = ModelResolver(catalog, registry)
         serverless = ServerlessService(db, resolver, keys, settings.base_url)
         endpoints = EndpointService(db, resolver, keys, settings.base_url)

@@ -58,10 +58,10 @@ def test_members_roles_and_hidden_projects(api: Api) -> None:
     bob = api.post("/api/v1/users", json={"name": "bob"}).json()["token"]
     as_alice = {"Authorization": f"Bearer {alice}"}
     as_bob = {"Authorization": f"Bearer {bob}"}
-    assert (
-        api.client.post("/api/v1/projects", json={"name": "alpha"}, headers=as_alice).status_code
-        == 201
-    )
+    # only admins create projects (LMFOUNDRY_ALLOW_SELF_SERVICE_PROJECTS is off): alice owns alpha
+    assert api.post("/api/v1/projects", json={"name": "alpha"}).status_code == 201
+    assert api.put("/api/v1/projects/alpha/members/alice", json={"role": "owner"}).is_success
+    assert api.delete("/api/v1/projects/alpha/members/admin").status_code == 204
     # bob is not a member: alpha does not exist as far as he can tell
     hidden = api.client.get("/api/v1/projects/alpha/serverless-deployments", headers=as_bob)
     assert hidden.status_code == 404

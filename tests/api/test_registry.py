@@ -41,9 +41,9 @@ def test_versions_and_lineage(api: Api, tmp_path: Path) -> None:
         "SmolLM2-135M-Instruct",
     )
     assert body["lineage"] == {"datasets": ["chat:1"]}
-    assert Path(body["path"]).is_relative_to(
-        api.client.app.state.platform.settings.artifacts_dir  # type: ignore[attr-defined]
-    )
+    assert "path" not in body  # the answer names the version, never a server folder
+    artifacts = api.client.app.state.platform.settings.artifacts_dir  # type: ignore[attr-defined]
+    assert (artifacts / "registry" / "default" / "my-tune" / "1" / "adapter_config.json").exists()
     second = api.post(
         M, json={"name": "my-tune", "path": str(folder), "tags": {"stage": "candidate"}}
     )

@@ -39,8 +39,18 @@ class Bootstrap:
 
 
 class AccessService:
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        allow_self_service_projects: bool = False,
+        flows_enabled_by_default: bool = False,
+    ) -> None:
         self.db = db
+        # LMFOUNDRY_ALLOW_SELF_SERVICE_PROJECTS: users who are not admins may create projects.
+        self.allow_self_service_projects = allow_self_service_projects
+        # LMFOUNDRY_FLOWS_ENABLED_BY_DEFAULT: new projects start with flows switched on.
+        self.flows_enabled_by_default = flows_enabled_by_default
 
     # -- bootstrap ---------------------------------------------------------------------------
 
@@ -55,7 +65,11 @@ class AccessService:
                 s.flush()
             project = s.scalar(select(Project).where(Project.name == default_project))
             if project is None:
-                project = Project(name=default_project, description="Created on first start.")
+                # The admin's own project runs flows from the start (the README's tutorial
+                # does); projects created later start with flows off.
+                project = Project(
+                    name=default_project, description="Created on first start.", flows_enabled=True
+                )
                 s.add(project)
                 s.flush()
                 s.add(Membership(project_id=project.id, user_id=admin.id, role=Role.owner))
@@ -164,34 +178,64 @@ class AccessService:
                     .where(Membership.user_id == actor.user_id)
                     .order_by(Project.name)
                 ).all()
-            return [
-                {
-                    "name": p.name,
-                    "description": p.description,
-                    "role": role or Role.owner.value,
-                    "created_at": p.created_at,
-                }
-                for p, role in rows
-            ]
+            return [_project_view(p, role or Role.owner.value) for p, role in rows]
 
     def create_project(
         self, actor: Principal, name: str, description: str = ""
     ) -> dict[str, object]:
+        """A new project with `actor` as its owner. Admins only, unless the operator set
+        LMFOUNDRY_ALLOW_SELF_SERVICE_PROJECTS."""
+        if not actor.is_admin and not self.allow_self_service_projects:
+            raise Forbidden(
+                "Only an admin can create projects on this server: ask an admin to create it "
+                "and add you as a member (`lmfoundry projects add-member`), or ask the "
+                "operator to set LMFOUNDRY_ALLOW_SELF_SERVICE_PROJECTS=true."
+            )
         check_name("project", name)
         with self.db.session() as s:
             if s.scalar(select(Project).where(Project.name == name)) is not None:
                 raise Conflict(f"Project {name!r} already exists; pick another name.")
-            project = Project(name=name, description=description)
+            project = Project(
+                name=name, description=description, flows_enabled=self.flows_enabled_by_default
+            )
             s.add(project)
             s.flush()
             s.add(Membership(project_id=project.id, user_id=actor.user_id, role=Role.owner))
-            record(s, actor.name, project.id, "project.create", name, {})
-            return {
-                "name": name,
-                "description": description,
-                "role": Role.owner.value,
-                "created_at": project.created_at,
-            }
+            record(
+                s,
+                actor.name,
+                project.id,
+                "project.create",
+                name,
+                {"flows_enabled": project.flows_enabled},
+            )
+            return _project_view(project, Role.owner.value)
+
+    def set_flows_enabled(self, actor: Principal, project: str, enabled: bool) -> dict[str, object]:
+        """Switch flows (tests, runs, deployed flows: code the project's members upload) on
+        or off; owners and admins only."""
+        with self.db.session() as s:
+            try:
+                access = self._access(s, actor, project, Role.owner)
+            except Forbidden:
+                raise Forbidden(
+                    f"Only an owner of project {project!r} (or an admin) can switch flows on or "
+                    "off; ask one to run `lmfoundry projects flows enable`."
+                ) from None
+            row = s.get(Project, access.project_id)
+            if row is None:  # deleted since _access read it
+                raise NotFound(f"Project {project!r} not found.")
+            before = row.flows_enabled
+            row.flows_enabled = enabled
+            record(
+                s,
+                actor.name,
+                access.project_id,
+                "project.flows",
+                project,
+                {"flows_enabled": enabled, "previous": before},
+            )
+            return _project_view(row, access.role.value)
 
     def project_access(
         self, actor: Principal, project: str, needed: Role = Role.reader
@@ -293,6 +337,16 @@ class AccessService:
         ).all()
         if set(owners) <= {leaving_user_id}:
             raise Conflict("A project needs at least one owner; make another member owner first.")
+
+
+def _project_view(project: Project, role: str) -> dict[str, object]:
+    return {
+        "name": project.name,
+        "description": project.description,
+        "role": role,
+        "flows_enabled": project.flows_enabled,
+        "created_at": project.created_at,
+    }
 
 
 def write_credentials(home: Path, token: str, base_url: str) -> Path:

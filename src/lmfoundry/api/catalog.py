@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmfoundry.access.models import Principal
 from lmfoundry.api.deps import PlatformDep, PrincipalDep
 from lmfoundry.catalog.models import CardView
 from lmfoundry.errors import Forbidden
@@ -14,14 +15,34 @@ from lmfoundry.errors import Forbidden
 router = APIRouter(tags=["catalog"])
 
 
+def _shown(card: CardView, actor: Principal) -> CardView:
+    """The card without the server's folders, except for admins (who import models and
+    build ONNX folders from the weights on this machine)."""
+    if actor.is_admin:
+        return card
+    local = card.source.path
+
+    def scrub(text: str | None) -> str | None:
+        return text.replace(local, Path(local).name) if text and local else text
+
+    return card.model_copy(
+        update={
+            "weights_path": None,
+            "source": card.source.model_copy(update={"path": None}),
+            "description": scrub(card.description),
+            "how_to_get": scrub(card.how_to_get),
+        }
+    )
+
+
 @router.get("/catalog", response_model=list[CardView])
-def list_catalog(plat: PlatformDep, _: PrincipalDep) -> list[CardView]:
-    return plat.catalog.list_cards()
+def list_catalog(plat: PlatformDep, actor: PrincipalDep) -> list[CardView]:
+    return [_shown(card, actor) for card in plat.catalog.list_cards()]
 
 
 @router.get("/catalog/{model}", response_model=CardView)
-def get_card(model: str, plat: PlatformDep, _: PrincipalDep) -> CardView:
-    return plat.catalog.get_card(model)
+def get_card(model: str, plat: PlatformDep, actor: PrincipalDep) -> CardView:
+    return _shown(plat.catalog.get_card(model), actor)
 
 
 class ImportRequest(BaseModel):

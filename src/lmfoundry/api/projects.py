@@ -78,7 +78,18 @@ class ProjectView(BaseModel):
     name: str
     description: str
     role: Role
+    flows_enabled: bool = Field(
+        description="Members with the developer role may test, run and deploy flows "
+        "(owners switch it with PATCH flows_enabled)."
+    )
     created_at: datetime
+
+
+class ProjectUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    flows_enabled: bool = Field(
+        description="Switch flows on or off in the project (owners and admins only)."
+    )
 
 
 @router.get("/projects", response_model=list[ProjectView])
@@ -94,6 +105,11 @@ def create_project(body: ProjectCreate, plat: PlatformDep, actor: PrincipalDep) 
 @router.get("/projects/{project}", response_model=ProjectView)
 def get_project(access: ProjectDep, plat: PlatformDep, actor: PrincipalDep) -> dict[str, Any]:
     return next(p for p in plat.access.list_projects(actor) if p["name"] == access.project)
+
+
+@router.patch("/projects/{project}", response_model=ProjectView)
+def update_project(body: ProjectUpdate, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+    return plat.access.set_flows_enabled(access.principal, access.project, body.flows_enabled)
 
 
 class MemberBody(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,7 +19,9 @@ class RegisterRequest(BaseModel):
     name: str
     from_job: str | None = Field(default=None, description="A completed fine-tuning job id.")
     path: str | None = Field(
-        default=None, description="An MLflow/HF/PEFT folder or .gguf file on the server's disk."
+        default=None,
+        description="An MLflow/HF/PEFT folder or .gguf file on the server's disk, below one "
+        "of the operator's import roots (LMFOUNDRY_IMPORT_ROOTS).",
     )
     base_model: str | None = Field(default=None, description="For adapters: the catalog base.")
     description: str = ""
@@ -37,7 +38,6 @@ class ModelVersionView(BaseModel):
     lineage: dict[str, Any]
     tags: dict[str, Any]
     description: str
-    path: str
     created_by: str
     created_at: datetime
 
@@ -56,10 +56,10 @@ def register(body: RegisterRequest, access: ProjectDep, plat: PlatformDep) -> di
         return plat.registry.register_job(
             access, body.name, body.from_job, description=body.description, tags=body.tags
         )
-    return plat.registry.register(
+    return plat.registry.register_path(
         access,
         body.name,
-        Path(body.path or ""),
+        body.path or "",
         base_model=body.base_model,
         description=body.description,
         tags=body.tags,

@@ -16,8 +16,12 @@ from lmfoundry.config import get_settings
 projects_app = typer.Typer(help="Projects and their members.", no_args_is_help=True)
 users_app = typer.Typer(help="Users (admins only).", no_args_is_help=True)
 tokens_app = typer.Typer(help="Personal access tokens.", no_args_is_help=True)
+flows_switch_app = typer.Typer(
+    help="Switch flows on or off in a project (owners and admins).", no_args_is_help=True
+)
+projects_app.add_typer(flows_switch_app, name="flows")
 
-PROJECT_COLUMNS = ["name", "role", "description", "created_at"]
+PROJECT_COLUMNS = ["name", "role", "flows_enabled", "description", "created_at"]
 
 
 def login(
@@ -46,9 +50,24 @@ def projects_create(
     description: Annotated[str, typer.Option(help="What it is for.")] = "",
     json_: JsonOpt = False,
 ) -> None:
-    """Create a project; you become its owner."""
+    """Create a project; you become its owner (admins, or anyone where the operator set
+    LMFOUNDRY_ALLOW_SELF_SERVICE_PROJECTS)."""
     with client() as lmf:
         show(lmf.create_project(name, description), json_, PROJECT_COLUMNS)
+
+
+@flows_switch_app.command("enable")
+def projects_flows_enable(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Let developers of the project test, run and deploy flows (their code runs here)."""
+    with client(project) as lmf:
+        show(lmf.set_flows_enabled(True), json_, PROJECT_COLUMNS)
+
+
+@flows_switch_app.command("disable")
+def projects_flows_disable(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Stop flows in the project: tests, runs and deployed flows' scores get 403."""
+    with client(project) as lmf:
+        show(lmf.set_flows_enabled(False), json_, PROJECT_COLUMNS)
 
 
 @projects_app.command("members")

@@ -113,6 +113,10 @@ class Client:
     def create_project(self, name: str, description: str = "") -> dict[str, Any]:
         return self._call("POST", "/projects", json={"name": name, "description": description})
 
+    def set_flows_enabled(self, enabled: bool, project: str | None = None) -> dict[str, Any]:
+        """Switch flows on or off in a project (owners and admins)."""
+        return self._call("PATCH", self._p(project), json={"flows_enabled": enabled})
+
     def members(self, project: str | None = None) -> list[dict[str, Any]]:
         return self._call("GET", self._p(project) + "/members")
 

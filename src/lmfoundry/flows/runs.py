@@ -287,7 +287,7 @@ class RunService:
     ) -> dict[str, Any]:
         """Queue a run of the flow's latest version over `data` (JSONL) or over the lines of
         an earlier run (`run`, for evaluations); returns the run."""
-        access.require(Role.developer, "start runs")
+        self.flows.require_flows(access, "start runs")
         mapping = dict(column_mapping or {})
         dag, version = self.flows.dag_of(access, flow)
         parent_dag = None

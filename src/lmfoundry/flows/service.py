@@ -153,6 +153,20 @@ class FlowService:
             )
         return row
 
+    def require_flows(self, access: ProjectAccess, what: str) -> None:
+        """403 unless the actor may run code in the project: the developer role or higher,
+        in a project whose owner switched flows on (flow code is what members upload)."""
+        access.require(Role.developer, what)
+        with self.db.session() as s:
+            enabled = s.scalar(select(Project.flows_enabled).where(Project.id == access.project_id))
+        if not enabled:
+            raise Forbidden(
+                f"Flows are switched off in project {access.project!r}; to {what}, an owner "
+                "of the project (or an admin) must switch them on with `lmfoundry "
+                f"projects flows enable --project {access.project}` (PATCH "
+                f'/api/v1/projects/{access.project} {{"flows_enabled": true}}).'
+            )
+
     # -- storage -----------------------------------------------------------------------------
 
     def _unpack_checked(self, archive: bytes, into: Path) -> tuple[Path, Dag]:
@@ -295,7 +309,7 @@ class FlowService:
     ) -> FlowCall:
         """Start one line of an uploaded flow (`name`) or of a packed folder (`archive`), with
         its aggregation nodes run over that one line, as `pf flow test` does."""
-        access.require(Role.developer, "test flows (they run code with the project's connections)")
+        self.require_flows(access, "test flows (they run code with the project's connections)")
         cleanup = None
         if archive is not None:
             staging = Path(tempfile.mkdtemp(prefix="lmfoundry-flow-test-"))
@@ -324,7 +338,7 @@ class FlowService:
     def deploy(self, access: ProjectAccess, name: str) -> dict[str, Any]:
         """Serve the latest version at /flows/{name}/score behind a key (keys are created on
         the first deploy and kept on later ones)."""
-        access.require(Role.developer, "deploy flows")
+        self.require_flows(access, "deploy flows")
         with self.db.session() as s:
             row = self._row(s, access, name)
             if row.deployed_version is None and not self.keys.read(s, KIND, row.id):
@@ -415,7 +429,13 @@ class FlowService:
                     "only its own flow or deployment."
                 )
             project = s.get(Project, row.project_id)
-            return row.project_id, project.name if project else "", row.deployed_version
+            if project is None or not project.flows_enabled:
+                raise Forbidden(
+                    f"Flows are switched off in the project of flow {name!r}, so it does not "
+                    "answer; an owner of the project (or an admin) switches them on with "
+                    "`lmfoundry projects flows enable`."
+                )
+            return row.project_id, project.name, row.deployed_version
 
 
 def _score_inputs(dag: Dag, body: bytes) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from lmfoundry.access.models import ProjectAccess, Role
 from lmfoundry.access.service import check_name
 from lmfoundry.catalog.service import CatalogService
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from lmfoundry.registry.imports import ImportPolicy
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import (
     EndpointDeployment,
@@ -115,12 +117,19 @@ class JobOutputs(Protocol):
 
 class RegistryService:
     def __init__(
-        self, db: Database, catalog: CatalogService, artifacts: Path, jobs: JobOutputs | None = None
+        self,
+        db: Database,
+        catalog: CatalogService,
+        artifacts: Path,
+        jobs: JobOutputs | None = None,
+        imports: ImportPolicy | None = None,
     ) -> None:
         self.db = db
         self.catalog = catalog
         self.root = artifacts / "registry"
         self.jobs = jobs
+        # Where register-by-path may read (LMFOUNDRY_IMPORT_ROOTS); None: nowhere.
+        self.imports = imports or ImportPolicy((), artifacts, 1, 1)
 
     def register_job(
         self,
@@ -149,6 +158,31 @@ class RegistryService:
             description=description,
         )
 
+    def register_path(
+        self,
+        access: ProjectAccess,
+        name: str,
+        path: str,
+        *,
+        base_model: str | None = None,
+        tags: dict[str, str] | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        """Register a model folder (or .gguf file) from the server's disk: only below the
+        operator's import roots, never from $LMFOUNDRY_HOME, never through a symlink."""
+        access.require(Role.developer, "register models")
+        check_name("model", name)
+        source = self.imports.source(path)
+        return self.register(
+            access,
+            name,
+            source,
+            base_model=base_model,
+            tags=tags,
+            description=description,
+            copy=lambda src, tmp: self.imports.copy(src, tmp, path),
+        )
+
     def _view(self, row: RegisteredModel) -> dict[str, Any]:
         return {
             "name": row.name,
@@ -160,7 +194,6 @@ class RegistryService:
             "lineage": row.lineage,
             "tags": row.tags,
             "description": row.description,
-            "path": row.path,
             "created_by": row.created_by,
             "created_at": row.created_at,
         }
@@ -176,8 +209,11 @@ class RegistryService:
         lineage: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
         description: str = "",
+        copy: Callable[[Path, Path], None] | None = None,
     ) -> dict[str, Any]:
-        """Copy a model folder into the artifact store as the next version of `name`."""
+        """Copy a model folder into the artifact store as the next version of `name`: a
+        path the server trusts (a job's output); a caller's path goes through
+        `register_path`, whose `copy` refuses symlinks and oversized trees."""
         access.require(Role.developer, "register models")
         check_name("model", name)
         source = path.expanduser().resolve()
@@ -207,11 +243,17 @@ class RegistryService:
             tmp = target.with_name(f".{version}.tmp")
             if tmp.exists():
                 shutil.rmtree(tmp)
-            if source.is_file():
-                tmp.mkdir(parents=True)
-                shutil.copy2(source, tmp / source.name)
-            else:
-                shutil.copytree(source, tmp)
+            try:
+                if copy is not None:
+                    copy(source, tmp)
+                elif source.is_file():
+                    tmp.mkdir(parents=True)
+                    shutil.copy2(source, tmp / source.name)
+                else:
+                    shutil.copytree(source, tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             tmp.rename(target)  # all or nothing: no half-copied version is ever visible
             copied = inspect_folder(target / source.name if source.is_file() else target)
             row = RegisteredModel(

@@ -1,0 +1,334 @@
+"""Who may do what, against a real `lmfoundry up` over loopback with users who are not admins:
+only admins create projects, flows run only where an owner switched them on and only for
+developers, register-by-path reads only below the operator's import roots (never the home,
+never through a symlink, never past the caps), and no answer names a folder of the server."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lmfoundry.config import Settings
+from lmfoundry.flows.archive import pack
+from tests.conftest import ADMIN_TOKEN, LiveServer, start_server, stop_server
+from tests.flows.helpers import write_flow
+
+TEAM = "team"
+P = f"/api/v1/projects/{TEAM}"
+MAX_FILES = 40  # LMFOUNDRY_IMPORT_MAX_FILES of the server under test
+
+FLOW = """
+inputs:
+  text:
+    type: string
+outputs:
+  shout:
+    type: string
+    reference: ${shout.output}
+nodes:
+- name: shout
+  type: python
+  source:
+    type: code
+    path: shout.py
+  inputs:
+    text: ${inputs.text}
+"""
+SHOUT = """
+from promptflow import tool
+
+
+@tool
+def shout(text: str) -> str:
+    return text.upper()
+"""
+
+
+def adapter(folder: Path) -> Path:
+    """A (tiny) PEFT LoRA adapter folder on SmolLM2."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": 8,
+                "lora_alpha": 16,
+                "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "target_modules": ["q_proj", "v_proj"],
+            }
+        )
+    )
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    return folder
+
+
+@dataclass
+class Setup:
+    server: LiveServer
+    base: Path  # an import root that holds the server's home
+    imports: Path  # the other import root
+    tokens: dict[str, str]  # user -> token: owner, developer, reader of TEAM; outsider
+
+    def as_(self, user: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.server.url,
+            headers={"Authorization": f"Bearer {self.tokens[user]}"},
+            timeout=60,
+        )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    base = tmp_path_factory.mktemp("permissions")
+    imports = base / "imports"
+    imports.mkdir()
+    live = start_server(
+        base / "home",
+        env={
+            # `base` holds the home: the home stays refused even below an import root
+            "LMFOUNDRY_IMPORT_ROOTS": f"{imports}{os.pathsep}{base}",
+            "LMFOUNDRY_IMPORT_MAX_FILES": str(MAX_FILES),
+        },
+    )
+    tokens = {}
+    with live.client() as admin:
+        assert admin.post("/api/v1/projects", json={"name": TEAM}).status_code == 201
+        for user in ("owner", "developer", "reader", "outsider"):
+            created = admin.post("/api/v1/users", json={"name": f"u-{user}"})
+            assert created.status_code == 201, created.text
+            tokens[user] = created.json()["token"]
+            if user != "outsider":
+                role = admin.put(f"{P}/members/u-{user}", json={"role": user})
+                assert role.status_code == 200, role.text
+    yield Setup(live, base, imports, tokens)
+    stop_server(live)
+
+
+def test_only_admins_create_projects(setup: Setup) -> None:
+    for user in ("owner", "outsider"):
+        with setup.as_(user) as c:
+            refused = c.post("/api/v1/projects", json={"name": f"mine-{user}"})
+            assert refused.status_code == 403, refused.text
+            message = refused.json()["error"]["message"]
+            assert "admin" in message and "LMFOUNDRY_ALLOW_SELF_SERVICE_PROJECTS" in message
+            assert c.get("/api/v1/projects/mine-" + user).status_code == 404  # nothing made
+    with setup.server.client() as admin:
+        made = admin.post("/api/v1/projects", json={"name": "by-admin"})
+        assert made.status_code == 201, made.text
+        assert made.json()["flows_enabled"] is False  # new projects start with flows off
+        # the admin's own project from the first start runs the README's flows
+        assert admin.get("/api/v1/projects/default").json()["flows_enabled"] is True
+
+
+def test_self_service_projects_when_the_operator_allows_them(home: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from lmfoundry.api.app import create_app
+
+    settings = Settings(home=home, admin_token=ADMIN_TOKEN, allow_self_service_projects=True)
+    with TestClient(create_app(settings)) as client:
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        token = client.post("/api/v1/users", json={"name": "carol"}, headers=admin).json()["token"]
+        made = client.post(
+            "/api/v1/projects",
+            json={"name": "carols"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert made.status_code == 201, made.text
+        assert (made.json()["role"], made.json()["flows_enabled"]) == ("owner", False)
+
+
+def test_flows_run_only_when_an_owner_enabled_them(setup: Setup, tmp_path: Path) -> None:
+    archive = pack(write_flow(tmp_path / "flow", FLOW, {"shout.py": SHOUT}))
+    with setup.as_("developer") as dev, setup.as_("reader") as reader, setup.as_("owner") as owner:
+        uploaded = dev.post(
+            f"{P}/flows", data={"name": "shout"}, files={"file": ("f.tar.gz", archive)}
+        )
+        assert uploaded.status_code == 201, uploaded.text  # storing a flow runs nothing
+        assert reader.get(f"{P}/flows/shout").status_code == 200  # reading stays allowed
+
+        attempts = {
+            "test": lambda c: c.post(f"{P}/flows/shout/test", json={"inputs": {"text": "hi"}}),
+            "draft": lambda c: c.post(
+                f"{P}/flows/test", files={"file": ("f.tar.gz", archive)}, data={"inputs": "{}"}
+            ),
+            "run": lambda c: c.post(
+                f"{P}/flows/shout/runs",
+                files={"data": ("d.jsonl", b'{"text": "a"}\n')},
+                data={"column_mapping": json.dumps({"text": "${data.text}"})},
+            ),
+            "deploy": lambda c: c.post(f"{P}/flows/shout/deploy"),
+        }
+        for what, attempt in attempts.items():
+            refused = attempt(dev)
+            assert refused.status_code == 403, (what, refused.text)
+            message = refused.json()["error"]["message"]
+            assert "switched off" in message and "lmfoundry projects flows enable" in message
+            assert "owner" in message, message
+
+        # only an owner (or an admin) flips the switch
+        flipped = dev.patch(P, json={"flows_enabled": True})
+        assert flipped.status_code == 403 and "owner" in flipped.json()["error"]["message"]
+        assert reader.patch(P, json={"flows_enabled": True}).status_code == 403
+        with setup.as_("outsider") as outsider:
+            assert outsider.patch(P, json={"flows_enabled": True}).status_code == 404
+        enabled = owner.patch(P, json={"flows_enabled": True})
+        assert enabled.status_code == 200, enabled.text
+        assert enabled.json()["flows_enabled"] is True
+        assert reader.get(P).json()["flows_enabled"] is True
+        assert owner.patch(P, json={"flows_enabled": "maybe"}).status_code in (400, 422)
+
+        tested = dev.post(f"{P}/flows/shout/test", json={"inputs": {"text": "hi"}})
+        assert tested.status_code == 200, tested.text
+        assert tested.json()["outputs"] == {"shout": "HI"}
+        for what, attempt in attempts.items():  # a reader runs no code, even with flows on
+            if what != "deploy":
+                refused = attempt(reader)
+                assert refused.status_code == 403, (what, refused.text)
+                assert "developer" in refused.json()["error"]["message"]
+        assert attempts["run"](dev).status_code == 202
+        deployed = dev.post(f"{P}/flows/shout/deploy")
+        assert deployed.status_code == 200, deployed.text
+        key = dev.get(f"{P}/flows/shout/keys").json()["primary_key"]
+        score = f"{setup.server.url}/flows/shout/score"
+        scored = httpx.post(score, json={"text": "yo"}, headers={"api-key": key}, timeout=60)
+        assert scored.status_code == 200 and scored.json() == {"shout": "YO"}, scored.text
+
+        # switched off again: the deployed flow stops answering, its code does not run
+        assert owner.patch(P, json={"flows_enabled": False}).json()["flows_enabled"] is False
+        stopped = httpx.post(score, json={"text": "yo"}, headers={"api-key": key}, timeout=60)
+        assert stopped.status_code == 403 and "switched off" in stopped.text
+        assert dev.post(f"{P}/flows/shout/test", json={"inputs": {}}).status_code == 403
+    audit = setup.server.client().get(f"{P}/audit").json()
+    switches = [e["detail"]["flows_enabled"] for e in audit if e["action"] == "project.flows"]
+    assert switches == [False, True]  # newest first, with who did it
+    assert {e["actor"] for e in audit if e["action"] == "project.flows"} == {"u-owner"}
+
+
+def test_register_by_path_reads_only_the_import_roots(setup: Setup) -> None:
+    home = setup.server.home
+    imports = setup.imports
+    good = adapter(imports / "good")
+    leaky = adapter(imports / "leaky")
+    (leaky / "stolen.txt").symlink_to("/etc/passwd")
+    linked_dir = adapter(imports / "linked-dir")
+    (linked_dir / "more").symlink_to(home, target_is_directory=True)
+    (imports / "shortcut").symlink_to(home / "artifacts", target_is_directory=True)
+    many = adapter(imports / "many")
+    for n in range(MAX_FILES):
+        (many / f"shard-{n}.bin").write_bytes(b"x")
+
+    with setup.server.client() as admin:
+        other = admin.post("/api/v1/projects", json={"name": "other"})
+        assert other.status_code == 201, other.text
+        theirs = admin.post(
+            "/api/v1/projects/other/models", json={"name": "secret", "path": str(good)}
+        )
+        assert theirs.status_code == 201, theirs.text
+    their_folder = home / "artifacts" / "registry" / "other" / "secret" / "1"
+    assert (their_folder / "adapter_config.json").exists()
+
+    refused = {
+        str(home): (403, "LMFOUNDRY_HOME"),
+        str(their_folder): (403, "LMFOUNDRY_HOME"),  # another project's model
+        str(home / "master.key"): (403, "LMFOUNDRY_HOME"),
+        str(imports / ".." / "home" / "artifacts"): (403, "LMFOUNDRY_HOME"),
+        str(setup.base): (403, "LMFOUNDRY_HOME"),  # a folder that holds the home
+        "/etc": (403, "LMFOUNDRY_IMPORT_ROOTS"),
+        "/": (403, "LMFOUNDRY_IMPORT_ROOTS"),
+        str(imports / ".." / ".." / "etc"): (403, "LMFOUNDRY_IMPORT_ROOTS"),
+        str(leaky): (400, "symlink"),
+        str(linked_dir): (400, "symlink"),
+        str(imports / "shortcut" / "registry" / "other" / "secret" / "1"): (400, "symlink"),
+        str(many): (413, "LMFOUNDRY_IMPORT_MAX_FILES"),
+        "good": (400, "absolute"),
+        str(imports / "missing"): (400, "does not exist"),
+    }
+    with setup.as_("developer") as dev:
+        wrong = []
+        for path, (status, words) in refused.items():
+            answer = dev.post(f"{P}/models", json={"name": "taken", "path": path})
+            error = answer.json().get("error", {})
+            if answer.status_code != status or words not in error.get("message", ""):
+                wrong.append((path, status, answer.status_code, answer.text))
+            elif error.get("param") != "path":
+                wrong.append((path, "param", error))
+            assert "/etc/passwd" not in answer.text and "root:" not in answer.text
+        assert wrong == []
+        assert dev.get(f"{P}/models").json() == []  # nothing was copied
+        assert not (home / "artifacts" / "registry" / TEAM).exists() or not any(
+            (home / "artifacts" / "registry" / TEAM).rglob("*.txt")
+        )
+
+        ok = dev.post(f"{P}/models", json={"name": "mine", "path": str(good)})
+        assert ok.status_code == 201, ok.text
+        assert (ok.json()["version"], ok.json()["adapter"]) == (1, True)
+    with setup.as_("reader") as reader:
+        denied = reader.post(f"{P}/models", json={"name": "r", "path": str(good)})
+        assert denied.status_code == 403 and "developer" in denied.json()["error"]["message"]
+
+
+def test_register_by_path_is_off_without_import_roots(home: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from lmfoundry.api.app import create_app
+
+    folder = adapter(home.parent / "model")
+    settings = Settings(home=home, admin_token=ADMIN_TOKEN, import_roots=[])
+    with TestClient(create_app(settings)) as client:
+        refused = client.post(
+            "/api/v1/projects/default/models",
+            json={"name": "x", "path": str(folder)},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+    assert refused.status_code == 403, refused.text
+    assert "LMFOUNDRY_IMPORT_ROOTS" in refused.json()["error"]["message"]
+
+
+def test_answers_name_no_server_folder(setup: Setup) -> None:
+    home = setup.server.home
+    with setup.server.client() as admin:
+        registered = admin.post(
+            f"{P}/models", json={"name": "listed", "path": str(adapter(setup.imports / "listed"))}
+        )
+        assert registered.status_code == 201, registered.text
+        dataset = admin.post(
+            f"{P}/datasets",
+            data={"name": "chat"},
+            files={
+                "file": (
+                    "chat.jsonl",
+                    b'{"messages": [{"role": "user", "content": "hi"}, '
+                    b'{"role": "assistant", "content": "hello"}]}\n' * 4,
+                )
+            },
+        )
+        assert dataset.status_code == 201, dataset.text
+    scanned = []
+    with setup.as_("developer") as dev:
+        for path in (
+            f"{P}/models",
+            f"{P}/models/listed",
+            f"{P}/datasets",
+            f"{P}/fine-tuning-jobs",
+            f"{P}/flows",
+            f"{P}/runs",
+            f"{P}/online-endpoints",
+            f"{P}/serverless-deployments",
+            P,
+            "/api/v1/catalog",
+            "/api/v1/catalog/SmolLM2-135M-Instruct",
+        ):
+            answer = dev.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+            scanned.append(path)
+            for folder in {str(home), str(home.resolve()), str(setup.base)}:
+                assert folder not in answer.text, (path, answer.text)
+            assert "site-packages" not in answer.text, (path, answer.text)
+    assert len(scanned) == 11
