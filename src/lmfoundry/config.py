@@ -5,6 +5,7 @@ Nothing else in the package reads `os.environ` for configuration; it asks `get_s
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from functools import lru_cache
@@ -74,6 +75,19 @@ class Settings(BaseSettings):
         default=30,
         description="Failed authentications a client address may make per minute before "
         "its credentialed requests get 429.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Reverse proxies (addresses or CIDRs, separated by ',' or a JSON list) "
+        "whose X-Forwarded-For names the client address; from any other peer the header is "
+        "ignored. Empty: the peer is the client.",
+    )
+    token_ttl_days: int = Field(
+        default=90,
+        ge=1,
+        le=3650,
+        description="Days a new personal access token stays valid unless it is created with "
+        "its own expires_in_days.",
     )
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024, description="Largest dataset or model upload accepted."
@@ -179,6 +193,26 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part for part in text.split(os.pathsep) if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        """`10.0.0.0/8, 192.0.2.7` or a JSON list; each entry must parse as a network."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            entries = [str(part).strip() for part in value if str(part).strip()]
+            for entry in entries:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"LMFOUNDRY_TRUSTED_PROXIES: {entry!r} is not an address or CIDR; "
+                        "write e.g. 10.0.0.0/8,192.0.2.7"
+                    ) from None
+            return entries
         return value
 
     @property

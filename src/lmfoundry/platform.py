@@ -77,6 +77,7 @@ class Platform:
             db,
             allow_self_service_projects=settings.allow_self_service_projects,
             flows_enabled_by_default=settings.flows_enabled_by_default,
+            token_ttl_days=settings.token_ttl_days,
         )
         bootstrap = access.bootstrap(settings.admin_token, settings.default_project)
         catalog = CatalogService(db, settings.home / "models")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from lmfoundry.errors import Forbidden
@@ -53,3 +54,38 @@ class ProjectAccess:
                 f"Your role in project {self.project!r} is {self.role.value}; "
                 f"to {what} you need {needed.value} or higher."
             )
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """A personal access token as listings show it: never the token, only its first
+    characters (`prefix`). `expires_at` None: the token never expires (tokens made before
+    expiry existed, and the operator's LMFOUNDRY_ADMIN_TOKEN)."""
+
+    name: str
+    user: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    status: str  # active, expired or revoked
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A token just created: the only time the token itself is shown."""
+
+    name: str
+    user: str
+    token: str
+    prefix: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UserView:
+    name: str
+    is_admin: bool
+    created_at: datetime
+    disabled_at: datetime | None

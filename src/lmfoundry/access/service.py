@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from lmfoundry.access.audit import record
-from lmfoundry.access.models import Principal, ProjectAccess, Role
+from lmfoundry.access.models import NewToken, Principal, ProjectAccess, Role, TokenView, UserView
 from lmfoundry.access.secrets import TOKEN_PREFIX, hash_token, new_token
 from lmfoundry.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from lmfoundry.storage.db import Database
@@ -18,6 +19,10 @@ from lmfoundry.storage.models import Membership, Project, Token, User
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")
 ADMIN_NAME = "admin"
+DEFAULT_TOKEN_TTL_DAYS = 90
+# A token's last_used_at is written when it is this old, not on every request (a write per
+# request would make every management call wait on SQLite's single writer).
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -45,8 +50,11 @@ class AccessService:
         *,
         allow_self_service_projects: bool = False,
         flows_enabled_by_default: bool = False,
+        token_ttl_days: int = DEFAULT_TOKEN_TTL_DAYS,
     ) -> None:
         self.db = db
+        # LMFOUNDRY_TOKEN_TTL_DAYS: how long new tokens stay valid unless told otherwise.
+        self.token_ttl_days = token_ttl_days
         # LMFOUNDRY_ALLOW_SELF_SERVICE_PROJECTS: users who are not admins may create projects.
         self.allow_self_service_projects = allow_self_service_projects
         # LMFOUNDRY_FLOWS_ENABLED_BY_DEFAULT: new projects start with flows switched on.
@@ -82,15 +90,26 @@ class AccessService:
                     )
                 digest = hash_token(admin_token)
                 if s.scalar(select(Token).where(Token.token_hash == digest)) is None:
-                    s.add(self._token_row(admin.id, "LMFOUNDRY_ADMIN_TOKEN", admin_token))
+                    # The operator's token lives as long as the environment sets it (no
+                    # expiry); `lmfoundry tokens revoke LMFOUNDRY_ADMIN_TOKEN` ends it.
+                    s.add(self._token_row(admin.id, "LMFOUNDRY_ADMIN_TOKEN", admin_token, None))
             elif created:
                 token = new_token()
-                s.add(self._token_row(admin.id, "bootstrap", token))
+                s.add(self._token_row(admin.id, "bootstrap", token, self._expiry(None)))
             return Bootstrap(created=created, token=token)
 
     @staticmethod
-    def _token_row(user_id: int, name: str, token: str) -> Token:
-        return Token(user_id=user_id, name=name, token_hash=hash_token(token), prefix=token[:12])
+    def _token_row(user_id: int, name: str, token: str, expires_at: datetime | None) -> Token:
+        return Token(
+            user_id=user_id,
+            name=name,
+            token_hash=hash_token(token),
+            prefix=token[:12],
+            expires_at=expires_at,
+        )
+
+    def _expiry(self, days: int | None) -> datetime:
+        return datetime.now(UTC) + timedelta(days=days or self.token_ttl_days)
 
     def admin_principal(self) -> Principal:
         with self.db.session() as s:
@@ -110,17 +129,41 @@ class AccessService:
         return self.authenticate_digest(hash_token(token))
 
     def authenticate_digest(self, digest: str) -> Principal:
-        """The user of the token whose SHA-256 is `digest` (a studio session holds only the
-        digest, so revoking the token ends its sessions too)."""
+        """The user of the token whose SHA-256 is `digest`. A studio session holds only the
+        digest, and this reads the token and its user on every request (no cache), so a
+        revoked or expired token, a disabled or deleted user, ends its sessions at once in
+        every server process sharing the database."""
+        now = datetime.now(UTC)
         with self.db.session() as s:
             row = s.execute(
                 select(Token, User)
                 .join(User, User.id == Token.user_id)
-                .where(Token.token_hash == digest, Token.revoked_at.is_(None))
+                .where(Token.token_hash == digest)
             ).first()
             if row is None:
-                raise Unauthorized("Invalid or revoked token; log in again with a valid token.")
-            _, user = row
+                # unknown, or its user was deleted (which deletes the user's tokens)
+                raise Unauthorized(
+                    "Invalid or revoked token; check it, or sign in with another one "
+                    "(`lmfoundry login`)."
+                )
+            token, user = row
+            if token.revoked_at is not None:
+                raise Unauthorized(
+                    f"Token {token.name!r} ({token.prefix}...) was revoked on "
+                    f"{token.revoked_at:%Y-%m-%d %H:%M} UTC; {_NEW_TOKEN_HINT}"
+                )
+            if token.expires_at is not None and token.expires_at <= now:
+                raise Unauthorized(
+                    f"Token {token.name!r} ({token.prefix}...) expired on "
+                    f"{token.expires_at:%Y-%m-%d %H:%M} UTC; {_NEW_TOKEN_HINT}"
+                )
+            if user.disabled_at is not None:
+                raise Unauthorized(
+                    f"User {user.name!r} is disabled; ask an admin to enable it again "
+                    f"(`lmfoundry users enable {user.name}`)."
+                )
+            if token.last_used_at is None or token.last_used_at <= now - LAST_USED_RESOLUTION:
+                token.last_used_at = now
             return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin)
 
     # -- users and tokens --------------------------------------------------------------------
@@ -137,25 +180,202 @@ class AccessService:
             s.add(user)
             s.flush()
             token = new_token()
-            s.add(self._token_row(user.id, "initial", token))
+            s.add(self._token_row(user.id, "initial", token, self._expiry(None)))
             record(s, actor.name, None, "user.create", name, {"is_admin": is_admin})
         return name, token
 
-    def list_users(self, actor: Principal) -> list[dict[str, object]]:
+    def list_users(self, actor: Principal) -> list[UserView]:
         if not actor.is_admin:
             raise Forbidden("Only an admin can list users.")
         with self.db.session() as s:
-            users = s.scalars(select(User).order_by(User.id))
-            return [
-                {"name": u.name, "is_admin": u.is_admin, "created_at": u.created_at} for u in users
-            ]
+            return [_user_view(u) for u in s.scalars(select(User).order_by(User.id))]
 
-    def create_token(self, actor: Principal, name: str) -> str:
-        token = new_token()
+    def set_user_disabled(self, actor: Principal, name: str, disabled: bool) -> UserView:
+        """Disable a user (none of their tokens or sessions work, at once) or enable them
+        again. Admins only; never yourself or the last enabled admin."""
+        verb = "disable" if disabled else "enable"
+        if not actor.is_admin:
+            raise Forbidden(f"Only an admin can {verb} users.")
         with self.db.session() as s:
-            s.add(self._token_row(actor.user_id, name, token))
-            record(s, actor.name, None, "token.create", name, {})
-        return token
+            user = _find_user(s, name)
+            if disabled:
+                if user.id == actor.user_id:
+                    raise Conflict("You cannot disable yourself; another admin can.")
+                if user.is_admin:
+                    _keep_an_admin(s, user.id, "disable")
+            before = user.disabled_at
+            if disabled and before is None:
+                user.disabled_at = datetime.now(UTC)
+            elif not disabled:
+                user.disabled_at = None
+            record(s, actor.name, None, f"user.{verb}", name, {"was_disabled": before is not None})
+            return _user_view(user)
+
+    def delete_user(self, actor: Principal, name: str) -> None:
+        """Delete a user with their tokens and memberships (their sessions end at once); the
+        audit log keeps what they did, under their name. Admins only; never yourself, the
+        last enabled admin, or a project's only owner."""
+        if not actor.is_admin:
+            raise Forbidden("Only an admin can delete users.")
+        with self.db.session() as s:
+            user = _find_user(s, name)
+            if user.id == actor.user_id:
+                raise Conflict("You cannot delete yourself; another admin can.")
+            if user.is_admin:
+                _keep_an_admin(s, user.id, "delete")
+            owned = s.scalars(
+                select(Membership.project_id).where(
+                    Membership.user_id == user.id, Membership.role == Role.owner
+                )
+            ).all()
+            alone = [
+                p.name
+                for p in s.scalars(select(Project).where(Project.id.in_(owned)))
+                if not s.scalar(
+                    select(Membership.id).where(
+                        Membership.project_id == p.id,
+                        Membership.role == Role.owner,
+                        Membership.user_id != user.id,
+                    )
+                )
+            ]
+            if alone:
+                raise Conflict(
+                    f"User {name!r} is the only owner of project(s) {', '.join(alone)}; make "
+                    "another member owner first (`lmfoundry projects add-member USER --role "
+                    "owner -p PROJECT`)."
+                )
+            projects = s.scalars(
+                select(Project.name)
+                .join(Membership, Membership.project_id == Project.id)
+                .where(Membership.user_id == user.id)
+                .order_by(Project.name)
+            ).all()
+            tokens = s.scalars(select(Token.id).where(Token.user_id == user.id)).all()
+            s.execute(delete(Membership).where(Membership.user_id == user.id))
+            s.execute(delete(Token).where(Token.user_id == user.id))
+            s.delete(user)
+            record(
+                s,
+                actor.name,
+                None,
+                "user.delete",
+                name,
+                {"projects": list(projects), "tokens": len(tokens), "was_admin": user.is_admin},
+            )
+
+    def create_token(
+        self,
+        actor: Principal,
+        name: str,
+        expires_in_days: int | None = None,
+        user: str | None = None,
+    ) -> NewToken:
+        """A new token for the actor (or, by an admin, for `user`), valid for
+        `expires_in_days` (default LMFOUNDRY_TOKEN_TTL_DAYS)."""
+        if not TOKEN_NAME_PATTERN.match(name):
+            raise InvalidRequest(
+                f"Invalid token name {name!r}: use 1-100 letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (for example 'laptop' or 'ci-2027').",
+                param="name",
+            )
+        if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+            raise InvalidRequest(
+                f"expires_in_days must be between 1 and {MAX_TOKEN_DAYS}, not "
+                f"{expires_in_days}; leave it out for {self.token_ttl_days} days.",
+                param="expires_in_days",
+            )
+        token = new_token()
+        expires_at = self._expiry(expires_in_days)
+        with self.db.session() as s:
+            owner = self._token_owner(s, actor, user, "create tokens for")
+            now = datetime.now(UTC)
+            for other in s.scalars(
+                select(Token).where(
+                    Token.user_id == owner.id, Token.name == name, Token.revoked_at.is_(None)
+                )
+            ):
+                if other.expires_at is None or other.expires_at > now:
+                    raise Conflict(
+                        f"There is already an active token named {name!r} for "
+                        f"{_whom(actor, owner)}; pick another name or revoke it first "
+                        f"(`lmfoundry tokens revoke {name}`)."
+                    )
+            row = self._token_row(owner.id, name, token, expires_at)
+            s.add(row)
+            record(
+                s,
+                actor.name,
+                None,
+                "token.create",
+                name,
+                {"user": owner.name, "prefix": row.prefix, "expires_at": expires_at.isoformat()},
+            )
+            return NewToken(
+                name=name, user=owner.name, token=token, prefix=row.prefix, expires_at=expires_at
+            )
+
+    def list_tokens(
+        self, actor: Principal, user: str | None = None, all_users: bool = False
+    ) -> list[TokenView]:
+        """The actor's tokens; admins may ask for one `user`'s or everyone's. Never the
+        tokens themselves, which are stored only as hashes."""
+        now = datetime.now(UTC)
+        with self.db.session() as s:
+            query = select(Token, User.name).join(User, User.id == Token.user_id)
+            if all_users:
+                if not actor.is_admin:
+                    raise Forbidden(
+                        "Only an admin can list everyone's tokens; leave out --all (all=true) "
+                        "to list yours."
+                    )
+            else:
+                owner = self._token_owner(s, actor, user, "list the tokens of")
+                query = query.where(Token.user_id == owner.id)
+            rows = s.execute(query.order_by(User.name, Token.created_at, Token.id)).all()
+            return [_token_view(token, owner_name, now) for token, owner_name in rows]
+
+    def revoke_token(self, actor: Principal, name: str, user: str | None = None) -> int:
+        """Revoke the actor's (or, by an admin, `user`'s) tokens named `name`; they and the
+        studio sessions opened with them stop working at once. Returns how many."""
+        now = datetime.now(UTC)
+        with self.db.session() as s:
+            owner = self._token_owner(s, actor, user, "revoke the tokens of")
+            rows = s.scalars(
+                select(Token).where(
+                    Token.user_id == owner.id, Token.name == name, Token.revoked_at.is_(None)
+                )
+            ).all()
+            if not rows:
+                raise NotFound(
+                    f"There is no token named {name!r} for {_whom(actor, owner)} that is not "
+                    "revoked already; `lmfoundry tokens list` shows the names."
+                )
+            for row in rows:
+                row.revoked_at = now
+                record(
+                    s,
+                    actor.name,
+                    None,
+                    "token.revoke",
+                    name,
+                    {"user": owner.name, "prefix": row.prefix},
+                )
+            return len(rows)
+
+    @staticmethod
+    def _token_owner(s: Session, actor: Principal, user: str | None, what: str) -> User:
+        """The user whose tokens a call is about: the actor, or (admins only) `user`."""
+        if user is None or user == actor.name:
+            owner = s.get(User, actor.user_id)
+            if owner is None:  # deleted while the request ran
+                raise Unauthorized("Your user no longer exists; ask an admin.")
+            return owner
+        if not actor.is_admin:
+            raise Forbidden(
+                f"Only an admin can {what} other users; leave out the user to act on yours."
+            )
+        return _find_user(s, user)
 
     # -- projects ----------------------------------------------------------------------------
 
@@ -337,6 +557,67 @@ class AccessService:
         ).all()
         if set(owners) <= {leaving_user_id}:
             raise Conflict("A project needs at least one owner; make another member owner first.")
+
+
+_NEW_TOKEN_HINT = (
+    "sign in with another of your tokens and create a new one (`lmfoundry tokens create "
+    "NAME`, then `lmfoundry login`), or ask an admin for one (`lmfoundry tokens create NAME "
+    "--user YOU`)."
+)
+TOKEN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_TOKEN_DAYS = 3650
+
+
+def _find_user(s: Session, name: str) -> User:
+    user = s.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound(f"User {name!r} not found; `lmfoundry users list` shows them.")
+    return user
+
+
+def _keep_an_admin(s: Session, leaving_user_id: int, verb: str) -> None:
+    others = s.scalar(
+        select(User.id).where(
+            User.is_admin.is_(True), User.disabled_at.is_(None), User.id != leaving_user_id
+        )
+    )
+    if others is None:
+        raise Conflict(
+            f"Cannot {verb} the last enabled admin; create another admin first "
+            "(`lmfoundry users create NAME --admin`)."
+        )
+
+
+def _whom(actor: Principal, owner: User) -> str:
+    return "you" if owner.id == actor.user_id else f"user {owner.name!r}"
+
+
+def _user_view(user: User) -> UserView:
+    return UserView(
+        name=user.name,
+        is_admin=user.is_admin,
+        created_at=user.created_at,
+        disabled_at=user.disabled_at,
+    )
+
+
+def _token_view(token: Token, user: str, now: datetime) -> TokenView:
+    if token.revoked_at is not None:
+        status = "revoked"
+    elif token.expires_at is not None and token.expires_at <= now:
+        status = "expired"
+    else:
+        status = "active"
+    return TokenView(
+        name=token.name,
+        user=user,
+        prefix=token.prefix,
+        created_at=token.created_at,
+        last_used_at=token.last_used_at,
+        expires_at=token.expires_at,
+        revoked_at=token.revoked_at,
+        status=status,
+    )
 
 
 def _project_view(project: Project, role: str) -> dict[str, object]:

@@ -6,8 +6,10 @@ Design (a choice, written down so it can be revisited):
   authenticated, with a timestamp) under a key derived from the master key, holding the
   SHA-256 digest of the token the person signed in with and a random CSRF token. Nothing
   needs a table or a migration, and any server process sharing the master key accepts it.
-- Every request re-checks the digest against the tokens table, so revoking a token ends
-  every session opened with it at once. Signing out deletes the cookie; a copy of the
+- Every request re-checks the digest against the tokens and users tables, uncached
+  (AccessService.authenticate_digest), so revoking a token, its expiry, or disabling or
+  deleting its user ends every session opened with it at once, in every server process
+  sharing the database. Signing out deletes the cookie; a copy of the
   cookie taken before that stays valid until it expires (SESSION_SECONDS) — the price of
   keeping no server-side state. Rows would allow revoking one session alone.
 - The cookie is HttpOnly and SameSite=Strict (Secure on https): scripts cannot read it and

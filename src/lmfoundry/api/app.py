@@ -28,6 +28,7 @@ from lmfoundry.api import (
     serverless,
     usage,
 )
+from lmfoundry.api.forwarded import ForwardedClient
 from lmfoundry.api.middleware import AuthThrottle, RequestContext
 from lmfoundry.config import Settings, get_settings
 from lmfoundry.platform import Platform
@@ -91,6 +92,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         )
 
     app.add_middleware(AuthThrottle, limit=settings.auth_failures_per_minute)
+    # outside the throttle: it counts failures by the address this sets
+    app.add_middleware(ForwardedClient, trusted=settings.trusted_proxies)
     app.add_middleware(
         RequestContext, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )

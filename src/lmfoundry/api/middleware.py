@@ -121,25 +121,58 @@ async def _refuse(send: Any, status: int, code: str, message: str) -> None:
 
 
 class AuthThrottle:
-    """Brute-force protection for tokens and keys: a client address that collects `limit`
-    authentication failures (401) within `window` seconds gets 429 for every credentialed
-    request until the oldest failure ages out — right or wrong credentials alike, so
-    guessing gains nothing. Counted per process (several gateways multiply the limit).
+    """Brute-force protection for tokens and keys. Authentication failures (401) are counted
+    over `window` seconds in two ways, neither of them global:
+
+    - per client address (`scope["client"]`, which `ForwardedClient` sets from the headers
+      of trusted proxies): an address with `limit` failures gets 429 for every credentialed
+      request, right or wrong credentials alike, so guessing many keys from one place gains
+      nothing; other addresses go on as before;
+    - per credential prefix (the first PREFIX_CHARS characters of the token or key
+      presented; token listings show this much): a prefix with `limit` failures gets 429
+      wherever it comes from, so guesses at one key spread over many addresses are stopped
+      too, while other keys and tokens work on.
+
+    Counted per process (several gateways multiply the limit).
     """
+
+    PREFIX_CHARS = 12  # "lmf_pat_" and 4 random characters; 12 hex digits of a key
+    MAX_TRACKED = 10_000  # addresses or prefixes with recent failures kept in memory
 
     def __init__(self, app: ASGIApp, limit: int = 30, window: float = 60.0) -> None:
         self.app = app
         self.limit = limit
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
+        self._by_address: dict[str, deque[float]] = {}
+        self._by_prefix: dict[str, deque[float]] = {}
 
-    def _recent(self, client: str, now: float) -> deque[float]:
-        failures = self._failures.get(client)
+    def _wait(self, table: dict[str, deque[float]], key: str, now: float) -> int | None:
+        """Seconds until `key` may try again, or None when it is under the limit."""
+        failures = table.get(key)
         if failures is None:
-            failures = self._failures[client] = deque()
+            return None
         while failures and failures[0] <= now - self.window:
             failures.popleft()
-        return failures
+        if len(failures) < self.limit:
+            return None
+        return max(1, int(failures[0] + self.window - now) + 1)
+
+    def _fail(self, table: dict[str, deque[float]], key: str, now: float) -> None:
+        failures = table.get(key)
+        if failures is None:
+            if len(table) >= self.MAX_TRACKED:  # forget the idle first, keep memory bounded
+                for old in [k for k, v in table.items() if not v or v[-1] <= now - self.window]:
+                    del table[old]
+                while len(table) >= self.MAX_TRACKED:
+                    del table[next(iter(table))]
+            failures = table[key] = deque(maxlen=self.limit)
+        failures.append(now)
+
+    def _prefixes(self, headers: dict[bytes, bytes]) -> set[str]:
+        presented = [headers.get(b"api-key", b"")]
+        scheme, _, credential = headers.get(b"authorization", b"").partition(b" ")
+        presented.append(credential.strip() if scheme.lower() == b"bearer" else b"")
+        return {p[: self.PREFIX_CHARS].decode("latin-1") for p in presented if p.strip()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -148,40 +181,48 @@ class AuthThrottle:
         client = (scope.get("client") or ("unknown", 0))[0]
         headers = dict(scope["headers"])
         credentialed = any(h in headers for h in (b"authorization", b"api-key", b"cookie"))
+        prefixes = self._prefixes(headers)
         now = time.monotonic()
-        failures = self._recent(client, now)
-        if credentialed and len(failures) >= self.limit:
-            wait = max(1, int(failures[0] + self.window - now) + 1)
-            body = json.dumps(
-                {
-                    "error": {
-                        "code": "too_many_failures",
-                        "status": 429,
-                        "message": f"Too many failed authentication attempts from {client}; wait "
-                        f"{wait} s and check your token or key.",
-                    }
-                }
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 429,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"retry-after", str(wait).encode()),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
+        if credentialed:
+            wait, source = self._wait(self._by_address, client, now), f"from {client}"
+            if wait is None:
+                waits = [w for p in prefixes if (w := self._wait(self._by_prefix, p, now))]
+                wait, source = (max(waits), "with this token or key") if waits else (None, "")
+            if wait is not None:
+                await _too_many_failures(send, source, wait)
+                return
 
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 401:
-                failures.append(time.monotonic())
-                if len(self._failures) > 10_000:  # forget idle clients, keep memory bounded
-                    for key in [k for k, v in self._failures.items() if not v][:5_000]:
-                        del self._failures[key]
+                at = time.monotonic()
+                self._fail(self._by_address, client, at)
+                for prefix in prefixes:
+                    self._fail(self._by_prefix, prefix, at)
             await send(message)
 
         await self.app(scope, receive, watch)
+
+
+async def _too_many_failures(send: Send, source: str, wait: int) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "too_many_failures",
+                "status": 429,
+                "message": f"Too many failed authentication attempts {source}; wait {wait} s "
+                "and check your token or key.",
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"retry-after", str(wait).encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.access.audit import list_events
-from lmfoundry.access.models import Role
+from lmfoundry.access.models import NewToken, Role
+from lmfoundry.access.models import TokenView as AccessTokenView
+from lmfoundry.access.models import UserView as AccessUserView
+from lmfoundry.access.service import MAX_TOKEN_DAYS
 from lmfoundry.api.deps import PlatformDep, PrincipalDep, ProjectDep
 
 router = APIRouter(tags=["access"])
@@ -46,26 +49,89 @@ class UserView(BaseModel):
     name: str
     is_admin: bool
     created_at: datetime
+    disabled_at: datetime | None = Field(
+        description="When an admin disabled the user (none of their tokens work); null: enabled."
+    )
 
 
 @router.get("/users", response_model=list[UserView])
-def list_users(plat: PlatformDep, actor: PrincipalDep) -> list[dict[str, Any]]:
+def list_users(plat: PlatformDep, actor: PrincipalDep) -> list[AccessUserView]:
     return plat.access.list_users(actor)
+
+
+@router.post("/users/{user}/disable", response_model=UserView)
+def disable_user(user: str, plat: PlatformDep, actor: PrincipalDep) -> AccessUserView:
+    return plat.access.set_user_disabled(actor, user, disabled=True)
+
+
+@router.post("/users/{user}/enable", response_model=UserView)
+def enable_user(user: str, plat: PlatformDep, actor: PrincipalDep) -> AccessUserView:
+    return plat.access.set_user_disabled(actor, user, disabled=False)
+
+
+@router.delete("/users/{user}", status_code=204)
+def delete_user(user: str, plat: PlatformDep, actor: PrincipalDep) -> None:
+    plat.access.delete_user(actor, user)
 
 
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, description="Unique among your active tokens.")
+    expires_in_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TOKEN_DAYS,
+        description="Days the token stays valid; default LMFOUNDRY_TOKEN_TTL_DAYS (90).",
+    )
+    user: str | None = Field(
+        default=None, description="Admins only: create the token for this user."
+    )
 
 
 class TokenCreated(BaseModel):
     name: str
+    user: str
     token: str = Field(description="Shown once; store it now.")
+    prefix: str
+    expires_at: datetime | None
+
+
+class TokenView(BaseModel):
+    name: str
+    user: str
+    prefix: str = Field(description="The token's first characters, to tell tokens apart.")
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="Updated at most once a minute.")
+    expires_at: datetime | None = Field(description="null: never expires.")
+    revoked_at: datetime | None
+    status: Literal["active", "expired", "revoked"]
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
-def create_token(body: TokenCreate, plat: PlatformDep, actor: PrincipalDep) -> TokenCreated:
-    return TokenCreated(name=body.name, token=plat.access.create_token(actor, body.name))
+def create_token(body: TokenCreate, plat: PlatformDep, actor: PrincipalDep) -> NewToken:
+    return plat.access.create_token(actor, body.name, body.expires_in_days, body.user)
+
+
+@router.get("/tokens", response_model=list[TokenView])
+def list_tokens(
+    plat: PlatformDep,
+    actor: PrincipalDep,
+    user: Annotated[str | None, Query(description="Admins: this user's tokens.")] = None,
+    all_users: Annotated[
+        bool, Query(alias="all", description="Admins: everyone's tokens.")
+    ] = False,
+) -> list[AccessTokenView]:
+    return plat.access.list_tokens(actor, user, all_users)
+
+
+@router.delete("/tokens/{name}", status_code=204)
+def revoke_token(
+    name: str,
+    plat: PlatformDep,
+    actor: PrincipalDep,
+    user: Annotated[str | None, Query(description="Admins: revoke this user's token.")] = None,
+) -> None:
+    plat.access.revoke_token(actor, name, user)
 
 
 class ProjectCreate(BaseModel):

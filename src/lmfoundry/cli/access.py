@@ -21,6 +21,7 @@ flows_switch_app = typer.Typer(
 )
 projects_app.add_typer(flows_switch_app, name="flows")
 
+USER_COLUMNS = ["name", "is_admin", "disabled_at", "created_at"]
 PROJECT_COLUMNS = ["name", "role", "flows_enabled", "description", "created_at"]
 
 
@@ -117,18 +118,84 @@ def users_create(
 def users_list(json_: JsonOpt = False) -> None:
     """All users."""
     with client() as lmf:
-        show(lmf.users(), json_, ["name", "is_admin", "created_at"])
+        show(lmf.users(), json_, USER_COLUMNS)
+
+
+@users_app.command("disable")
+def users_disable(name: str, json_: JsonOpt = False) -> None:
+    """Disable a user: their tokens and studio sessions stop working at once."""
+    with client() as lmf:
+        show(lmf.disable_user(name), json_, USER_COLUMNS)
+
+
+@users_app.command("enable")
+def users_enable(name: str, json_: JsonOpt = False) -> None:
+    """Enable a disabled user again (their tokens that are not revoked or expired work)."""
+    with client() as lmf:
+        show(lmf.enable_user(name), json_, USER_COLUMNS)
+
+
+@users_app.command("delete")
+def users_delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask to confirm.")] = False,
+) -> None:
+    """Delete a user with their tokens and memberships; the audit log keeps their history."""
+    if not yes:
+        typer.confirm(f"Delete user {name} with their tokens and memberships?", abort=True)
+    with client() as lmf:
+        lmf.delete_user(name)
+    console.print(f"Deleted user {name}.")
 
 
 @tokens_app.command("create")
-def tokens_create(name: str, json_: JsonOpt = False) -> None:
+def tokens_create(
+    name: str,
+    expires_in_days: Annotated[
+        int | None,
+        typer.Option(help="Days it stays valid (default: the server's LMFOUNDRY_TOKEN_TTL_DAYS)."),
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Admins: create it for this user.")] = None,
+    json_: JsonOpt = False,
+) -> None:
     """Create another token for yourself (shown once)."""
     with client() as lmf:
-        created = lmf.create_token(name)
+        created = lmf.create_token(name, expires_in_days, user)
     if json_:
         show(created, True)
-    else:
-        console.print(created["token"], highlight=False, soft_wrap=True)
+        return
+    expires = created.get("expires_at") or "never"
+    console.print(f"Token {created['name']} of {created['user']} (expires {expires}), shown once:")
+    console.print(created["token"], highlight=False, soft_wrap=True)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    user: Annotated[str | None, typer.Option(help="Admins: this user's tokens.")] = None,
+    all_users: Annotated[bool, typer.Option("--all", help="Admins: everyone's tokens.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Your tokens: name, prefix, created, last used, expires, revoked (never the token)."""
+    with client() as lmf:
+        rows = lmf.tokens(user, all_users)
+    if json_:
+        show(rows, True)
+        return
+    # expires_at null: a token made before tokens expired (or LMFOUNDRY_ADMIN_TOKEN)
+    shown = [{**r, "expires_at": r.get("expires_at") or "never"} for r in rows]
+    columns = ["name", "prefix", "status", "created_at", "last_used_at", "expires_at"]
+    show(shown, False, (["user"] if user or all_users else []) + [*columns, "revoked_at"])
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    name: str,
+    user: Annotated[str | None, typer.Option(help="Admins: revoke this user's token.")] = None,
+) -> None:
+    """Revoke a token: it and the studio sessions opened with it stop working at once."""
+    with client() as lmf:
+        lmf.revoke_token(name, user)
+    console.print(f"Revoked token {name}" + (f" of {user}." if user else "."))
 
 
 @tokens_app.command("new")

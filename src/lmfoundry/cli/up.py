@@ -64,6 +64,9 @@ def up(
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        # X-Forwarded-For counts only from LMFOUNDRY_TRUSTED_PROXIES (api/forwarded.py);
+        # uvicorn's own handling would trust it from 127.0.0.1 by default
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     sockets = [_shared_socket(settings.host, settings.port)] if reuse_port else None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -132,8 +133,35 @@ class Client:
     def users(self) -> list[dict[str, Any]]:
         return self._call("GET", "/users")
 
-    def create_token(self, name: str) -> dict[str, Any]:
-        return self._call("POST", "/tokens", json={"name": name})
+    def disable_user(self, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/users/{quote(name, safe='')}/disable")
+
+    def enable_user(self, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/users/{quote(name, safe='')}/enable")
+
+    def delete_user(self, name: str) -> None:
+        self._call("DELETE", f"/users/{quote(name, safe='')}")
+
+    def create_token(
+        self, name: str, expires_in_days: int | None = None, user: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name}
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
+        if user is not None:
+            body["user"] = user
+        return self._call("POST", "/tokens", json=body)
+
+    def tokens(self, user: str | None = None, all_users: bool = False) -> list[dict[str, Any]]:
+        """Your tokens (never the tokens themselves); admins: `user`'s or everyone's."""
+        params: dict[str, Any] = {"all": "true"} if all_users else {}
+        if user is not None:
+            params["user"] = user
+        return self._call("GET", "/tokens", params=params)
+
+    def revoke_token(self, name: str, user: str | None = None) -> None:
+        params = {"user": user} if user is not None else {}
+        self._call("DELETE", f"/tokens/{quote(name, safe='')}", params=params)
 
     def audit(self, project: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         return self._call("GET", self._p(project) + "/audit", params={"limit": limit})
