@@ -32,6 +32,7 @@ from tests.finetune.helpers import (
     events,
     finished,
     import_tiny,
+    output_folder,
     steps,
     wait_for,
 )
@@ -233,7 +234,7 @@ def test_a_fine_tuning_job_runs_as_a_ray_job(
         assert done["status"] == "completed", done
         listed = events(c, job["id"])
         assert steps(listed, "metrics") == list(range(1, 7))
-        assert Path(done["output_model_path"], "MLmodel").exists()
+        assert (output_folder(server.home, done["id"]) / "MLmodel").exists()
 
     # Ray ran it: one submission of this job, succeeded; its log comes back as the job's log.
     client = JobSubmissionClient(cluster.dashboard)

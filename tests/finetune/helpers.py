@@ -88,6 +88,25 @@ def events(http: Http, job_id: str) -> list[dict[str, Any]]:
     return list(http.get(f"{JOBS}/{job_id}/events", params={"limit": 10000}).json()["data"])
 
 
+def output_folder(home: Path, job_id: str) -> Path:
+    """The MLflow folder a completed job wrote, read from the server's database (the API
+    names no server folder)."""
+    import sqlalchemy
+
+    from tests.conftest import database_url_for
+
+    engine = sqlalchemy.create_engine(database_url_for(home))
+    try:
+        with engine.connect() as connection:
+            path = connection.execute(
+                sqlalchemy.text("SELECT output_path FROM fine_tuning_jobs WHERE id = :id"),
+                {"id": job_id},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return Path(path)
+
+
 def steps(all_events: list[dict[str, Any]], kind: str) -> list[int]:
     return [e["step"] for e in all_events if e["kind"] == kind]
 

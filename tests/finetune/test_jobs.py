@@ -25,6 +25,7 @@ from tests.finetune.helpers import (
     events,
     finished,
     import_tiny,
+    output_folder,
     steps,
     wait_for,
 )
@@ -62,7 +63,8 @@ def test_tiny_phi3_trains_to_an_mlflow_model_mlflow_can_load(api: Api, tiny_phi3
     validation = [e["validation_loss"] for e in listed if e["kind"] == "validation"]
     assert validation[-1] < validation[0] - 0.1, validation
 
-    output = Path(job["output_model_path"])
+    assert "output_model_path" not in job  # the answer names no server folder
+    output = output_folder(api.client.app.state.platform.settings.home, job["id"])
     adapter = json.loads((output / "peft" / "adapter_config.json").read_text())
     assert set(adapter["target_modules"]) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
     assert (
@@ -105,7 +107,8 @@ def test_a_killed_job_process_resumes_from_its_checkpoint(api: Api, tiny_phi3: P
     messages = [e["message"] for e in listed if e["kind"] == "log"]
     assert any("was killed by SIGKILL; resuming from the last checkpoint" in m for m in messages)
     assert any(m.startswith("Resuming from the checkpoint at step ") for m in messages)
-    assert Path(done["output_model_path"], "MLmodel").exists()
+    home = api.client.app.state.platform.settings.home
+    assert (output_folder(home, job["id"]) / "MLmodel").exists()
 
 
 def test_cancel_stops_the_process_keeps_the_logs_and_frees_the_queue(

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import start_server, stop_server
-from tests.finetune.helpers import JOBS, events
+from tests.finetune.helpers import JOBS, events, output_folder
 from tests.finetune.tiny import EXAMPLE_DATA
 
 # About 2.5 minutes on an idle two-core machine; more when other work shares the cores.
@@ -191,7 +191,7 @@ def test_smollm2_fine_tunes_on_cpu_and_the_validation_loss_falls(tmp_path: Path)
     assert not base_answer.startswith("Country facts"), base_answer
     # Off the training data it answers as transformers + PEFT on the fp32 weights do, up to
     # where the quantised base's rounding tips a greedy choice (a word or so in 16 tokens).
-    output = Path(done["output_model_path"])
+    output = output_folder(home, done["id"])
     reference = reference_answer(home, output, QUESTION, 16).strip()
     assert greedy.split()[:4] == reference.split()[:4], (greedy, reference)
     assert (done["status"], done["step"]) == ("completed", 30), done

@@ -16,7 +16,7 @@ import pytest
 
 from lmfoundry.config import Settings
 from lmfoundry.flows.archive import pack
-from tests.conftest import ADMIN_TOKEN, LiveServer, start_server, stop_server
+from tests.conftest import ADMIN_TOKEN, Api, LiveServer, start_server, stop_server
 from tests.flows.helpers import write_flow
 
 TEAM = "team"
@@ -332,3 +332,28 @@ def test_answers_name_no_server_folder(setup: Setup) -> None:
                 assert folder not in answer.text, (path, answer.text)
             assert "site-packages" not in answer.text, (path, answer.text)
     assert len(scanned) == 11
+
+
+def test_no_answer_has_a_field_for_a_server_folder(api: Api) -> None:
+    """Every answer of the management API, from its OpenAPI schema (so a new route is
+    covered): no field named for a path, folder or dir. Catalog cards keep weights_path, for
+    admins only (it is empty for everyone else, as test_answers_name_no_server_folder sees)."""
+    schema = api.client.get("/openapi.json").json()
+    answered: set[str] = set()
+    for path, operations in schema["paths"].items():
+        if not path.startswith("/api/v1/"):
+            continue
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                body = response.get("content", {}).get("application/json", {}).get("schema", {})
+                ref = body.get("$ref") or body.get("items", {}).get("$ref")
+                if ref:
+                    answered.add(ref.rsplit("/", 1)[-1])
+    assert {"ModelVersionView", "JobView", "DatasetView", "FlowView", "ProjectView"} <= answered
+    fields = [
+        (name, field)
+        for name in answered - {"CardView"}
+        for field in schema["components"]["schemas"][name].get("properties", {})
+        if any(word in field for word in ("path", "folder", "dir"))
+    ]
+    assert fields == []

@@ -61,9 +61,8 @@ class JobView(BaseModel):
     restarts: int = Field(description="Times the job was resumed after its process died.")
     pid: int | None = Field(description="The job process, while it runs.")
     cancel_requested: bool
-    output_model_path: str | None = Field(
-        description="The MLflow model folder, once completed; register it as a model."
-    )
+    # No output folder here: answers never name the server's folders. A completed job's
+    # model is registered by the job's id (`models register NAME --from-job ID`).
     created_by: str
     created_at: datetime
     started_at: datetime | None

@@ -176,7 +176,10 @@ def _follow(lmf: Client, job_id: str) -> None:
             progress.update(bar, losses=losses["loss"] + losses["validation"])
     job = lmf.job(job_id)
     if job["status"] == "completed":
-        console.print(f"Completed. Model: {job['output_model_path']}")
+        console.print(
+            f"Completed. Register its model with `lmfoundry models register NAME "
+            f"--from-job {job_id}`."
+        )
     elif job["status"] == "failed":
         console.print(f"[bold red]Failed:[/] {job['error']}", highlight=False)
         raise typer.Exit(1)
