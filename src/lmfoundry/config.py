@@ -5,12 +5,13 @@ Nothing else in the package reads `os.environ` for configuration; it asks `get_s
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -121,6 +122,35 @@ class Settings(BaseSettings):
     )
     flow_max_bytes: int = Field(
         default=50 * 1024 * 1024, description="Largest flow folder accepted (packed)."
+    )
+    flow_sandbox: Literal["bwrap", "off"] = Field(
+        default="bwrap",
+        description="Run flow code in a bubblewrap sandbox (own uid, mounts, pids, network "
+        "through an allow-list proxy). `off` is an explicit opt-out: flow code then runs as "
+        "the server's own user and can read its files.",
+    )
+    flow_cpu_seconds: int = Field(
+        default=3600, ge=1, description="CPU seconds one flow process may use (RLIMIT_CPU)."
+    )
+    flow_memory_bytes: int = Field(
+        default=8 * 1024**3, ge=2**26, description="Address space of a flow process (RLIMIT_AS)."
+    )
+    flow_processes: int = Field(
+        default=256, ge=8, description="Processes a sandboxed flow may run at once (RLIMIT_NPROC)."
+    )
+    flow_file_bytes: int = Field(
+        default=1024**3,
+        ge=2**20,
+        description="Largest file a flow process may write (RLIMIT_FSIZE).",
+    )
+    flow_uid_base: int = Field(
+        default=1_500_000_000,
+        ge=1000,
+        description="Server run as root: the first uid (and gid) of the pool sandboxed flow "
+        "processes run as, one per live process; no other account may use the range.",
+    )
+    flow_uid_count: int = Field(
+        default=4096, ge=1, description="Size of the flow uid pool (concurrent flow processes)."
     )
     allow_self_service_projects: bool = Field(
         default=False,
@@ -249,3 +279,28 @@ def get_settings() -> Settings:
 def reset_settings() -> None:
     """Forget cached settings (tests and `lmfoundry` subcommands that change the env)."""
     get_settings.cache_clear()
+
+
+SECRET_VARIABLES = ("LMFOUNDRY_MASTER_KEY", "LMFOUNDRY_ADMIN_TOKEN")
+
+
+def forget_secret_variables() -> None:
+    """Drop the master key and the admin token from this process's environment once the
+    settings hold them (`lmfoundry up`): no child process inherits them, and the original
+    strings, which /proc/PID/environ shows, are overwritten with zeros."""
+    import ctypes
+
+    prefixes = tuple(f"{name}=".encode() for name in SECRET_VARIABLES)
+    strings: list[tuple[int, int]] = []  # (address, length) of each NAME=value string
+    with contextlib.suppress(OSError, ValueError):
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+        index = 0
+        while address := environ[index]:
+            text = ctypes.string_at(address)
+            if text.startswith(prefixes):
+                strings.append((address, len(text)))
+            index += 1
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+    for address, length in strings:
+        ctypes.memset(address, 0, length)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import shlex
 import signal
 import socket
@@ -14,11 +16,13 @@ from lmfoundry.access.models import Role
 from lmfoundry.access.service import write_credentials
 from lmfoundry.cli._output import console
 from lmfoundry.client.api import load_credentials
-from lmfoundry.config import Settings, get_settings
+from lmfoundry.config import Settings, forget_secret_variables, get_settings
 from lmfoundry.errors import NotFound
 from lmfoundry.platform import Platform
 from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.llama_server import ServerMissing
+
+PR_SET_DUMPABLE = 4
 
 
 def up(
@@ -44,6 +48,7 @@ def up(
     if not supervisor:
         overrides["supervisor"] = False
     settings = Settings(**overrides) if overrides else get_settings()
+    _harden()
     platform = Platform.create(settings)
     if settings.supervisor:
         _engine_check()
@@ -76,6 +81,15 @@ def up(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run(sockets=sockets)
+
+
+def _harden() -> None:
+    """No process of the same user may read this one's memory, environ or fds (ptrace,
+    /proc/PID/mem): it holds the master key. The key and the admin token, read into the
+    settings, leave the environment."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    forget_secret_variables()
 
 
 def _engine_check() -> None:

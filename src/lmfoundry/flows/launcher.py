@@ -6,6 +6,11 @@ is its working directory, with HOME and TMPDIR inside it; an environment built f
 here and written to its stdin; and a time limit per line, after which it is killed. Its
 stderr goes to a log file with every secret it was handed replaced by "***"; outputs and
 errors are masked the same way before they leave this module.
+
+Unless the operator opts out (LMFOUNDRY_FLOW_SANDBOX=off), the process runs in the sandbox of
+`sandbox.py` (bubblewrap: its own uid, mounts, pid and network namespaces, rlimits, seccomp)
+and reaches the network only through the egress proxy of `egress.py`. Either way it leads a
+process group of its own, killed whole when it is stopped.
 """
 
 from __future__ import annotations
@@ -16,15 +21,19 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
+from lmfoundry.config import Settings
 from lmfoundry.connections.models import ResolvedConnection
 from lmfoundry.errors import FlowFailed
+from lmfoundry.flows.egress import EgressPolicy, EgressProxy
 from lmfoundry.flows.models import Dag
+from lmfoundry.flows.sandbox import INSIDE, Sandbox, missing, seccomp_fd
 
 # Variables a flow process inherits; everything else (tokens, cloud credentials, the master
 # key) stays with the server. Flow-specific values come from environment_variables.
@@ -43,6 +52,14 @@ INHERITED_ENV = (
     "http_proxy",
     "https_proxy",
     "no_proxy",
+)
+PROXY_ENV = {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+PYTHON_FLAGS = (
+    "-I",  # no PYTHON* variables, no user site-packages, no cwd on the path
+    "-B",
+    "-u",
+    "-X",
+    "utf8",
 )
 STDOUT_LIMIT = 64 * 1024 * 1024  # bytes in one answer line (a line's outputs)
 MIN_SECRET = 4  # shorter values would mask ordinary text; nothing that short is a real key
@@ -76,6 +93,14 @@ class Redactor:
         return value
 
 
+def _kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the flow process's whole group while its leader is still there (so the group
+    id cannot belong to anyone else yet); in the sandbox, its pid namespace goes with it."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def _error(kind: str, message: str) -> dict[str, Any]:
     return {"type": kind, "message": message, "node": None, "traceback": ""}
 
@@ -89,12 +114,16 @@ class FlowProcess:
         connections: dict[str, ResolvedConnection],
         timeout: float,
         log_path: Path,
+        settings: Settings,
     ) -> None:
         self.dag = dag
         self.connections = connections
         self.timeout = timeout
         self.log_path = log_path
         self.redactor = Redactor.of(connections)
+        self.settings = settings
+        self._sandbox: Sandbox | None = None
+        self._proxy: EgressProxy | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._workdir: Path | None = None
         self._stderr_task: asyncio.Task[None] | None = None
@@ -105,11 +134,40 @@ class FlowProcess:
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    @property
+    def sandboxed(self) -> bool:
+        return self.settings.flow_sandbox == "bwrap"
+
     def _environment(self, workdir: Path) -> dict[str, str]:
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}  # not config
+        names = [n for n in INHERITED_ENV if not (self.sandboxed and n in PROXY_ENV)]
+        env = {k: os.environ[k] for k in names if k in os.environ}  # not config
         env.update(self.dag.environment_variables)
         env.update({"HOME": str(workdir / "home"), "TMPDIR": str(workdir / "tmp")})
         return env
+
+    def _limits(self) -> dict[str, int]:
+        limits = {
+            "cpu_seconds": self.settings.flow_cpu_seconds,
+            "memory_bytes": self.settings.flow_memory_bytes,
+            "file_bytes": self.settings.flow_file_bytes,
+            "open_files": 1024,
+            "core_bytes": 0,
+        }
+        if self.sandboxed:  # counted per user (namespace): only meaningful for a uid of its own
+            limits["processes"] = self.settings.flow_processes
+        return limits
+
+    async def _sandboxed_command(self, workdir: Path, fd: int | None) -> list[str]:
+        """bwrap's command line, with the egress proxy listening and the folder handed over."""
+        self._sandbox = Sandbox(self.settings)
+        self._sandbox.acquire()
+        policy = EgressPolicy.of(self.connections, self.settings)
+        self._proxy = EgressProxy(policy, workdir / "egress.sock")
+        await self._proxy.start()
+        await asyncio.to_thread(self._sandbox.own, workdir)
+        inner = [sys.executable, *PYTHON_FLAGS, "-m", "lmfoundry.flows.process", "--sandboxed"]
+        inner += ["--egress", str(INSIDE / "egress.sock"), "--limits", json.dumps(self._limits())]
+        return self._sandbox.command(workdir, inner, fd)
 
     async def start(self) -> None:
         """Start the process and hand it the flow and its connections; FlowFailed if the
@@ -125,40 +183,49 @@ class FlowProcess:
         for sub in ("home", "tmp"):
             (self._workdir / sub).mkdir(mode=0o700)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-I",  # no PYTHON* variables, no user site-packages, no cwd on the path
-            "-B",
-            "-u",
-            "-X",
-            "utf8",
-            "-m",
-            "lmfoundry.flows.process",
-            "--parent",
-            str(os.getpid()),
-            cwd=flow_dir,
-            env=self._environment(self._workdir),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=STDOUT_LIMIT,
-        )
+        seen = self._workdir  # the working folder as the flow process sees it
+        fd = seccomp_fd() if self.sandboxed else None
+        try:
+            if self.sandboxed:
+                argv, seen = await self._sandboxed_command(self._workdir, fd), INSIDE
+            else:
+                argv = [sys.executable, *PYTHON_FLAGS, "-m", "lmfoundry.flows.process"]
+                argv += ["--parent", str(os.getpid()), "--limits", json.dumps(self._limits())]
+            self._process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=flow_dir,
+                env=self._environment(seen),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=STDOUT_LIMIT,
+                start_new_session=True,  # a process group of its own, killed whole at the end
+                pass_fds=(fd,) if fd is not None else (),
+            )
+        except BaseException:
+            await self.close()
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)
         if self._process.stderr is None:
             raise RuntimeError("the flow process has no stderr pipe")
         self._stderr_task = asyncio.create_task(self._copy_stderr(self._process.stderr))
         init = {
             "op": "init",
-            "flow_dir": str(flow_dir),
+            "flow_dir": str(seen / "flow"),
             "connections": {n: c.to_wire() for n, c in self.connections.items()},
         }
         try:
             await self._send(init)
             event = await self._next(self.timeout)
         except (TimeoutError, EOFError, ConnectionError, ValueError) as exc:
+            await self._wait_for_exit()
+            why, setup = self._why(exc), self._sandbox_failure()
             await self.close()
-            raise FlowFailed(
-                f"The flow process did not start: {self._why(exc)}",
-            ) from exc
+            if setup:
+                raise missing(setup) from exc
+            raise FlowFailed(f"The flow process did not start: {why}") from exc
         if event.get("event") != "ready":
             await self.close()
             error = self.redactor.value(event.get("error") or {})
@@ -188,6 +255,20 @@ class FlowProcess:
         if not line:
             raise EOFError
         return dict(json.loads(line))
+
+    def _sandbox_failure(self) -> str | None:
+        """bubblewrap's own complaint, when it could not set the sandbox up."""
+        for line in self._tail:
+            if line.startswith("bwrap:"):
+                hint = ""
+                if "namespace" in line or "uid map" in line:
+                    hint = (
+                        " (unprivileged user namespaces are off: sysctl "
+                        "kernel.unprivileged_userns_clone=1, or on Ubuntu "
+                        "kernel.apparmor_restrict_unprivileged_userns=0)"
+                    )
+                return f"bubblewrap failed: {line.removeprefix('bwrap:').strip()}{hint}"
+        return None
 
     def _why(self, exc: BaseException) -> str:
         if isinstance(exc, ValueError):
@@ -265,7 +346,7 @@ class FlowProcess:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._process.wait(), 0.2)
         if self._process.returncode is None:
-            self._process.kill()
+            _kill(self._process)
             await self._process.wait()
         if self._stderr_task is not None:
             with contextlib.suppress(TimeoutError):
@@ -275,14 +356,17 @@ class FlowProcess:
         process, self._process = self._process, None
         if process is not None:
             if self._busy and process.returncode is None:  # canceled mid-line: stop it now
-                process.kill()
+                _kill(process)
             if process.stdin is not None and not process.stdin.is_closing():
                 process.stdin.close()
             try:
                 await asyncio.wait_for(process.wait(), 2.0)
             except TimeoutError:
-                process.kill()
+                _kill(process)
                 await process.wait()
+        if self._proxy is not None:
+            await self._proxy.close()
+            self._proxy = None
         if self._stderr_task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._stderr_task, 2.0)
@@ -290,3 +374,6 @@ class FlowProcess:
         if self._workdir is not None:
             await asyncio.to_thread(shutil.rmtree, self._workdir, True)
             self._workdir = None
+        if self._sandbox is not None:
+            self._sandbox.release()  # only now: nothing of the uid is left
+            self._sandbox = None

@@ -1,6 +1,7 @@
 """The flow process: runs one flow's lines for the server, in a process of its own.
 
-    python -I -m lmfoundry.flows.process --parent PID
+    python -I -m lmfoundry.flows.process [--parent PID] [--sandboxed] [--egress SOCKET]
+        [--limits JSON]
 
 The server (`launcher.py`) starts it in a private working folder with a scrubbed environment
 and talks JSON lines. It writes to stdin, first
@@ -22,14 +23,26 @@ and closes stdin when done. The answers go to the process's original stdout:
 
 Whatever flow code prints or logs goes to stderr, which the server keeps in a log with
 secrets masked. stdin is /dev/null for flow code, so it cannot read the protocol either.
+
+Before it answers a line or an aggregation it kills what flow code started: its process
+group, and in the sandbox (`sandbox.py`, `--sandboxed`), where it is pid 2 of a pid namespace
+of its own, every other process there, so nothing (double-forked or not) outlives the line.
+`--egress` names the Unix socket of the server's egress proxy (`egress.py`): a forwarder on
+the sandbox's 127.0.0.1 passes connections there, and HTTP(S)_PROXY point at it. `--limits`
+sets rlimits (soft = hard) before any flow code loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
+import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,18 +80,109 @@ def _check_json(values: dict[str, Any], what: str) -> None:
             ) from exc
 
 
+LIMITS = {
+    "cpu_seconds": resource.RLIMIT_CPU,
+    "memory_bytes": resource.RLIMIT_AS,
+    "processes": resource.RLIMIT_NPROC,
+    "file_bytes": resource.RLIMIT_FSIZE,
+    "open_files": resource.RLIMIT_NOFILE,
+    "core_bytes": resource.RLIMIT_CORE,
+}
+
+
+def _set_limits(limits: dict[str, int]) -> None:
+    for name, value in limits.items():
+        resource.setrlimit(LIMITS[name], (value, value))
+
+
+def _stop_strays(sandboxed: bool) -> None:
+    """Kill what flow code started: in the sandbox, every process of this pid namespace but
+    pid 1 (bwrap's init, which reaps) and this one; outside it, every process of this one's
+    process group (the launcher made it a group of its own). A process that left the group
+    with setsid escapes the latter; only the sandbox stops those."""
+    me, group = os.getpid(), os.getpgid(0)
+    for _ in range(20):  # a process forking as fast as it can needs a few rounds
+        alive = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in (1, me):
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+                state, pgrp = fields[0], int(fields[2])
+                if state != "Z" and (sandboxed or pgrp == group):  # zombies are dead already
+                    alive.append(int(entry))
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        if not alive:
+            return
+        time.sleep(0.005)
+
+
+def _splice(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def _forward(client: socket.socket, proxy: str) -> None:
+    with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+        try:
+            upstream.connect(proxy)
+        except OSError:
+            return
+        back = threading.Thread(target=_splice, args=(upstream, client), daemon=True)
+        back.start()
+        _splice(client, upstream)
+        back.join()
+
+
+def _egress(proxy: str) -> None:
+    """Listen on 127.0.0.1 (the sandbox's own loopback) and hand every connection to the
+    server's egress proxy; point the usual proxy variables there for flow code."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+
+    def serve() -> None:
+        while True:
+            client, _ = listener.accept()
+            threading.Thread(target=_forward, args=(client, proxy), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True, name="egress-forwarder").start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for name in ("NO_PROXY", "no_proxy"):
+        os.environ.pop(name, None)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        os.environ[name] = url
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lmfoundry-flow")
     parser.add_argument("--parent", type=int, default=os.getppid())
+    parser.add_argument("--sandboxed", action="store_true")
+    parser.add_argument("--egress", help="Unix socket of the server's egress proxy")
+    parser.add_argument("--limits", type=json.loads, default={})
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
+    _set_limits(args.limits)
+    if args.egress:
+        _egress(args.egress)
     commands, answers = _protocol_streams()
 
     def emit(event: dict[str, Any]) -> None:
+        if event.get("event") in ("line", "aggregated"):
+            _stop_strays(args.sandboxed)
         answers.write(json.dumps(event) + "\n")
 
     init = json.loads(commands.readline())
     flow_dir = Path(init["flow_dir"])
+    os.chdir(flow_dir)  # in the sandbox, bwrap leaves it at /
     # Imported above, before the flow folder goes on the path, so a flow file named like a
     # library (yaml.py, say) cannot replace what the executor uses.
     sys.path[:0] = [str(flow_dir), str(COMPAT)]

@@ -278,7 +278,9 @@ class FlowService:
     def process(
         self, dag: Dag, connections: dict[str, ResolvedConnection], log: str
     ) -> FlowProcess:
-        return FlowProcess(dag, connections, self.settings.flow_line_timeout, self.logs / log)
+        return FlowProcess(
+            dag, connections, self.settings.flow_line_timeout, self.logs / log, self.settings
+        )
 
     async def _call(
         self,
