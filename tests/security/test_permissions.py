@@ -357,3 +357,16 @@ def test_no_answer_has_a_field_for_a_server_folder(api: Api) -> None:
         if any(word in field for word in ("path", "folder", "dir"))
     ]
     assert fields == []
+
+
+def test_the_cli_switches_flows(setup: Setup) -> None:
+    from tests.flows.helpers import cli
+
+    with setup.server.client() as admin:
+        assert admin.post("/api/v1/projects", json={"name": "cli-switch"}).status_code == 201
+    on = json.loads(cli(setup.server, "projects", "flows", "enable", "-p", "cli-switch", "--json"))
+    assert (on["name"], on["flows_enabled"]) == ("cli-switch", True)
+    off = cli(setup.server, "projects", "flows", "disable", "--project", "cli-switch", "--json")
+    assert json.loads(off)["flows_enabled"] is False
+    listed = cli(setup.server, "projects", "list")
+    assert "flows enabled" in listed or "flows_enabled" in listed, listed
