@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,3 +371,42 @@ def test_the_cli_switches_flows(setup: Setup) -> None:
     assert json.loads(off)["flows_enabled"] is False
     listed = cli(setup.server, "projects", "list")
     assert "flows enabled" in listed or "flows_enabled" in listed, listed
+
+
+def test_a_queued_run_does_not_start_once_flows_are_switched_off(
+    setup: Setup, tmp_path: Path
+) -> None:
+    from lmfoundry.flows.runs import CONCURRENT_RUNS
+
+    slow = SHOUT.replace("return text.upper()", "import time\n\n    time.sleep(4)\n    return text")
+    archive = pack(write_flow(tmp_path / "slow", FLOW, {"shout.py": slow}))
+    q = "/api/v1/projects/queue"
+    with setup.server.client() as admin:
+        assert admin.post("/api/v1/projects", json={"name": "queue"}).status_code == 201
+        assert admin.patch(q, json={"flows_enabled": True}).status_code == 200
+        files = {"file": ("f.tar.gz", archive)}
+        assert admin.post(f"{q}/flows", data={"name": "slow"}, files=files).status_code == 201
+
+        def start() -> str:
+            started = admin.post(
+                f"{q}/flows/slow/runs",
+                files={"data": ("d.jsonl", b'{"text": "a"}\n')},
+                data={"column_mapping": json.dumps({"text": "${data.text}"})},
+            )
+            assert started.status_code == 202, started.text
+            return str(started.json()["id"])
+
+        busy = [start() for _ in range(CONCURRENT_RUNS)]  # they hold every slot
+        waiting = start()
+        assert admin.get(f"{q}/runs/{waiting}").json()["status"] == "queued"
+        assert admin.patch(q, json={"flows_enabled": False}).status_code == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            run = admin.get(f"{q}/runs/{waiting}").json()
+            if run["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        assert run["status"] == "failed" and "switched off" in run["error"], run
+        assert run["completed_lines"] == 0
+        for run_id in busy:  # those that had started finish their lines
+            admin.post(f"{q}/runs/{run_id}/cancel")

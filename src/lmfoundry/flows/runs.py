@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from lmfoundry.access.audit import record
 from lmfoundry.access.models import ProjectAccess, Role
 from lmfoundry.config import Settings
-from lmfoundry.errors import InvalidRequest, LmfError, NotFound, Unavailable
+from lmfoundry.errors import Forbidden, InvalidRequest, LmfError, NotFound, Unavailable
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag, parse_reference
@@ -456,6 +456,12 @@ class RunService:
         row, done, parent_lines = await asyncio.to_thread(self._load, run_id)
         if row.status != "running":
             return
+        if not await asyncio.to_thread(self.flows.flows_enabled, row.project_id):
+            raise Forbidden(  # switched off while the run was queued, or before a restart
+                "Flows were switched off in this run's project before it ran; an owner of "
+                "the project switches them on with `lmfoundry projects flows enable` and the "
+                "run can then be started again."
+            )
         folder: Path = self.root / run_id
         dag = await asyncio.to_thread(load_dag, folder / "flow")
         rows = parse_jsonl((folder / "data.jsonl").read_bytes(), "run data")

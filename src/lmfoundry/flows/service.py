@@ -153,13 +153,17 @@ class FlowService:
             )
         return row
 
+    def flows_enabled(self, project_id: int) -> bool:
+        """Whether an owner switched flows on in the project (a deleted one: no)."""
+        with self.db.session() as s:
+            enabled = s.scalar(select(Project.flows_enabled).where(Project.id == project_id))
+        return bool(enabled)
+
     def require_flows(self, access: ProjectAccess, what: str) -> None:
         """403 unless the actor may run code in the project: the developer role or higher,
         in a project whose owner switched flows on (flow code is what members upload)."""
         access.require(Role.developer, what)
-        with self.db.session() as s:
-            enabled = s.scalar(select(Project.flows_enabled).where(Project.id == access.project_id))
-        if not enabled:
+        if not self.flows_enabled(access.project_id):
             raise Forbidden(
                 f"Flows are switched off in project {access.project!r}; to {what}, an owner "
                 "of the project (or an admin) must switch them on with `lmfoundry "
