@@ -410,3 +410,23 @@ def test_a_queued_run_does_not_start_once_flows_are_switched_off(
         assert run["completed_lines"] == 0
         for run_id in busy:  # those that had started finish their lines
             admin.post(f"{q}/runs/{run_id}/cancel")
+
+
+def test_the_copy_refuses_what_changed_after_the_checks(tmp_path: Path) -> None:
+    """A symlink that appears between the checks and the copy is refused, not followed; a
+    root that does not exist (yet) is a clear 400, not a 500."""
+    from lmfoundry.errors import InvalidRequest
+    from lmfoundry.registry.imports import ImportPolicy
+
+    root = tmp_path / "root"
+    policy = ImportPolicy((root, tmp_path / "gone"), tmp_path / "home", 1 << 20, 100)
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        policy.source(str(tmp_path / "gone" / "model"))
+    model = adapter(root / "model")
+    checked = policy.source(str(model))
+    (model / "adapter_model.safetensors").unlink()
+    (model / "adapter_model.safetensors").symlink_to("/etc/passwd")  # swapped in afterwards
+    with pytest.raises(InvalidRequest, match="changed while it was copied"):
+        policy.copy(checked, tmp_path / "copy", str(model))
+    copied = [p for p in (tmp_path / "copy").rglob("*") if p.is_file()]
+    assert not any(p.read_bytes().startswith(b"root:") for p in copied)

@@ -57,22 +57,24 @@ class ImportPolicy:
             )
         real_root, parts = below
         path = real_root
-        mode = real_root.stat().st_mode
-        for part in parts:  # no symlink between the root and the path
-            path = path / part
-            try:
+        try:
+            mode = real_root.stat().st_mode
+            for part in parts:  # no symlink between the root and the path
+                path = path / part
                 mode = path.lstat().st_mode
-            except (FileNotFoundError, NotADirectoryError):
-                raise InvalidRequest(
-                    f"{given} does not exist; give a model folder or a .gguf file.",
-                    param="path",
-                ) from None
-            if stat.S_ISLNK(mode):
-                raise InvalidRequest(
-                    f"{given} goes through a symlink ({part}); give the real folder, or copy "
-                    "the model into an import root.",
-                    param="path",
-                )
+                if stat.S_ISLNK(mode):
+                    break
+        except (FileNotFoundError, NotADirectoryError):
+            raise InvalidRequest(
+                f"{given} does not exist; give a model folder or a .gguf file.",
+                param="path",
+            ) from None
+        if stat.S_ISLNK(mode):
+            raise InvalidRequest(
+                f"{given} goes through a symlink ({path.name}); give the real folder, or copy "
+                "the model into an import root.",
+                param="path",
+            )
         if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
             raise InvalidRequest(f"{given} is neither a folder nor a file.", param="path")
         home = self.home.resolve()
