@@ -201,6 +201,34 @@ class Settings(BaseSettings):
         description="Times a job whose process dies is resumed from its last checkpoint before "
         "it is marked failed.",
     )
+    # Per-project quotas (quotas/projects.py): the defaults a project without its own limit
+    # takes; admins set a project's own with `lmfoundry projects quota --set NAME=VALUE`.
+    project_instances: int = Field(
+        default=16, ge=0, description="Default quota: instances one project's deployments hold."
+    )
+    project_instance_threads: int = Field(
+        default=256,
+        ge=0,
+        description="Default quota: CPU threads of one project's instances "
+        "(LMFOUNDRY_ENGINE_THREADS, default all cores, per instance).",
+    )
+    project_finetune_jobs: int = Field(
+        default=4, ge=0, description="Default quota: one project's jobs queued or running at once."
+    )
+    project_flow_runs_per_minute: int = Field(
+        default=30, ge=0, description="Default quota: flow batch runs one project starts a minute."
+    )
+    project_flow_calls_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Default quota: flow score and test calls to one project a minute.",
+    )
+    project_storage_bytes: int = Field(
+        default=50 * 1024**3,
+        ge=0,
+        description="Default quota: bytes one project's datasets, flows, runs, models and job "
+        "outputs take under the artifacts folder.",
+    )
     url: str | None = Field(
         default=None,
         description="Server the CLI and SDK talk to; default: the one in the credentials file.",

@@ -25,11 +25,13 @@ from lmfoundry.finetune.service import FineTuneService
 from lmfoundry.flows.runs import RunService
 from lmfoundry.flows.service import FlowService
 from lmfoundry.metering.service import MeteringService
+from lmfoundry.quotas.projects import ProjectQuotas
 from lmfoundry.quotas.service import QuotaService, make_store
 from lmfoundry.registry.imports import ImportPolicy
 from lmfoundry.registry.service import RegistryService
 from lmfoundry.runtime.backend import Backend
 from lmfoundry.runtime.jobs import JobSupervisor
+from lmfoundry.runtime.llama_server import cpu_count
 from lmfoundry.runtime.local import LocalBackend
 from lmfoundry.runtime.ray_jobs import RayJobLauncher
 from lmfoundry.runtime.ray_serve import RayBackend, RayCluster, ReplicaSettings
@@ -65,6 +67,7 @@ class Platform:
     datasets: DatasetService
     finetune: FineTuneService
     jobs: JobSupervisor
+    project_quotas: ProjectQuotas
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
@@ -152,6 +155,12 @@ class Platform:
             settings.job_threads,
             launcher=RayJobLauncher(ray_cluster) if ray_cluster is not None else None,
         )
+        # Per-project quotas, checked where a project creates what they bound.
+        project_quotas = ProjectQuotas(
+            db, settings, quotas.store, settings.engine_threads or cpu_count()
+        )
+        for service in (serverless, endpoints, flows, runs, datasets, finetune, registry):
+            service.project_quotas = project_quotas
         return cls(
             settings=settings,
             db=db,
@@ -176,6 +185,7 @@ class Platform:
             datasets=datasets,
             finetune=finetune,
             jobs=jobs,
+            project_quotas=project_quotas,
         )
 
     @cached_property

@@ -23,6 +23,7 @@ from lmfoundry.api import (
     inference,
     instances,
     projects,
+    quotas,
     registry,
     responses,
     serverless,
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     for module in (
         catalog,
         projects,
+        quotas,
         serverless,
         usage,
         instances,

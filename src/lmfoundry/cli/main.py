@@ -17,6 +17,7 @@ from lmfoundry.cli import (
     endpoints,
     flows,
     jobs,
+    quotas,
     serverless,
     up,
     usage,
@@ -38,6 +39,7 @@ app.command("usage")(usage.usage)
 app.command("audit")(usage.audit)
 app.add_typer(catalog.catalog_app, name="catalog")
 app.add_typer(catalog.models_app, name="models")
+access.projects_app.command("quota")(quotas.projects_quota)
 app.add_typer(access.projects_app, name="projects")
 app.add_typer(access.users_app, name="users")
 app.add_typer(access.tokens_app, name="tokens")

@@ -166,6 +166,16 @@ class Client:
     def audit(self, project: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         return self._call("GET", self._p(project) + "/audit", params={"limit": limit})
 
+    def quotas(self, project: str | None = None) -> dict[str, Any]:
+        """The project's quotas: each limit with its current use."""
+        return self._call("GET", self._p(project) + "/quotas")
+
+    def set_quotas(
+        self, changes: dict[str, int | None], project: str | None = None
+    ) -> dict[str, Any]:
+        """Set project quotas (admins); None puts a quota back to the server's default."""
+        return self._call("PUT", self._p(project) + "/quotas", json={"quotas": changes})
+
     # -- catalog -----------------------------------------------------------------------------
 
     def catalog(self) -> list[dict[str, Any]]:

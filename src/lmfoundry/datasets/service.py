@@ -14,7 +14,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +30,9 @@ from lmfoundry.datasets.validate import Spread, TokenCounter, Validator, check_r
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Dataset
+
+if TYPE_CHECKING:
+    from lmfoundry.quotas.projects import ProjectQuotas
 
 ID_PREFIX = "ds-"
 
@@ -51,6 +54,8 @@ def read_rows(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]:
 
 
 class DatasetService:
+    project_quotas: ProjectQuotas | None = None  # storage_bytes
+
     def __init__(self, db: Database, catalog: CatalogService, artifacts_dir: Path) -> None:
         self.db = db
         self.catalog = catalog
@@ -71,6 +76,8 @@ class DatasetService:
         check_name("dataset", name)
         filename = Path(filename or "data.jsonl").name[:255]
         counter = self._counter(model) if model else None
+        quotas = self.project_quotas
+        room = quotas.storage_room(access) if quotas is not None else None
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=".jsonl", dir=self.root)
         tmp = Path(tmp_name)
@@ -83,6 +90,9 @@ class DatasetService:
                     out.write(raw)
                     digest.update(raw)
                     size += len(raw)
+                    if quotas is not None and room is not None and size > room:
+                        # stop reading at once; the temporary file goes in `finally`
+                        raise quotas.storage_error(access, size, so_far=True)
                     validator.feed(line, raw)
             problem = validator.problem(filename)
             if problem:
@@ -91,6 +101,8 @@ class DatasetService:
                     param="file",
                     detail=[{"line": e.line, "message": e.message} for e in validator.errors],
                 )
+            if quotas is not None:  # another upload may have taken the room meanwhile
+                quotas.check_storage(access, size)
             return self._store(access, name, filename, tmp, size, digest.hexdigest(), validator)
         finally:
             tmp.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +24,9 @@ from lmfoundry.quotas.service import DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS
 from lmfoundry.quotas.window import Limits
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import EndpointDeployment, OnlineEndpoint
+
+if TYPE_CHECKING:
+    from lmfoundry.quotas.projects import ProjectQuotas
 
 KIND = "endpoint"
 MAX_INSTANCES = 16
@@ -94,6 +97,8 @@ def check_split(kind: str, split: dict[str, int], names: set[str]) -> dict[str, 
 
 
 class EndpointService:
+    project_quotas: ProjectQuotas | None = None  # a deployment holds instance_count instances
+
     def __init__(
         self,
         db: Database,
@@ -366,6 +371,12 @@ class EndpointService:
                     EndpointDeployment.name == name,
                 )
             )
+            if self.project_quotas is not None and (
+                row is None or instance_count > row.instance_count
+            ):
+                self.project_quotas.check_instances(
+                    s, access, instance_count, except_deployment=row.id if row else None
+                )
             if row is None:
                 row = EndpointDeployment(
                     endpoint_id=endpoint_row.id,

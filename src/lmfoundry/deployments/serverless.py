@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 from sqlalchemy import select
@@ -22,6 +22,9 @@ from lmfoundry.quotas.service import DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS
 from lmfoundry.quotas.window import Limits
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Project, ServerlessDeployment
+
+if TYPE_CHECKING:
+    from lmfoundry.quotas.projects import ProjectQuotas
 
 KIND = "serverless"
 MAX_TOKENS_PER_MINUTE = 100_000_000
@@ -56,6 +59,8 @@ TARGET_CACHE_SECONDS = 2.0
 
 
 class ServerlessService:
+    project_quotas: ProjectQuotas | None = None  # a new deployment holds one instance
+
     def __init__(
         self, db: Database, resolver: ModelResolver, keys: KeyStore, base_url: str
     ) -> None:
@@ -150,6 +155,8 @@ class ServerlessService:
                     "model per project); use it, or delete it first.",
                     param="model",
                 )
+            if self.project_quotas is not None:
+                self.project_quotas.check_instances(s, access, 1)
             row = ServerlessDeployment(
                 project_id=access.project_id,
                 name=name,

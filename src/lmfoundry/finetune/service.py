@@ -10,7 +10,7 @@ import importlib.util
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -24,6 +24,9 @@ from lmfoundry.finetune.events import JobEvents, read_events
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Dataset, FineTuningJob, utcnow
 
+if TYPE_CHECKING:
+    from lmfoundry.quotas.projects import ProjectQuotas
+
 STATUSES = ("queued", "running", "completed", "failed", "canceled")
 TERMINAL = ("completed", "failed", "canceled")
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -36,6 +39,8 @@ def missing_training_stack() -> list[str]:
 
 
 class FineTuneService:
+    project_quotas: ProjectQuotas | None = None  # bounds jobs queued or running at once
+
     def __init__(
         self,
         db: Database,
@@ -87,6 +92,8 @@ class FineTuneService:
             )
         job_id = "ftjob-" + secrets.token_hex(8)
         with self.db.session() as s:
+            if self.project_quotas is not None:
+                self.project_quotas.check_job(s, access)
             train = self._dataset(s, access, training_data, "training_data")
             valid = (
                 self._dataset(s, access, validation_data, "validation_data")

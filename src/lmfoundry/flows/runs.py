@@ -34,6 +34,7 @@ from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag, parse_reference
 from lmfoundry.flows.service import FlowService
+from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import FlowRun, FlowRunLine, utcnow
 
@@ -202,6 +203,8 @@ def check_mapping(
 
 
 class RunService:
+    project_quotas: ProjectQuotas | None = None  # runs per minute, storage of their copies
+
     def __init__(self, db: Database, settings: Settings, flows: FlowService) -> None:
         self.db = db
         self.settings = settings
@@ -317,6 +320,12 @@ class RunService:
                 param="data",
             )
         check_mapping(dag, mapping, rows[0], parent_dag)
+        lines = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        if self.project_quotas is not None:  # 429 / 409 before anything is copied
+            with self.db.session() as s:
+                self.project_quotas.check_run(
+                    s, access, len(lines) + folder_bytes(self.flows.folder(flow, version))
+                )
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         run_id = f"{flow}-{stamp}-{secrets.token_hex(3)}"
         folder = self.root / run_id
@@ -325,9 +334,7 @@ class RunService:
             folder / "flow",
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-        (folder / "data.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
-        )
+        (folder / "data.jsonl").write_bytes(lines)
         with self.db.session() as s:
             row = FlowRun(
                 id=run_id,

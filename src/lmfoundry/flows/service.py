@@ -41,6 +41,7 @@ from lmfoundry.flows.archive import unpack
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
+from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Flow, Project, utcnow
 
@@ -114,6 +115,8 @@ class FlowCall:
 
 
 class FlowService:
+    project_quotas: ProjectQuotas | None = None  # flow calls per minute, storage
+
     def __init__(
         self, db: Database, settings: Settings, connections: ConnectionService, keys: KeyStore
     ) -> None:
@@ -192,6 +195,8 @@ class FlowService:
         staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
         try:
             folder, dag = self._unpack_checked(archive, staging / "flow")
+            if self.project_quotas is not None:  # 409 before anything is stored
+                self.project_quotas.check_storage(access, folder_bytes(folder))
             with self.db.session() as s:
                 row = s.scalar(select(Flow).where(Flow.name == name))
                 if row is not None and row.project_id != access.project_id:
@@ -316,6 +321,8 @@ class FlowService:
         """Start one line of an uploaded flow (`name`) or of a packed folder (`archive`), with
         its aggregation nodes run over that one line, as `pf flow test` does."""
         self.require_flows(access, "test flows (they run code with the project's connections)")
+        if self.project_quotas is not None:
+            await self.project_quotas.admit_flow_call(access.project_id, access.project)
         cleanup = None
         if archive is not None:
             staging = Path(tempfile.mkdtemp(prefix="lmfoundry-flow-test-"))
@@ -405,6 +412,8 @@ class FlowService:
         """Start one line of a deployed flow for `POST /flows/{name}/score` (Prompt flow's
         contract: the body is the flow's inputs as JSON, or the text of its only input)."""
         project_id, project, version = await asyncio.to_thread(self._check_key, name, key)
+        if self.project_quotas is not None:
+            await self.project_quotas.admit_flow_call(project_id, project)
         dag = await asyncio.to_thread(load_dag, self.folder(name, version))
         given = _score_inputs(dag, body)
         values = dag.resolve_inputs(given, strict=False)

@@ -21,6 +21,7 @@ from lmfoundry.access.models import ProjectAccess, Role
 from lmfoundry.access.service import check_name
 from lmfoundry.catalog.service import CatalogService
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.registry.imports import ImportPolicy
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import (
@@ -116,6 +117,8 @@ class JobOutputs(Protocol):
 
 
 class RegistryService:
+    project_quotas: ProjectQuotas | None = None  # storage_bytes
+
     def __init__(
         self,
         db: Database,
@@ -222,6 +225,8 @@ class RegistryService:
                 f"{source} does not exist; give a model folder or a job.", param="path"
             )
         files = inspect_folder(source)
+        if self.project_quotas is not None:  # 409 before anything is copied
+            self.project_quotas.check_storage(access, folder_bytes(source))
         base = base_model or files.base_model
         if files.adapter:
             if not base:

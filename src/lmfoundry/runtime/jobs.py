@@ -33,6 +33,7 @@ from sqlalchemy import select, update
 
 from lmfoundry.errors import LmfError
 from lmfoundry.finetune.events import JobEvents
+from lmfoundry.runtime.environment import child_environment
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import FineTuningJob, utcnow
 
@@ -44,6 +45,18 @@ POLL_SECONDS = 0.5  # how soon a job process's exit or a cancel is acted on
 QUEUE_POLL_SECONDS = 2.0
 STOP_GRACE_SECONDS = 5.0
 JOB_MODULE = "lmfoundry.finetune.run"
+# What a job needs but its environment must not show (/proc/PID/environ, Ray's listings):
+# these reach it through a 0600 file in its folder (`--env-file`).
+SECRET_ENV = ("LMFOUNDRY_DATABASE_URL",)
+
+
+def write_env_file(work: Path, env: dict[str, str]) -> Path:
+    """The SECRET_ENV variables of `env` as KEY=VALUE lines in `work/job.env` (mode 0600)."""
+    path = work / "job.env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(f"{k}={v}\n" for k, v in env.items() if k in SECRET_ENV)
+    return path
 
 
 def describe_exit(code: int) -> str:
@@ -102,13 +115,17 @@ class LocalLauncher:
     """Job processes as children of the server, in their own session, dying with it."""
 
     def spawn(self, job_id: str, work: Path, env: dict[str, str]) -> LocalProcess:
+        secrets = write_env_file(work, env)
+        plain = {k: v for k, v in env.items() if k not in SECRET_ENV}
+        argv = [sys.executable, "-m", JOB_MODULE, "--job", job_id, "--parent", str(os.getpid())]
         with open(work / "job.log", "ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", JOB_MODULE, "--job", job_id, "--parent", str(os.getpid())],
+                [*argv, "--env-file", str(secrets)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **env},
+                # built from scratch: the server's secrets stay with the server
+                env=child_environment(work / "home", plain),
                 start_new_session=True,  # terminal signals go to the server, not to jobs
             )
         return LocalProcess(process)

@@ -38,6 +38,7 @@ import httpx
 from lmfoundry.engines.base import Delta, EngineDown, EngineError, GenerationRequest
 from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
 from lmfoundry.runtime.client import InstanceLost
+from lmfoundry.runtime.environment import child_environment
 from lmfoundry.runtime.event_stream import EventStream, StreamBroken
 from lmfoundry.runtime.lifeline import parent_death_signal
 
@@ -238,7 +239,15 @@ def convert_lora(adapter: Path, base: Path, out: Path, timeout: float = 600.0) -
         "--outtype", "f32", str(adapter),
     ]  # fmt: skip
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        with tempfile.TemporaryDirectory(prefix="lmf-convert-") as scratch:
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                env=child_environment(Path(scratch)),  # none of the server's secrets
+            )
     except subprocess.TimeoutExpired as exc:
         tmp.unlink(missing_ok=True)
         raise Unavailable(
@@ -436,6 +445,7 @@ class LlamaServerEngine:
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
+            env=child_environment(Path(self._dir)),  # none of this process's secrets
             preexec_fn=parent_death_signal,  # SIGTERM when this process dies
         )
         self.client = LlamaServerClient(self.socket, options.get("loras") or ())

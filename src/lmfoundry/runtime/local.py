@@ -25,6 +25,7 @@ from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.client import InstanceClient, InstanceLost
+from lmfoundry.runtime.environment import child_environment
 from lmfoundry.runtime.lifeline import parent_death_signal
 from lmfoundry.runtime.registry import STALE_SECONDS, InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
@@ -80,10 +81,18 @@ class InstanceInfo:
 
 class LocalInstance:
     def __init__(
-        self, group: str, name: str, spec: InstanceSpec, index: int, sockets: Path, logs: Path
+        self,
+        group: str,
+        name: str,
+        spec: InstanceSpec,
+        index: int,
+        sockets: Path,
+        logs: Path,
+        homes: Path,
     ) -> None:
         self.spec = spec
         self.id = f"{group}-{index}"
+        self.home = homes / self.id  # the process's HOME and TMPDIR; it sees no other
         self.name = name  # the group's: the deployment it serves, for messages
         # The pid keeps two servers on one home (several gateways) from sharing a socket.
         self.socket = sockets / f"{os.getpid()}-{self.id}.sock"
@@ -135,6 +144,8 @@ class LocalInstance:
                 stdout=log_file,
                 stderr=log_file,
                 stdin=subprocess.DEVNULL,
+                # none of the server's secrets: the variables it needs, a HOME of its own
+                env=child_environment(self.home),
                 # llama-server has no parent watchdog of its own (the worker has).
                 preexec_fn=parent_death_signal,
             )
@@ -330,6 +341,7 @@ class InstanceGroup:
                     self._next_index,
                     self.backend.sockets,
                     self.backend.logs,
+                    self.backend.homes,
                 )
             )
             self._next_index += 1
@@ -462,6 +474,7 @@ class LocalBackend:
         self.registry = registry  # publishes instances for gateway processes
         self.sockets = socket_dir(home)
         self.logs = home / "logs" / "instances"
+        self.homes = home / "run" / "instances"
         self.start_timeout = start_timeout
         self.idle_seconds = idle_seconds
         self.groups: dict[str, InstanceGroup] = {}

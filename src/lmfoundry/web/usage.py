@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio.from_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -71,6 +72,8 @@ def usage_page(
     query = urlencode(
         {k: v for k, v in {"group_by": group_by, "start": start, "end": end}.items() if v}
     )
+    # this sync route runs in a worker thread; flow calls are counted in the async store
+    quotas = anyio.from_thread.run(plat.project_quotas.view_async, access)
     return render(
         request,
         "usage.html",
@@ -85,6 +88,8 @@ def usage_page(
         end=end or "",
         errors=errors,
         csv_url=f"/projects/{access.project}/usage.csv?{query}",
+        quotas=quotas.quotas,
+        is_admin=access.principal.is_admin,
     )
 
 
