@@ -91,7 +91,18 @@ class Settings(BaseSettings):
         "its own expires_in_days.",
     )
     max_upload_bytes: int = Field(
-        default=512 * 1024 * 1024, description="Largest dataset or model upload accepted."
+        default=512 * 1024 * 1024,
+        description="Largest dataset or run data upload accepted, from a signed-in caller.",
+    )
+    max_api_body_bytes: int = Field(
+        default=1024 * 1024,
+        description="Largest management API body accepted other than uploads (413 above).",
+    )
+    max_prompt_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds the gateway may spend rendering a request's chat template and "
+        "counting its tokens (400 above).",
     )
     engine_threads: int | None = Field(
         default=None, description="CPU threads per llama.cpp instance; default: all cores."

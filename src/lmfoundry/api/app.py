@@ -97,6 +97,10 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     # outside the throttle: it counts failures by the address this sets
     app.add_middleware(ForwardedClient, trusted=settings.trusted_proxies)
     app.add_middleware(
-        RequestContext, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+        RequestContext,
+        max_body=settings.max_body_bytes,
+        max_upload=settings.max_upload_bytes,
+        max_api_body=settings.max_api_body_bytes,
+        max_flow=settings.flow_max_bytes,
     )
     return app

@@ -122,7 +122,8 @@ def upload(
     response: Response,
 ) -> dict[str, Any]:
     """Upload a flow folder; each upload of the same name is a new version."""
-    view, created = plat.flows.upload(access, name, file.file.read())
+    # The spooled upload (on disk past 1 MB), read as a stream by the unpacker.
+    view, created = plat.flows.upload(access, name, file.file)
     response.status_code = 201 if created else 200
     return view
 
@@ -153,7 +154,7 @@ async def test_folder(
         raise InvalidRequest(
             "inputs must be a JSON object of input names to values.", param="inputs"
         )
-    call = await plat.flows.test(access, values, archive=await file.read())
+    call = await plat.flows.test(access, values, archive=file.file)
     return await _answer(call, request)
 
 

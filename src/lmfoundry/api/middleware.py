@@ -6,16 +6,21 @@ untouched and the per-request cost stays in microseconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lmfoundry.errors import PayloadTooLarge
+from lmfoundry.access.sessions import COOKIE
+from lmfoundry.errors import PayloadTooLarge, Unauthorized
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The HTTP parser uvicorn uses (httptools) accepts headers of any size; this caps them.
@@ -25,13 +30,29 @@ MAX_HEADERS = 100
 
 class RequestContext:
     """Adds `x-request-id` to every response (reusing a well-formed one from the caller),
-    collapses duplicate slashes (SDKs join `endpoint/` + `/chat/completions`), answers 413
-    for bodies over the limit before the app reads them, and 431 for oversized headers."""
+    collapses duplicate slashes (SDKs join `endpoint/` + `/chat/completions`), answers 431
+    for oversized headers, and limits bodies while they are read, before anything parses
+    them (413 when a declared length is over, or as soon as the bytes read pass it).
 
-    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
+    Limits: inference bodies `max_body`; the management API `max_api_body` (small); the
+    upload routes (`UPLOADS`) `max_upload`, or `max_flow` for flow folders, but only for a
+    caller whose token or studio session checks out first. An upload from anyone else is
+    handed to the app with an empty body, unread, so the app answers 401 (and AuthThrottle
+    counts it) without a byte of it being read."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int,
+        max_upload: int,
+        max_api_body: int = 1024 * 1024,
+        max_flow: int | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
+        self.max_api_body = max_api_body
+        self.max_flow = max_flow if max_flow is not None else max_upload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,44 +85,131 @@ class RequestContext:
                 message["headers"] = [*message["headers"], (b"x-request-id", raw_id)]
             await send(message)
 
-        limit = self.max_upload if scope["path"].startswith("/api/") else self.max_body
+        limit = await self._limit(scope)
+        if limit is None:  # an upload from a caller who is not signed in: never read it
+            await self.app(scope, _empty_body(receive), send_with_id)
+            return
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and length.isdigit() and int(length) > limit.bytes:
             await _too_large(send_with_id, limit)
             return
         received = 0
+        started = refused = False
 
         async def receive_limited() -> Message:
-            nonlocal received
+            # Past the limit: answer 413 here, and tell the app the client left, so no
+            # parser can turn the refusal into some other answer (FastAPI makes any error
+            # while reading a body a 400).
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
+                if received > limit.bytes:
+                    if started:  # the app is already answering: all that is left is to stop
+                        raise BodyTooLarge(limit)
+                    refused = True
+                    await _too_large(send_with_id, limit)
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, receive_limited, send_with_id)
-        except BodyTooLarge:
-            await _too_large(send_with_id, limit)
+        async def send_unless_refused(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 was the answer
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
+        await self.app(scope, receive_limited, send_unless_refused)
+
+    async def _limit(self, scope: Scope) -> BodyLimit | None:
+        """The body limit of this request; None for an upload whose caller is not signed in."""
+        path: str = scope["path"]
+        if not path.startswith("/api/"):
+            return BodyLimit(self.max_body, "LMFOUNDRY_MAX_BODY_BYTES", "inference bodies")
+        upload = UPLOADS.match(path) if scope["method"] == "POST" else None
+        if upload is None:
+            return BodyLimit(
+                self.max_api_body,
+                "LMFOUNDRY_MAX_API_BODY_BYTES",
+                "management API bodies other than uploads",
+            )
+        if not await _signed_in(scope):
+            return None
+        if upload["noun"] in ("flows", "flows/test"):
+            # the packed folder plus room for the form's other fields
+            return BodyLimit(self.max_flow + 64 * 1024, "LMFOUNDRY_FLOW_MAX_BYTES", "flow folders")
+        return BodyLimit(self.max_upload, "LMFOUNDRY_MAX_UPLOAD_BYTES", "uploads")
+
+
+# The routes that take files (multipart): datasets, flow folders, a run's data.
+UPLOADS = re.compile(
+    r"^/api/v1/projects/[^/]+/(?P<noun>datasets|flows|flows/test|flows/[^/]+/runs)/?$"
+)
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    bytes: int
+    setting: str  # the environment variable that sets it
+    what: str  # the bodies it applies to
+
+
+async def _signed_in(scope: Scope) -> bool:
+    """Whether the request carries a valid token or studio session, checked as the routes
+    check it (api/deps.py) but before the body is read. The CSRF token and the caller's
+    role are left to the route."""
+    app = scope.get("app")
+    platform = getattr(getattr(app, "state", None), "platform", None)
+    if platform is None:
+        return False
+    headers = Headers(scope=scope)
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    try:
+        if scheme.lower() == "bearer" and token.strip():
+            await asyncio.to_thread(platform.access.authenticate, token.strip())
+            return True
+        session = platform.sessions.open(cookie_parser(headers.get("cookie", "")).get(COOKIE))
+        if session is None:
+            return False
+        await asyncio.to_thread(platform.access.authenticate_digest, session.token_digest)
+        return True
+    except Unauthorized:
+        return False
+
+
+def _empty_body(receive: Receive) -> Receive:
+    """A `receive` whose body is empty; the real one is never read."""
+    sent = False
+
+    async def empty() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await receive()  # after the body: the disconnect, as uvicorn sends it
+
+    return empty
 
 
 class BodyTooLarge(PayloadTooLarge):
     """Raised from `receive` mid-read; the app's error handler turns it into a 413."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: BodyLimit) -> None:
         super().__init__(_too_large_message(limit))
         self.limit = limit
 
 
-def _too_large_message(limit: int) -> str:
+def _too_large_message(limit: BodyLimit) -> str:
     return (
-        f"The request body is larger than {limit:,} bytes; send less (inference bodies: "
-        "LMFOUNDRY_MAX_BODY_BYTES, uploads: LMFOUNDRY_MAX_UPLOAD_BYTES)."
+        f"The request body is larger than {limit.bytes:,} bytes, the limit for {limit.what} "
+        f"({limit.setting}); send less. Larger bodies are taken only on the upload routes "
+        "(datasets, flows, run data), from a caller whose token checks out."
     )
 
 
-async def _too_large(send: Any, limit: int) -> None:
+async def _too_large(send: Any, limit: BodyLimit) -> None:
     await _refuse(send, 413, "payload_too_large", _too_large_message(limit))
 
 

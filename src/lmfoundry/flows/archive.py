@@ -1,7 +1,11 @@
 """Flow folders on the wire: packed by the CLI and SDK (tar.gz), unpacked safely by the server.
 
-Unpacking accepts tar.gz and zip, refuses absolute paths, `..`, links and device files, and
-stops at a size limit; a single top-level folder holding flow.dag.yaml is taken as the flow.
+Unpacking accepts tar.gz and zip and reads them as a stream, member by member, straight to
+disk: every limit is checked as the bytes arrive, before the next member is read, so a bomb
+costs what its limit allows and no more. It refuses absolute paths, `..`, links and device
+files, more than MAX_MEMBERS members, more than `max_bytes` packed or unpacked, and data that
+unpacks to more than MAX_RATIO times its packed size. A refused archive leaves nothing
+behind. A single top-level folder holding flow.dag.yaml is taken as the flow.
 """
 
 from __future__ import annotations
@@ -10,13 +14,19 @@ import io
 import shutil
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from lmfoundry.errors import InvalidRequest, PayloadTooLarge
 from lmfoundry.flows.models import DAG_FILES
 
 # Never part of a flow: caches, virtual environments, version control, local run output.
 SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".promptflow", ".runs", "node_modules"}
+MAX_MEMBERS = 2_000  # files and folders; a flow is code and templates
+MAX_RATIO = 100  # unpacked bytes per packed byte; source code packs 3-10x
+RATIO_FREE_BYTES = 1024 * 1024  # below this much unpacked, any ratio is fine
+CHUNK = 64 * 1024
 
 
 def pack(folder: Path, max_bytes: int | None = None) -> bytes:
@@ -48,18 +58,39 @@ def pack(folder: Path, max_bytes: int | None = None) -> bytes:
 
 def _safe_name(name: str) -> PurePosixPath:
     path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or "\\" in name:
+    if path.is_absolute() or ".." in path.parts or "\\" in name or "\0" in name:
         raise InvalidRequest(f"The flow archive has an unsafe path {name!r}.", param="file")
     return path
 
 
-def unpack(data: bytes, dest: Path, max_bytes: int) -> Path:
-    """Unpack a tar.gz or zip into `dest`; returns the folder that holds flow.dag.yaml."""
+def unpack(data: bytes | BinaryIO, dest: Path, max_bytes: int) -> Path:
+    """Unpack a tar.gz or zip (bytes, or a seekable file such as an upload's spooled file)
+    into `dest`; returns the folder that holds flow.dag.yaml. On any refusal `dest` is
+    removed again."""
+    source: BinaryIO = io.BytesIO(data) if isinstance(data, bytes) else data
+    packed = source.seek(0, io.SEEK_END)
+    source.seek(0)
+    if packed > max_bytes:
+        raise PayloadTooLarge(
+            f"The flow archive is {packed:,} bytes, more than {max_bytes:,} "
+            "(LMFOUNDRY_FLOW_MAX_BYTES); keep data and models out of the flow folder."
+        )
+    magic = source.read(2)
+    source.seek(0)
     dest.mkdir(parents=True, exist_ok=True)
-    if data[:2] == b"PK":
-        _unzip(data, dest, max_bytes)
-    else:
-        _untar(data, dest, max_bytes)
+    try:
+        budget = _Budget(max_bytes, packed)
+        if magic == b"PK":
+            _unzip(source, dest, budget)
+        else:
+            _untar(source, dest, budget)
+        return _flow_folder(dest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _flow_folder(dest: Path) -> Path:
     if any((dest / name).is_file() for name in DAG_FILES):
         return dest
     children = [p for p in dest.iterdir() if p.is_dir()]
@@ -71,51 +102,88 @@ def unpack(data: bytes, dest: Path, max_bytes: int) -> Path:
     )
 
 
-def _too_large(max_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"The flow unpacks to more than {max_bytes:,} bytes (LMFOUNDRY_FLOW_MAX_BYTES); keep "
-        "data and models out of the flow folder."
-    )
+class _Budget:
+    """What an archive may still unpack to: members, bytes, and bytes per packed byte."""
+
+    def __init__(self, max_bytes: int, packed: int) -> None:
+        self.max_bytes = max_bytes
+        self.packed = max(packed, 1)
+        self.members = 0
+        self.unpacked = 0
+
+    def member(self, declared_size: int) -> None:
+        """Called before a member is read, with the size its header declares."""
+        self.members += 1
+        if self.members > MAX_MEMBERS:
+            raise PayloadTooLarge(
+                f"The flow archive has more than {MAX_MEMBERS:,} files and folders; a flow is "
+                "code and templates, keep data, caches and dependencies out of its folder."
+            )
+        self._check(self.unpacked + declared_size)
+
+    def wrote(self, size: int) -> None:
+        self.unpacked += size
+        self._check(self.unpacked)
+
+    def _check(self, unpacked: int) -> None:
+        if unpacked > self.max_bytes:
+            raise PayloadTooLarge(
+                f"The flow unpacks to more than {self.max_bytes:,} bytes "
+                "(LMFOUNDRY_FLOW_MAX_BYTES); keep data and models out of the flow folder."
+            )
+        if unpacked > RATIO_FREE_BYTES and unpacked > MAX_RATIO * self.packed:
+            raise PayloadTooLarge(
+                f"The flow archive unpacks to more than {MAX_RATIO} times its packed size "
+                f"({self.packed:,} bytes); it looks like a compression bomb. Pack the flow "
+                "folder as it is (`lmfoundry flow upload DIR` does) without padding files."
+            )
 
 
-def _untar(data: bytes, dest: Path, max_bytes: int) -> None:
+def _write(source: BinaryIO, target: Path, budget: _Budget) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        while chunk := source.read(CHUNK):
+            budget.wrote(len(chunk))
+            out.write(chunk)
+
+
+def _not_readable(exc: BaseException) -> InvalidRequest:
+    return InvalidRequest(f"The flow archive is not a readable tar.gz or zip: {exc}", param="file")
+
+
+def _untar(source: BinaryIO, dest: Path, budget: _Budget) -> None:
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            members = tar.getmembers()
-            total = 0
-            for member in members:
-                _safe_name(member.name)
+        # "r|*": a stream, one header and its data at a time; nothing is read ahead.
+        with tarfile.open(fileobj=source, mode="r|*") as tar:
+            for member in tar:
+                path = _safe_name(member.name)
                 if not (member.isfile() or member.isdir()):
                     raise InvalidRequest(
                         f"The flow archive has {member.name!r}, which is not a plain file or "
                         "folder (links are not allowed).",
                         param="file",
                     )
-                total += member.size
-                if total > max_bytes:
-                    raise _too_large(max_bytes)
-            tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise InvalidRequest(
-            f"The flow archive is not a readable tar.gz or zip: {exc}", param="file"
-        ) from exc
-
-
-def _unzip(data: bytes, dest: Path, max_bytes: int) -> None:
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            infos = archive.infolist()
-            if sum(i.file_size for i in infos) > max_bytes:
-                raise _too_large(max_bytes)
-            for info in infos:
-                target = dest / _safe_name(info.filename)
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
+                budget.member(member.size)
+                if member.isdir():
+                    (dest / path).mkdir(parents=True, exist_ok=True)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidRequest(
-            f"The flow archive is not a readable tar.gz or zip: {exc}", param="file"
-        ) from exc
+                data = tar.extractfile(member)
+                if data is not None:
+                    _write(data, dest / path, budget)  # type: ignore[arg-type]
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise _not_readable(exc) from exc
+
+
+def _unzip(source: BinaryIO, dest: Path, budget: _Budget) -> None:
+    try:
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                path = _safe_name(info.filename)
+                budget.member(info.file_size)
+                if info.is_dir():
+                    (dest / path).mkdir(parents=True, exist_ok=True)
+                    continue
+                with archive.open(info) as data:
+                    _write(data, dest / path, budget)  # type: ignore[arg-type]
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+        raise _not_readable(exc) from exc

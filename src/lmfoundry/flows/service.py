@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,7 +33,6 @@ from lmfoundry.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
-    PayloadTooLarge,
     Timeout,
     Unauthorized,
 )
@@ -176,17 +175,12 @@ class FlowService:
 
     # -- storage -----------------------------------------------------------------------------
 
-    def _unpack_checked(self, archive: bytes, into: Path) -> tuple[Path, Dag]:
-        if len(archive) > self.settings.flow_max_bytes:
-            raise PayloadTooLarge(
-                f"The flow archive is larger than {self.settings.flow_max_bytes:,} bytes "
-                "(LMFOUNDRY_FLOW_MAX_BYTES)."
-            )
-        folder = unpack(archive, into, self.settings.flow_max_bytes)
+    def _unpack_checked(self, archive: bytes | BinaryIO, into: Path) -> tuple[Path, Dag]:
+        folder = unpack(archive, into, self.settings.flow_max_bytes)  # checks every limit
         return folder, load_dag(folder)
 
     def upload(
-        self, access: ProjectAccess, name: str, archive: bytes
+        self, access: ProjectAccess, name: str, archive: bytes | BinaryIO
     ) -> tuple[dict[str, Any], bool]:
         """Validate the packed flow and store it as the next version; returns (view, created)."""
         access.require(Role.developer, "upload flows")
@@ -316,7 +310,7 @@ class FlowService:
         access: ProjectAccess,
         inputs: dict[str, Any],
         name: str | None = None,
-        archive: bytes | None = None,
+        archive: bytes | BinaryIO | None = None,
     ) -> FlowCall:
         """Start one line of an uploaded flow (`name`) or of a packed folder (`archive`), with
         its aggregation nodes run over that one line, as `pf flow test` does."""

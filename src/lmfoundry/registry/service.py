@@ -20,6 +20,7 @@ from lmfoundry.access.audit import record
 from lmfoundry.access.models import ProjectAccess, Role
 from lmfoundry.access.service import check_name
 from lmfoundry.catalog.service import CatalogService
+from lmfoundry.engines.chat_template import check_template
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.registry.imports import ImportPolicy
@@ -95,6 +96,46 @@ def _read_json(path: Path) -> dict[str, Any]:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return {}
+
+
+def chat_templates(root: Path) -> list[tuple[str, str]]:
+    """(file, template) for each chat template a model file or folder carries: GGUF
+    metadata, tokenizer_config.json (one template, or a list of named ones) and
+    chat_template.jinja, anywhere in the folder (an MLflow model keeps its tokenizer in
+    components/)."""
+    found: list[tuple[str, str]] = []
+    ggufs = [root] if root.is_file() else sorted(root.glob("*.gguf"))
+    if ggufs:
+        from lmfoundry.engines.gguf import read_metadata
+
+        for gguf in ggufs:
+            template = read_metadata(gguf).get("tokenizer.chat_template")
+            if template:
+                found.append((gguf.name, template))
+    if root.is_file():
+        return found
+    for config in sorted(root.rglob("tokenizer_config.json")):
+        value = _read_json(config).get("chat_template")
+        named = value if isinstance(value, list) else [{"template": value}]
+        for item in named:
+            if isinstance(item, dict) and isinstance(item.get("template"), str):
+                found.append((str(config.relative_to(root)), item["template"]))
+    for jinja in sorted(root.rglob("chat_template.jinja")):
+        found.append((str(jinja.relative_to(root)), jinja.read_text(errors="replace")))
+    return found
+
+
+def check_chat_templates(root: Path) -> None:
+    """400 for a chat template that is huge, does not parse, or loops on a short
+    conversation (engines/chat_template.py), before the model is copied or served."""
+    for where, template in chat_templates(root):
+        problem = check_template(template)
+        if problem is not None:
+            raise InvalidRequest(
+                f"{where}: {problem} Fix or remove the template in {where}, then register "
+                "the model again.",
+                param="path",
+            )
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -225,6 +266,7 @@ class RegistryService:
                 f"{source} does not exist; give a model folder or a job.", param="path"
             )
         files = inspect_folder(source)
+        check_chat_templates(source)  # 400 before anything is copied
         if self.project_quotas is not None:  # 409 before anything is copied
             self.project_quotas.check_storage(access, folder_bytes(source))
         base = base_model or files.base_model

@@ -58,6 +58,9 @@ class CompletionsRequest(wire.GenerationParameters):
                 "The prompt's log probabilities are not returned; drop `echo` or `logprobs`.",
             )
 
+    def prompt_chars(self) -> int:
+        return len(self.text)
+
     def prompt_text(self, tokenizer: Tokenizer) -> str:
         if not self.text:
             raise InvalidRequest("prompt: must not be empty.", param="prompt")

@@ -22,6 +22,7 @@ from lmfoundry.config import Settings
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import ServingTarget
 from lmfoundry.engines.base import GenerationRequest, Tokenizer
+from lmfoundry.engines.chat_template import render_limits
 from lmfoundry.engines.registry import create_tokenizer, instance_options, supports
 from lmfoundry.errors import (
     EngineFailed,
@@ -33,7 +34,7 @@ from lmfoundry.errors import (
 )
 from lmfoundry.metering.service import MeteringService, Usage
 from lmfoundry.quotas.service import QuotaService, rate_limit_headers
-from lmfoundry.quotas.window import Decision
+from lmfoundry.quotas.window import Decision, Limits
 from lmfoundry.runtime.backend import Backend, Group
 from lmfoundry.runtime.spec import InstanceSpec
 from lmfoundry.serving import wire
@@ -201,8 +202,19 @@ class Gateway:
         model.card.require_type("chat-completions")  # an embeddings model: 400 saying so
         tokenizer = await self.tokenizer(model)
         request.check_supported(model.engine)
-        prompt = tokenizer.encode(request.prompt_text(tokenizer))
+        limits = target.limits
+        # Cheap checks first: a request is counted against requests/min and measured in
+        # characters before its template is rendered or a token counted.
+        counted = None
+        if not mirrored:
+            counted = await self.quotas.reserve(
+                self._requests_key(target), 0, _requests_only(limits), claim=claim
+            )
+            if not counted.allowed:  # chat() adds the x-ratelimit-* headers
+                raise self._over_quota(target, counted, {})
         context = tokenizer.context_length
+        _check_characters(request, model, context)
+        prompt = await self._prompt(request, tokenizer)
         if len(prompt) >= context:
             raise InvalidRequest(
                 f"messages: the prompt is {len(prompt)} tokens but {model.card.id} has a "
@@ -223,7 +235,6 @@ class Gateway:
             max_tokens = requested
         n = request.choices
         reserve = len(prompt) + n * max_tokens  # every choice may use all of max_tokens
-        limits = target.limits
         if reserve > limits.tokens_per_minute:
             times = f"{n} x " if n > 1 else ""
             raise InvalidRequest(
@@ -235,13 +246,15 @@ class Gateway:
             )
         params = request.to_sampling_params(max_tokens, extra)
         admitted_at = datetime.now(UTC)
-        if mirrored:  # a copy for the mirror deployment: not the caller's quota
+        if counted is None:  # a copy for the mirror deployment: not the caller's quota
             decision = Decision(True, "", limits.tokens_per_minute, limits.requests_per_minute, 0)
+            remaining_requests = limits.requests_per_minute
         else:
             decision = await self.quotas.reserve(
-                self._quota_key(target), reserve, limits, claim=claim
+                self._quota_key(target), reserve, _tokens_only(limits), claim=claim
             )
-        headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
+            remaining_requests = min(counted.remaining_requests, decision.remaining_requests)
+        headers = rate_limit_headers(limits, decision.remaining_tokens, remaining_requests)
         if not decision.allowed:
             raise self._over_quota(target, decision, headers)
         if group is None:
@@ -267,9 +280,34 @@ class Gateway:
             mirrored=mirrored,
         )
 
+    async def _prompt(self, request: InferenceRequest, tokenizer: Tokenizer) -> list[int]:
+        """The prompt's tokens: its template rendered and its text tokenised in a worker
+        thread, off the event loop, within LMFOUNDRY_MAX_PROMPT_SECONDS (the template
+        checks the deadline as it renders; see engines/chat_template.py)."""
+        seconds = self.settings.max_prompt_seconds
+
+        def work() -> list[int]:
+            with render_limits(seconds, context_chars(tokenizer.context_length)):
+                return tokenizer.encode(request.prompt_text(tokenizer))
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(work), seconds)
+        except TimeoutError:
+            raise InvalidRequest(
+                f"messages: rendering and counting the prompt took more than {seconds:g} s "
+                "(LMFOUNDRY_MAX_PROMPT_SECONDS); send fewer or shorter messages.",
+                param="messages",
+            ) from None
+
     @staticmethod
     def _quota_key(target: ServingTarget) -> str:
+        """The target's tokens/min window (embeddings count their requests there too)."""
         return f"{target.kind}:{target.id}"
+
+    @staticmethod
+    def _requests_key(target: ServingTarget) -> str:
+        """The requests/min window of generating requests, counted before any rendering."""
+        return f"{target.kind}:{target.id}:requests"
 
     @staticmethod
     def _over_quota(
@@ -288,7 +326,8 @@ class Gateway:
 
     async def remaining_headers(self, target: ServingTarget) -> dict[str, str]:
         tokens, requests = await self.quotas.remaining(self._quota_key(target), target.limits)
-        return rate_limit_headers(target.limits, tokens, requests)
+        _, counted = await self.quotas.remaining(self._requests_key(target), target.limits)
+        return rate_limit_headers(target.limits, tokens, min(requests, counted))
 
     async def chat(
         self,
@@ -446,6 +485,36 @@ class Gateway:
             await self.quotas.settle(
                 self._quota_key(admitted.target), admitted.reservation, prompt + completion
             )
+
+
+# A token is rarely more than 16 characters (the longest merges are runs of spaces or
+# symbols); a prompt with more than this many per token of context cannot fit it.
+MAX_CHARS_PER_TOKEN = 64
+UNLIMITED = 2**31 - 1
+
+
+def context_chars(context: int) -> int:
+    """Characters past which a prompt cannot fit `context` tokens."""
+    return context * MAX_CHARS_PER_TOKEN
+
+
+def _check_characters(request: InferenceRequest, model: ResolvedModel, context: int) -> None:
+    chars = request.prompt_chars()
+    if chars > context_chars(context):
+        raise InvalidRequest(
+            f"messages: the prompt is {chars:,} characters, more than {model.card.id} can "
+            f"read in its context of {context} tokens (at most {context_chars(context):,} "
+            "characters); shorten the messages.",
+            param="messages",
+        )
+
+
+def _requests_only(limits: Limits) -> Limits:
+    return Limits(tokens_per_minute=UNLIMITED, requests_per_minute=limits.requests_per_minute)
+
+
+def _tokens_only(limits: Limits) -> Limits:
+    return Limits(tokens_per_minute=limits.tokens_per_minute, requests_per_minute=UNLIMITED)
 
 
 def _tokens(choices: list[Choice]) -> int:

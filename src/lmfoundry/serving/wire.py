@@ -176,6 +176,12 @@ class GenerationParameters(BaseModel):
     def completion_cap(self) -> int | None:
         return self.max_tokens
 
+    def prompt_chars(self) -> int:
+        """Characters the prompt is made from, before any template: no more than the
+        rendered prompt holds, so the gateway can refuse a prompt that cannot fit the
+        context before it renders or tokenises anything. 0: not known."""
+        return 0
+
     def top_logprobs_wanted(self) -> int | None:
         """None: no log probabilities; K: each token's and its K most likely alternatives."""
         return None
@@ -245,6 +251,16 @@ class ChatCompletionsRequest(GenerationParameters):
 
     def completion_cap(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def prompt_chars(self) -> int:
+        chars = 0
+        for message in self.messages:
+            chars += len(message.text()) + len(message.name or "")
+            for call in message.tool_calls or ():
+                chars += len(call.function.name) + len(call.function.arguments)
+        if self.tools:  # shown to the model, through its template or a system message
+            chars += sum(len(json.dumps(tool)) for tool in self.tools)
+        return chars
 
     def check_supported(self, engine: str) -> None:
         super().check_supported(engine)

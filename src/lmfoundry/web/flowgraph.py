@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from lmfoundry.flows.dag import compose_yaml, load_yaml
+
 REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 INPUTS, OUTPUTS = "inputs", "outputs"
 
@@ -60,7 +62,7 @@ def _strings(value: Any, budget: int = 20_000) -> list[str]:
 
 def _node_lines(text: str) -> list[int]:
     """1-based line of each entry of `nodes:`, from the composed YAML tree."""
-    root = yaml.compose(text)
+    root = compose_yaml(text)
     if not isinstance(root, yaml.MappingNode):
         return []
     for key, value in root.value:
@@ -79,7 +81,7 @@ def dag_text(definition: dict[str, Any]) -> str:
 def parse_flow(text: str) -> FlowGraph:
     graph = FlowGraph()
     try:
-        dag = yaml.safe_load(text)
+        dag = load_yaml(text)  # anchors and aliases: a 400 naming the line
         lines = _node_lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
