@@ -355,6 +355,11 @@ def flows_step(p: Page) -> None:
             info.size = len(text.encode())
             tar.addfile(info, io.BytesIO(text.encode()))
     p.goto(f"/projects/{PROJECT}/flows")
+    # A new project has flows switched off; its owner switches them on from the page.
+    p.wait_for_selector("#flows-off")
+    shot(p, "15b-flows-off")
+    p.click("#enable-flows")
+    p.wait_for_selector("#flows-off", state="detached")
     p.fill("#flow-name", "shouter")
     p.set_input_files(
         "#flow-file",

@@ -23,6 +23,27 @@ async function load() {
       el("td", {}, f.deployed_version ? `v${f.deployed_version}` : "no"), el("td", {}, when(f.updated_at || f.created_at))))))));
 }
 
+// Flow code runs only in projects whose owner switched flows on: say so, and let an owner do it.
+const switchBox = document.getElementById("flows-switch");
+async function showSwitch() {
+  const info = await optional(projectApi(""));
+  if (!info || info.flows_enabled) {
+    switchBox.replaceChildren();
+    return;
+  }
+  const owner = info.role === "owner";
+  switchBox.replaceChildren(el("div", { class: "panel stack", id: "flows-off", role: "status" },
+    el("p", {}, "Flows are switched off in this project: flows can be uploaded and read, but their code ",
+      "does not run (no tests, runs, deployments or scores) until an owner switches flows on."),
+    owner
+      ? el("div", {}, el("button", {
+        type: "button", id: "enable-flows",
+        onclick: async () => { await api("PATCH", projectApi(""), { flows_enabled: true }); await showSwitch(); },
+      }, "Switch flows on"))
+      : el("p", { class: "muted" }, "Ask an owner of the project to switch them on.")));
+}
+showSwitch().catch((err) => switchBox.replaceChildren(el("p", { class: "form-error", role: "alert" }, err.message)));
+
 const form = document.getElementById("flow-form");
 if (form) {
   bindForm(form, async (data) => {

@@ -81,7 +81,7 @@ async function refreshJob() {
   const progress = job.step !== undefined ? `${job.step}${job.total_steps ? ` of ${job.total_steps}` : ""}` : null;
   const facts = [["model", job.model], ["training data", job.training_data], ["validation data", job.validation_data],
     ["progress", progress], ["created", when(job.created_at)], ["finished", when(job.finished_at)],
-    ["restarts", job.restarts || null], ["output", job.output_model_path || job.fine_tuned_model],
+    ["restarts", job.restarts || null], ["output", job.fine_tuned_model],
     ["error", job.error?.message || job.error]];
   const hp = job.hyperparameters || {};
   document.getElementById("job-facts").replaceChildren(
