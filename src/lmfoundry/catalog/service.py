@@ -192,7 +192,7 @@ class CatalogService:
                 id=model_id,
                 display_name=display_name or model_id,
                 publisher="local",
-                description=f"Imported from {path}.",
+                description=f"Imported from a local folder ({Path(path).name}).",
                 architecture=info["architecture"],
                 parameters=info.get("parameters", "unknown"),
                 context_length=info["context_length"],

@@ -49,7 +49,9 @@ def read_rows(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]:
                 continue
             messages, problem = check_row(raw)
             if messages is None:
-                raise InvalidRequest(f"{path} line {line} became invalid: {problem}")
+                raise InvalidRequest(
+                    f"The stored dataset {path.stem} line {line} became invalid: {problem}"
+                )
             yield line, messages
 
 
