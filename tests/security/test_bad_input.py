@@ -434,3 +434,16 @@ def test_a_good_chat_template_is_accepted_at_registration(
             "/api/v1/projects/default/models", json={"name": "phi-like", "path": str(folder)}
         )
     assert response.status_code == 201, response.text
+
+
+def test_a_looping_chat_template_is_refused_at_catalog_import(
+    server: LiveServer, imports: Path
+) -> None:
+    looping = "{% set r = range(100000) %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}"
+    folder = _model_folder(imports, "catalog-loop", looping)
+    with server.client() as client:
+        response = client.post("/api/v1/catalog/import", json={"path": str(folder)})
+        ids = [card["id"] for card in client.get("/api/v1/catalog").json()]
+    assert response.status_code == 400, response.text
+    assert "loops or grows without end" in response.json()["error"]["message"]
+    assert "catalog-loop" not in ids

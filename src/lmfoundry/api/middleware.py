@@ -20,7 +20,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmfoundry.access.sessions import COOKIE
-from lmfoundry.errors import PayloadTooLarge, Unauthorized
+from lmfoundry.errors import LmfError, PayloadTooLarge
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The HTTP parser uvicorn uses (httptools) accepts headers of any size; this caps them.
@@ -175,7 +175,7 @@ async def _signed_in(scope: Scope) -> bool:
             return False
         await asyncio.to_thread(platform.access.authenticate_digest, session.token_digest)
         return True
-    except Unauthorized:
+    except LmfError:  # refused, or the database is busy: the route checks again and says so
         return False
 
 

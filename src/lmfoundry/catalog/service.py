@@ -14,6 +14,7 @@ from lmfoundry.catalog import minilm
 from lmfoundry.catalog.bundled import gemma_available, gemma_path, smollm2_path
 from lmfoundry.catalog.cards import BUILTIN
 from lmfoundry.catalog.models import CardView, ModelCard, ModelSource
+from lmfoundry.engines.chat_template import check_template
 from lmfoundry.engines.registry import capabilities
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.runtime.llama_server import EMBEDDING_UBATCH
@@ -171,6 +172,13 @@ class CatalogService:
                 param="path",
             )
         info = inspect_weights(path)
+        problem = check_template(info["chat_template"]) if info.get("chat_template") else None
+        if problem is not None:  # every request would render it: refuse it here
+            raise InvalidRequest(
+                f"{path.name}: {problem} Fix or remove the model's chat template, then import "
+                "it again.",
+                param="path",
+            )
         model_id = model_id or info["id"]
         if not ID_PATTERN.match(model_id):
             raise InvalidRequest(
