@@ -447,3 +447,46 @@ def test_a_looping_chat_template_is_refused_at_catalog_import(
     assert response.status_code == 400, response.text
     assert "loops or grows without end" in response.json()["error"]["message"]
     assert "catalog-loop" not in ids
+
+
+def test_a_template_that_ignores_the_deadline_is_stopped_and_frees_its_thread() -> None:
+    """The gateway's render path (serving/gateway.py `_prompt`), in-process: a loop over a
+    message's text touches none of the sandbox's checks, so only the interrupt stops it."""
+    import asyncio
+
+    from lmfoundry.engines.base import EngineError
+    from lmfoundry.engines.chat_template import Interruptible, render_chat, render_limits
+
+    template = (
+        "{% set s = messages[0].content %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}"
+    )
+    messages = [{"role": "user", "content": "x" * 200_000}]  # 4e10 steps: hours
+    outcome: dict[str, object] = {}
+
+    def render() -> str:
+        outcome["thread"] = threading.current_thread()
+        with render_limits(0.5, 1_000_000):
+            return render_chat(template, messages)
+
+    job = Interruptible(render, "Rendering the prompt")
+
+    def run() -> None:
+        try:
+            outcome["text"] = job()
+        except EngineError as exc:
+            outcome["error"] = exc.message
+
+    async def gateway_waits() -> float:
+        started = time.monotonic()
+        worker = threading.Thread(target=run)
+        worker.start()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(worker.join), 0.5)
+        job.interrupt()
+        await asyncio.to_thread(worker.join, 5)
+        assert not worker.is_alive()
+        return time.monotonic() - started
+
+    seconds = asyncio.run(gateway_waits())
+    assert seconds < 1.5
+    assert outcome["error"] == "Rendering the prompt was stopped at its deadline."

@@ -3,27 +3,29 @@
 A template is a program that came with a model, so it runs in Jinja's sandbox and, inside
 `render_limits`, under a deadline and an output cap: every call, attribute or item lookup,
 `range` step, `*` / `**` and piece of output checks them, so a template that loops stops
-with a 400 instead of holding a thread. `check_template` is what registration asks before
-a model's template is accepted: small enough, parses, and renders a short conversation in
-a child process that is killed when it runs out of time (the one sure stop for a loop that
-touches none of the checks above).
+with a 400 instead of holding a thread. A loop that touches none of those checks (over a
+long string, say) is stopped from outside by `Interruptible`. `check_template` is what
+registration asks before a model's template is accepted: small enough, parses, and renders
+a short conversation in a child process with a deadline and CPU and memory limits.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import operator
 import resource
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 from jinja2 import TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
@@ -31,6 +33,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from lmfoundry.engines.base import EngineError
 
 MAX_TEMPLATE_CHARS = 100_000  # the largest real templates (tool-calling ones) are ~20k
+T = TypeVar("T")
 CHECK_SECONDS = 2.0  # wall time the registration check's child process may take
 CHECK_OUTPUT_CHARS = 64 * 1024  # a four-message conversation renders to a few hundred
 SAMPLE_MESSAGES = [
@@ -74,6 +77,55 @@ def render_limits(seconds: float, max_chars: int) -> Iterator[None]:
         yield
     finally:
         _limits.reset(token)
+
+
+class _Interrupted(BaseException):
+    """Raised inside a worker thread by `Interruptible.interrupt`."""
+
+
+class Interruptible(Generic[T]):
+    """`fn`, to run in a worker thread, that can be stopped from outside once its caller
+    gave up on it. The checks inside the sandbox stop most runaway templates; this stops the
+    rest (a plain loop over a long string touches none of them) by raising an exception in
+    the thread (`PyThreadState_SetAsyncExc`, delivered between two bytecodes). It is taken
+    inside `__call__` in every case, never in the thread pool's own code."""
+
+    def __init__(self, fn: Callable[[], T], what: str) -> None:
+        self.fn = fn
+        self.what = what
+        self._lock = threading.Lock()
+        self._thread: int | None = None
+        self._cancelled = self._sent = self._raised = self._done = False
+
+    def __call__(self) -> T:
+        try:
+            try:
+                with self._lock:
+                    if self._cancelled:
+                        raise _Interrupted
+                    self._thread = threading.get_ident()
+                return self.fn()
+            except _Interrupted:
+                self._raised = True
+                raise
+            finally:
+                with self._lock:
+                    self._done = True
+                while self._sent and not self._raised:
+                    time.sleep(0.001)  # the exception is on its way: take it here
+        except _Interrupted:
+            raise EngineError(f"{self.what} was stopped at its deadline.") from None
+
+    def interrupt(self) -> None:
+        """Stop the call: at once when it is running, at its start when it is not yet."""
+        with self._lock:
+            self._cancelled = True
+            if self._done or self._thread is None or self._sent:
+                return
+            self._sent = True
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._thread), ctypes.py_object(_Interrupted)
+            )
 
 
 def _check_time() -> None:

@@ -22,7 +22,7 @@ from lmfoundry.config import Settings
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import ServingTarget
 from lmfoundry.engines.base import GenerationRequest, Tokenizer
-from lmfoundry.engines.chat_template import render_limits
+from lmfoundry.engines.chat_template import Interruptible, render_limits
 from lmfoundry.engines.registry import create_tokenizer, instance_options, supports
 from lmfoundry.errors import (
     EngineFailed,
@@ -290,9 +290,11 @@ class Gateway:
             with render_limits(seconds, context_chars(tokenizer.context_length)):
                 return tokenizer.encode(request.prompt_text(tokenizer))
 
+        job = Interruptible(work, "Rendering the prompt")
         try:
-            return await asyncio.wait_for(asyncio.to_thread(work), seconds)
+            return await asyncio.wait_for(asyncio.to_thread(job), seconds)
         except TimeoutError:
+            job.interrupt()  # so a template that ignored the deadline frees its thread
             raise InvalidRequest(
                 f"messages: rendering and counting the prompt took more than {seconds:g} s "
                 "(LMFOUNDRY_MAX_PROMPT_SECONDS); send fewer or shorter messages.",
