@@ -265,3 +265,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
+
+
+def tiny_lora_adapter(folder: Path) -> Path:
+    """A (tiny) PEFT LoRA adapter folder on SmolLM2."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": 8,
+                "lora_alpha": 16,
+                "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "target_modules": ["q_proj", "v_proj"],
+            }
+        )
+    )
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    return folder

@@ -6,26 +6,13 @@ import json
 from pathlib import Path
 
 from lmfoundry.catalog.bundled import smollm2_path
-from tests.conftest import Api
+from tests.conftest import Api, tiny_lora_adapter
 
 M = "/api/v1/projects/default/models"
 
 
 def adapter_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "adapter"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text(
-        json.dumps(
-            {
-                "peft_type": "LORA",
-                "r": 8,
-                "lora_alpha": 16,
-                "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                "target_modules": ["q_proj", "v_proj"],
-            }
-        )
-    )
-    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    folder = tiny_lora_adapter(tmp_path / "adapter")
     (folder / "lineage.json").write_text(json.dumps({"datasets": ["chat:1"]}))
     return folder
 

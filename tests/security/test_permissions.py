@@ -17,7 +17,14 @@ import pytest
 
 from lmfoundry.config import Settings
 from lmfoundry.flows.archive import pack
-from tests.conftest import ADMIN_TOKEN, Api, LiveServer, start_server, stop_server
+from tests.conftest import (
+    ADMIN_TOKEN,
+    Api,
+    LiveServer,
+    start_server,
+    stop_server,
+    tiny_lora_adapter,
+)
 from tests.flows.helpers import write_flow
 
 TEAM = "team"
@@ -49,24 +56,6 @@ from promptflow import tool
 def shout(text: str) -> str:
     return text.upper()
 """
-
-
-def adapter(folder: Path) -> Path:
-    """A (tiny) PEFT LoRA adapter folder on SmolLM2."""
-    folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(
-        json.dumps(
-            {
-                "peft_type": "LORA",
-                "r": 8,
-                "lora_alpha": 16,
-                "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                "target_modules": ["q_proj", "v_proj"],
-            }
-        )
-    )
-    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
-    return folder
 
 
 @dataclass
@@ -215,13 +204,13 @@ def test_flows_run_only_when_an_owner_enabled_them(setup: Setup, tmp_path: Path)
 def test_register_by_path_reads_only_the_import_roots(setup: Setup) -> None:
     home = setup.server.home
     imports = setup.imports
-    good = adapter(imports / "good")
-    leaky = adapter(imports / "leaky")
+    good = tiny_lora_adapter(imports / "good")
+    leaky = tiny_lora_adapter(imports / "leaky")
     (leaky / "stolen.txt").symlink_to("/etc/passwd")
-    linked_dir = adapter(imports / "linked-dir")
+    linked_dir = tiny_lora_adapter(imports / "linked-dir")
     (linked_dir / "more").symlink_to(home, target_is_directory=True)
     (imports / "shortcut").symlink_to(home / "artifacts", target_is_directory=True)
-    many = adapter(imports / "many")
+    many = tiny_lora_adapter(imports / "many")
     for n in range(MAX_FILES):
         (many / f"shard-{n}.bin").write_bytes(b"x")
 
@@ -280,7 +269,7 @@ def test_register_by_path_is_off_without_import_roots(home: Path) -> None:
 
     from lmfoundry.api.app import create_app
 
-    folder = adapter(home.parent / "model")
+    folder = tiny_lora_adapter(home.parent / "model")
     settings = Settings(home=home, admin_token=ADMIN_TOKEN, import_roots=[])
     with TestClient(create_app(settings)) as client:
         refused = client.post(
@@ -296,7 +285,8 @@ def test_answers_name_no_server_folder(setup: Setup) -> None:
     home = setup.server.home
     with setup.server.client() as admin:
         registered = admin.post(
-            f"{P}/models", json={"name": "listed", "path": str(adapter(setup.imports / "listed"))}
+            f"{P}/models",
+            json={"name": "listed", "path": str(tiny_lora_adapter(setup.imports / "listed"))},
         )
         assert registered.status_code == 201, registered.text
         dataset = admin.post(
@@ -422,7 +412,7 @@ def test_the_copy_refuses_what_changed_after_the_checks(tmp_path: Path) -> None:
     policy = ImportPolicy((root, tmp_path / "gone"), tmp_path / "home", 1 << 20, 100)
     with pytest.raises(InvalidRequest, match="does not exist"):
         policy.source(str(tmp_path / "gone" / "model"))
-    model = adapter(root / "model")
+    model = tiny_lora_adapter(root / "model")
     checked = policy.source(str(model))
     (model / "adapter_model.safetensors").unlink()
     (model / "adapter_model.safetensors").symlink_to("/etc/passwd")  # swapped in afterwards
