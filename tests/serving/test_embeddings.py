@@ -207,6 +207,10 @@ def test_bad_inputs_get_a_4xx_naming_the_problem(target: tuple[str, str]) -> Non
         long = c.post("embeddings", json={"input": ["short", "word " * 600]})
         assert long.status_code == 400, long.text
         assert "input[1] is 602 tokens" in long.text and "at most 512" in long.text
+        # Far longer than any context holds: refused by its characters, before tokenising.
+        huge = c.post("embeddings", json={"input": ["short", "x" * 40_000]})
+        assert huge.status_code == 400, huge.text
+        assert "input[1] is 40,000 characters" in huge.text and "32,768" in huge.text
         many = c.post("v1/embeddings", json={"input": ["a"] * 2049})
         assert many.status_code == 400 and "at most 2048" in many.text
         assert c.post("embeddings", json={"input": []}).status_code == 400

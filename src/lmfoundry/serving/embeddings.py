@@ -34,7 +34,7 @@ from lmfoundry.runtime.backend import Group
 from lmfoundry.serving.endpoint import EndpointRouter
 from lmfoundry.serving.endpoint import _target as endpoint_target
 from lmfoundry.serving.endpoint import _timed_out as timed_out
-from lmfoundry.serving.gateway import Gateway, _status_of, extra_mode
+from lmfoundry.serving.gateway import Gateway, _status_of, context_chars, extra_mode
 from lmfoundry.serving.wire import (
     IGNORED_HEADER,
     ExtraMode,
@@ -226,6 +226,7 @@ class EmbeddingsService:
             )
         request.check_supported(model)
         texts = request.texts()
+        _check_characters(texts, model)  # before any tokenising
         tokenizer = await gateway.tokenizer(model)
         inputs = await asyncio.to_thread(lambda: [tokenizer.encode(t) for t in texts])
         tokens = _check_lengths(inputs, model)
@@ -259,6 +260,19 @@ class EmbeddingsService:
         if admitted.reservation:
             quota_key = self.gateway._quota_key(target)
             await self.gateway.quotas.settle(quota_key, admitted.reservation, used)
+
+
+def _check_characters(texts: list[str], model: ResolvedModel) -> None:
+    """A 400 naming the first input too long in characters to fit the context, cheaply."""
+    context = model.card.context_length
+    for i, text in enumerate(texts):
+        if len(text) > context_chars(context):
+            raise InvalidRequest(
+                f"input[{i}] is {len(text):,} characters, more than {model.card.id} reads in "
+                f"its context of {context} tokens per input (at most "
+                f"{context_chars(context):,} characters); shorten it or split it.",
+                param=f"input[{i}]",
+            )
 
 
 def _check_lengths(inputs: list[list[int]], model: ResolvedModel) -> int:
