@@ -146,7 +146,8 @@ class EgressProxy:
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop listening and end every connection (nothing to wait for)."""
         if self._server is not None:
             self._server.close()
             self._server = None

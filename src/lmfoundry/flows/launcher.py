@@ -353,26 +353,43 @@ class FlowProcess:
                 await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
 
     async def close(self) -> None:
+        """Stop the process and remove what it had. A cancel while it closes (a run canceled,
+        the server stopping) still kills the process group and cleans up, without waiting:
+        the uid goes back to the pool only with the rest."""
         process, self._process = self._process, None
-        if process is not None:
-            if self._busy and process.returncode is None:  # canceled mid-line: stop it now
-                _kill(process)
-            if process.stdin is not None and not process.stdin.is_closing():
-                process.stdin.close()
-            try:
-                await asyncio.wait_for(process.wait(), 2.0)
-            except TimeoutError:
-                _kill(process)
-                await process.wait()
+        try:
+            if process is not None:
+                if self._busy and process.returncode is None:  # canceled mid-line: stop it now
+                    _kill(process)
+                if process.stdin is not None and not process.stdin.is_closing():
+                    process.stdin.close()
+                try:
+                    await asyncio.wait_for(process.wait(), 2.0)
+                except TimeoutError:
+                    _kill(process)
+                    await process.wait()
+                except asyncio.CancelledError:
+                    _kill(process)
+                    raise
+            if self._stderr_task is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stderr_task, 2.0)
+            if self._workdir is not None:
+                await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+                self._workdir = None
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """What `close` must never skip, at once."""
         if self._proxy is not None:
-            await self._proxy.close()
+            self._proxy.close()
             self._proxy = None
         if self._stderr_task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._stderr_task, 2.0)
+            self._stderr_task.cancel()
             self._stderr_task = None
         if self._workdir is not None:
-            await asyncio.to_thread(shutil.rmtree, self._workdir, True)
+            shutil.rmtree(self._workdir, True)
             self._workdir = None
         if self._sandbox is not None:
             self._sandbox.release()  # only now: nothing of the uid is left

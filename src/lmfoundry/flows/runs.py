@@ -41,6 +41,7 @@ from lmfoundry.storage.models import FlowRun, FlowRunLine, utcnow
 log = logging.getLogger("lmfoundry.flows")
 
 UNFINISHED = ("queued", "running")
+STOP_SECONDS = 10.0  # how long a server stop waits for its runs to unwind
 CONCURRENT_RUNS = 2  # runs executing at once; each uses up to flow_workers processes
 
 
@@ -232,7 +233,14 @@ class RunService:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Each run kills its flow processes as it unwinds; a stop does not wait on one
+            # that takes longer (it is left `running`, to resume on the next start).
+            _, late = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+            for task in late:
+                log.warning(
+                    "flow run task %s did not stop within %s s", task.get_name(), STOP_SECONDS
+                )
         self._loop = None
 
     def _submit(self, run_id: str) -> None:
