@@ -420,3 +420,36 @@ def test_the_copy_refuses_what_changed_after_the_checks(tmp_path: Path) -> None:
         policy.copy(checked, tmp_path / "copy", str(model))
     copied = [p for p in (tmp_path / "copy").rglob("*") if p.is_file()]
     assert not any(p.read_bytes().startswith(b"root:") for p in copied)
+
+
+def test_a_jobs_error_and_log_name_no_server_folder(home: Path) -> None:
+    """A trainer's traceback names the files it read; the job's answers do not."""
+    from fastapi.testclient import TestClient
+
+    from lmfoundry.api.app import create_app
+    from lmfoundry.finetune.events import LOG
+    from lmfoundry.storage.db import Database
+    from lmfoundry.storage.models import FineTuningEvent, FineTuningJob
+    from tests.finetune.helpers import JOBS, upload_example
+
+    settings = Settings(home=home, admin_token=ADMIN_TOKEN, supervisor=False)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, ADMIN_TOKEN)
+        train, _ = upload_example(api)
+        job = api.post(JOBS, json={"model": "SmolLM2-135M-Instruct", "training_data": train})
+        assert job.status_code == 201, job.text
+        job_id = job.json()["id"]
+        leaked = f"FileNotFoundError: {home}/artifacts/datasets/{train}.jsonl"
+        db = Database(settings.database_url)
+        with db.session() as s:
+            row = s.get(FineTuningJob, job_id)
+            assert row is not None
+            row.error = leaked
+            s.add(FineTuningEvent(job_id=job_id, kind=LOG, level="error", message=leaked))
+        db.dispose()
+        answers = [api.get(f"{JOBS}/{job_id}"), api.get(f"{JOBS}/{job_id}/events"), api.get(JOBS)]
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            assert str(home) not in answer.text
+        assert "<artifacts>/datasets/" in answers[0].json()["error"]
+        assert "<artifacts>/datasets/" in answers[1].text

@@ -213,7 +213,11 @@ class FineTuneService:
         with self.db.session() as s:
             row = self._row(s, access, job_id)
             status = row.status
-            return read_events(s, job_id, after, limit), status
+            events = read_events(s, job_id, after, limit)
+        for event in events:
+            if isinstance(event.get("message"), str):
+                event["message"] = self._unpath(event["message"])
+        return events, status
 
     def _row(self, s: Any, access: ProjectAccess, job_id: str) -> FineTuningJob:
         row = s.get(FineTuningJob, job_id)
@@ -224,6 +228,12 @@ class FineTuneService:
             )
         return row  # type: ignore[no-any-return]
 
+    def _unpath(self, text: str) -> str:
+        """A job's own words (its error, its log lines) without the server's folders: a
+        trainer's traceback names the files it read."""
+        home = str(self.artifacts_dir.parent)
+        return text.replace(str(self.artifacts_dir), "<artifacts>").replace(home, "<home>")
+
     def _view(self, s: Any, row: FineTuningJob, project: str) -> dict[str, Any]:
         train = s.get(Dataset, row.training_dataset_id)
         valid = s.get(Dataset, row.validation_dataset_id) if row.validation_dataset_id else None
@@ -233,7 +243,7 @@ class FineTuneService:
             "project": project,
             "model": row.model,
             "status": row.status,
-            "error": row.error,
+            "error": self._unpath(row.error) if row.error else row.error,
             "training_data": _ref(train),
             "training_data_id": row.training_dataset_id,
             "validation_data": _ref(valid) if valid else None,
