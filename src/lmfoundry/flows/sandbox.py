@@ -205,6 +205,9 @@ class Sandbox:
         argv += ["--perms", "0755", "--dir", "/etc"]  # bwrap would make it 0700
         for name in ETC:
             argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        # A fresh /proc, /dev and /tmp first: the Python roots bound after them may lie
+        # below /tmp (a checkout or venv there) and must not be covered by the empty tmpfs.
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         roots = python_roots()
         made: set[Path] = set()
         for root in roots:
@@ -213,7 +216,6 @@ class Sandbox:
                     argv += ["--perms", "0755", "--dir", str(parent)]
                     made.add(parent)
             argv += ["--ro-bind", str(root), str(root)]
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for private in self._private_paths():
             if any(private.is_relative_to(root) for root in roots):
                 argv += ["--tmpfs", str(private)]
