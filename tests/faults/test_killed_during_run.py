@@ -26,23 +26,25 @@ def test_a_run_survives_a_killed_server(tmp_path: Path) -> None:
         """
         inputs:
           n: {type: int}
-          log: {type: string}
         outputs:
-          n: {type: int, reference: "${step.output}"}
+          n: {type: int, reference: "${step.output.n}"}
+          execution: {type: string, reference: "${step.output.execution}"}
         nodes:
         - name: step
           type: python
           source: {type: code, path: step.py}
-          inputs: {n: "${inputs.n}", log: "${inputs.log}"}
+          inputs: {n: "${inputs.n}"}
         """,
         {
-            "step.py": "import time\nfrom promptflow import tool\n\n@tool\n"
-            "def step(n: int, log: str) -> int:\n    with open(log, 'a') as f:\n"
-            "        f.write(f'{n}\\n')\n    time.sleep(0.4)\n    return n * 10\n"
+            # Each execution of the node answers a fresh id: a line run again after the
+            # restart would be recorded with another one. (The sandboxed flow cannot write
+            # a file of the host to count executions.)
+            "step.py": "import time\nimport uuid\nfrom promptflow import tool\n\n@tool\n"
+            "def step(n: int) -> dict:\n    time.sleep(0.4)\n"
+            "    return {'n': n * 10, 'execution': uuid.uuid4().hex}\n"
         },
     )
     home = tmp_path / "home"
-    log = tmp_path / "executed.txt"  # each execution of the node appends its line
     server = start_server(home)
     try:
         with server.client() as http:
@@ -50,11 +52,11 @@ def test_a_run_survives_a_killed_server(tmp_path: Path) -> None:
                 FLOWS, data={"name": "slow"}, files={"file": ("flow.tar.gz", pack(folder))}
             )
             assert uploaded.status_code in (200, 201), uploaded.text
-            rows = [{"n": i, "log": str(log)} for i in range(LINES)]
+            rows = [{"n": i} for i in range(LINES)]
             data = "".join(json.dumps(row) + "\n" for row in rows).encode()
             created = http.post(
                 f"{FLOWS}/slow/runs",
-                data={"column_mapping": json.dumps({"n": "${data.n}", "log": "${data.log}"})},
+                data={"column_mapping": json.dumps({"n": "${data.n}"})},
                 files={"data": ("data.jsonl", data)},
             )
             assert created.status_code == 202, created.text
@@ -64,7 +66,9 @@ def test_a_run_survives_a_killed_server(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             done_before = {
-                line["line_number"] for line in http.get(f"{RUNS}/{run_id}").json()["lines"]
+                line["line_number"]: line["outputs"]["execution"]
+                for line in http.get(f"{RUNS}/{run_id}").json()["lines"]
+                if line["outputs"]
             }
     finally:
         assert stop_server(server, signal.SIGKILL) != 0  # killed, no shutdown
@@ -82,8 +86,11 @@ def test_a_run_survives_a_killed_server(tmp_path: Path) -> None:
     assert (run["completed_lines"], run["failed_lines"], run["total_lines"]) == (LINES, 0, LINES)
     numbers = sorted(line["line_number"] for line in run["lines"])
     assert numbers == list(range(LINES))  # each line recorded once
-    executed = [int(n) for n in log.read_text().split()]
-    assert done_before and all(executed.count(n) == 1 for n in done_before), executed
+    after = {line["line_number"]: line["outputs"]["execution"] for line in run["lines"]}
+    assert done_before and all(after[n] == done_before[n] for n in done_before), (
+        done_before,
+        after,
+    )
     assert [
         line["outputs"]["n"] for line in sorted(run["lines"], key=lambda x: x["line_number"])
     ] == [10 * i for i in range(LINES)]

@@ -140,7 +140,9 @@ def test_smollm2_fine_tunes_on_cpu_and_the_validation_loss_falls(tmp_path: Path)
             ).stdout
         )
         followed = lmfoundry(home, "jobs", "logs", job["id"], "-f").stdout
-        assert "Completed. Model:" in followed
+        assert "Completed. Register its model with `lmfoundry models register NAME --from-job" in (
+            " ".join(followed.split())
+        )
         assert "Converting SmolLM2-135M-Instruct.Q4_1.gguf" in followed  # a GGUF base
 
         with server.client() as http:
