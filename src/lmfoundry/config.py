@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address `lmfoundry up` listens on.")
     port: int = Field(default=8000, description="Port `lmfoundry up` listens on.")
+    metrics_port: int | None = Field(
+        default=None,
+        description="Also serve GET /metrics, without a token, on 127.0.0.1 at this port "
+        "(for a scraper on the same host); unset: only on the main port, with a token.",
+    )
     public_url: str | None = Field(
         default=None,
         description="Base URL callers use (target URLs are built from it); default http://host:port.",

@@ -25,6 +25,8 @@ from lmfoundry.finetune.service import FineTuneService
 from lmfoundry.flows.runs import RunService
 from lmfoundry.flows.service import FlowService
 from lmfoundry.metering.service import MeteringService
+from lmfoundry.observability.health import Health
+from lmfoundry.observability.metrics import Metrics
 from lmfoundry.quotas.projects import ProjectQuotas
 from lmfoundry.quotas.service import QuotaService, make_store
 from lmfoundry.registry.imports import ImportPolicy
@@ -68,6 +70,8 @@ class Platform:
     finetune: FineTuneService
     jobs: JobSupervisor
     project_quotas: ProjectQuotas
+    metrics: Metrics
+    health: Health
 
     @classmethod
     def create(cls, settings: Settings) -> Platform:
@@ -124,7 +128,8 @@ class Platform:
             backend = RemoteBackend(registry_of_instances, settings.instance_start_timeout)
         quotas = QuotaService(make_store(settings.redis_url, settings.quotas_enabled))
         metering = MeteringService(db, settings.metering_enabled, settings.redis_url)
-        gateway = Gateway(settings, db, resolver, keys, backend, quotas, metering)
+        metrics = Metrics(db)  # this app's own registry: GET /metrics
+        gateway = Gateway(settings, db, resolver, keys, backend, quotas, metering, metrics)
         fleet = Fleet(
             endpoints, resolver, backend, gateway.instance_spec, owner=settings.supervisor
         )
@@ -186,6 +191,8 @@ class Platform:
             finetune=finetune,
             jobs=jobs,
             project_quotas=project_quotas,
+            metrics=metrics,
+            health=Health(db, quotas.store, backend, settings.supervisor),
         )
 
     @cached_property

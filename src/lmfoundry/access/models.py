@@ -28,11 +28,20 @@ class Role(StrEnum):
 _RANK = {Role.reader: 0, Role.developer: 1, Role.owner: 2}
 
 
+class TokenScope(StrEnum):
+    """What a token opens: `all` (the management API and the studio) or `metrics` (only
+    GET /metrics, for a Prometheus scraper that should hold nothing more)."""
+
+    all = "all"
+    metrics = "metrics"
+
+
 @dataclass(frozen=True)
 class Principal:
     user_id: int
     name: str
     is_admin: bool
+    scope: TokenScope = TokenScope.all
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class TokenView:
     expires_at: datetime | None
     revoked_at: datetime | None
     status: str  # active, expired or revoked
+    scope: str = "all"
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ class NewToken:
     token: str
     prefix: str
     expires_at: datetime | None
+    scope: str = "all"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from lmfoundry.access.audit import record
-from lmfoundry.access.models import NewToken, Principal, ProjectAccess, Role, TokenView, UserView
+from lmfoundry.access.models import (
+    NewToken,
+    Principal,
+    ProjectAccess,
+    Role,
+    TokenScope,
+    TokenView,
+    UserView,
+)
 from lmfoundry.access.secrets import TOKEN_PREFIX, hash_token, new_token
 from lmfoundry.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from lmfoundry.storage.db import Database
@@ -120,15 +128,17 @@ class AccessService:
 
     # -- authentication ----------------------------------------------------------------------
 
-    def authenticate(self, token: str | None) -> Principal:
+    def authenticate(self, token: str | None, scope: TokenScope = TokenScope.all) -> Principal:
+        """The token's user. `scope` is what the caller asks to do: a metrics-only token
+        opens `TokenScope.metrics` (GET /metrics) and nothing else."""
         if not token:
             raise Unauthorized(
                 "Missing token: send `Authorization: Bearer lmf_pat_...` (see "
                 "`lmfoundry login`; the first token is in $LMFOUNDRY_HOME/credentials)."
             )
-        return self.authenticate_digest(hash_token(token))
+        return self.authenticate_digest(hash_token(token), scope)
 
-    def authenticate_digest(self, digest: str) -> Principal:
+    def authenticate_digest(self, digest: str, scope: TokenScope = TokenScope.all) -> Principal:
         """The user of the token whose SHA-256 is `digest`. A studio session holds only the
         digest, and this reads the token and its user on every request (no cache), so a
         revoked or expired token, a disabled or deleted user, ends its sessions at once in
@@ -162,9 +172,20 @@ class AccessService:
                     f"User {user.name!r} is disabled; ask an admin to enable it again "
                     f"(`lmfoundry users enable {user.name}`)."
                 )
+            if token.scope != TokenScope.all and token.scope != scope:
+                raise Forbidden(
+                    f"Token {token.name!r} ({token.prefix}...) is a {token.scope}-only token: "
+                    "it reads GET /metrics and nothing else; use a token made without "
+                    "--metrics (`lmfoundry tokens create NAME`)."
+                )
             if token.last_used_at is None or token.last_used_at <= now - LAST_USED_RESOLUTION:
                 token.last_used_at = now
-            return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin)
+            return Principal(
+                user_id=user.id,
+                name=user.name,
+                is_admin=user.is_admin,
+                scope=TokenScope(token.scope),
+            )
 
     # -- users and tokens --------------------------------------------------------------------
 
@@ -270,9 +291,16 @@ class AccessService:
         name: str,
         expires_in_days: int | None = None,
         user: str | None = None,
+        scope: TokenScope = TokenScope.all,
     ) -> NewToken:
         """A new token for the actor (or, by an admin, for `user`), valid for
-        `expires_in_days` (default LMFOUNDRY_TOKEN_TTL_DAYS)."""
+        `expires_in_days` (default LMFOUNDRY_TOKEN_TTL_DAYS). A `metrics` token reads
+        GET /metrics only; the metrics cover every project, so only an admin makes one."""
+        if scope == TokenScope.metrics and not actor.is_admin:
+            raise Forbidden(
+                "Only an admin can create a metrics token (the metrics cover every "
+                "project); ask an admin to run `lmfoundry tokens create NAME --metrics`."
+            )
         if not TOKEN_NAME_PATTERN.match(name):
             raise InvalidRequest(
                 f"Invalid token name {name!r}: use 1-100 letters, digits, '.', '_' and '-', "
@@ -302,6 +330,7 @@ class AccessService:
                         f"(`lmfoundry tokens revoke {name}`)."
                     )
             row = self._token_row(owner.id, name, token, expires_at)
+            row.scope = scope.value
             s.add(row)
             record(
                 s,
@@ -309,10 +338,20 @@ class AccessService:
                 None,
                 "token.create",
                 name,
-                {"user": owner.name, "prefix": row.prefix, "expires_at": expires_at.isoformat()},
+                {
+                    "user": owner.name,
+                    "prefix": row.prefix,
+                    "expires_at": expires_at.isoformat(),
+                    "scope": scope.value,
+                },
             )
             return NewToken(
-                name=name, user=owner.name, token=token, prefix=row.prefix, expires_at=expires_at
+                name=name,
+                user=owner.name,
+                token=token,
+                prefix=row.prefix,
+                expires_at=expires_at,
+                scope=scope.value,
             )
 
     def list_tokens(
@@ -617,6 +656,7 @@ def _token_view(token: Token, user: str, now: datetime) -> TokenView:
         expires_at=token.expires_at,
         revoked_at=token.revoked_at,
         status=status,
+        scope=token.scope,
     )
 
 

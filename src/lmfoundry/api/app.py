@@ -20,6 +20,7 @@ from lmfoundry.api import (
     finetune,
     flow_score,
     flows,
+    health,
     inference,
     instances,
     projects,
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     app.include_router(embeddings.router)
     app.include_router(responses.router)
     app.include_router(flow_score.router)
+    app.include_router(health.router)
     for module in (
         catalog,
         projects,
@@ -103,4 +105,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         max_api_body=settings.max_api_body_bytes,
         max_flow=settings.flow_max_bytes,
     )
+    if settings.metrics_port:
+        app.add_middleware(health.MetricsPort, port=settings.metrics_port, platform=plat)
     return app

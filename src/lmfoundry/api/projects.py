@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.access.audit import list_events
-from lmfoundry.access.models import NewToken, Role
+from lmfoundry.access.models import NewToken, Role, TokenScope
 from lmfoundry.access.models import TokenView as AccessTokenView
 from lmfoundry.access.models import UserView as AccessUserView
 from lmfoundry.access.service import MAX_TOKEN_DAYS
@@ -86,6 +86,11 @@ class TokenCreate(BaseModel):
     user: str | None = Field(
         default=None, description="Admins only: create the token for this user."
     )
+    scope: TokenScope = Field(
+        default=TokenScope.all,
+        description="`all`: the management API and the studio; `metrics`: only GET /metrics "
+        "(for a Prometheus scraper; admins only).",
+    )
 
 
 class TokenCreated(BaseModel):
@@ -94,6 +99,7 @@ class TokenCreated(BaseModel):
     token: str = Field(description="Shown once; store it now.")
     prefix: str
     expires_at: datetime | None
+    scope: TokenScope
 
 
 class TokenView(BaseModel):
@@ -105,11 +111,12 @@ class TokenView(BaseModel):
     expires_at: datetime | None = Field(description="null: never expires.")
     revoked_at: datetime | None
     status: Literal["active", "expired", "revoked"]
+    scope: TokenScope
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
 def create_token(body: TokenCreate, plat: PlatformDep, actor: PrincipalDep) -> NewToken:
-    return plat.access.create_token(actor, body.name, body.expires_in_days, body.user)
+    return plat.access.create_token(actor, body.name, body.expires_in_days, body.user, body.scope)
 
 
 @router.get("/tokens", response_model=list[TokenView])

@@ -156,11 +156,21 @@ def tokens_create(
         typer.Option(help="Days it stays valid (default: the server's LMFOUNDRY_TOKEN_TTL_DAYS)."),
     ] = None,
     user: Annotated[str | None, typer.Option(help="Admins: create it for this user.")] = None,
+    metrics: Annotated[bool, typer.Option("--metrics", help=METRICS_HELP)] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Create another token for yourself (shown once)."""
+    _create_token(name, expires_in_days, user, metrics, json_)
+
+
+METRICS_HELP = "Admins: a token that reads only GET /metrics (for a Prometheus scraper)."
+
+
+def _create_token(
+    name: str, expires_in_days: int | None, user: str | None, metrics: bool, json_: bool
+) -> None:
     with client() as lmf:
-        created = lmf.create_token(name, expires_in_days, user)
+        created = lmf.create_token(name, expires_in_days, user, metrics)
     if json_:
         show(created, True)
         return
@@ -183,7 +193,7 @@ def tokens_list(
         return
     # expires_at null: a token made before tokens expired (or LMFOUNDRY_ADMIN_TOKEN)
     shown = [{**r, "expires_at": r.get("expires_at") or "never"} for r in rows]
-    columns = ["name", "prefix", "status", "created_at", "last_used_at", "expires_at"]
+    columns = ["name", "prefix", "scope", "status", "created_at", "last_used_at", "expires_at"]
     show(shown, False, (["user"] if user or all_users else []) + [*columns, "revoked_at"])
 
 
@@ -199,6 +209,20 @@ def tokens_revoke(
 
 
 @tokens_app.command("new")
-def tokens_new() -> None:
+def tokens_new(
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            "--metrics",
+            help="Instead: create on the server a token that reads only GET /metrics "
+            "(admins; as `tokens create NAME --metrics`).",
+        ),
+    ] = False,
+    name: Annotated[str, typer.Option(help="With --metrics: the token's name.")] = "metrics",
+    json_: JsonOpt = False,
+) -> None:
     """Print a fresh random token without a server, e.g. for LMFOUNDRY_ADMIN_TOKEN."""
+    if metrics:
+        _create_token(name, None, None, True, json_)
+        return
     typer.echo(new_token())

@@ -74,7 +74,22 @@ def up(
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
-    sockets = [_shared_socket(settings.host, settings.port)] if reuse_port else None
+    sockets = [_socket(settings.host, settings.port, reuse_port)] if reuse_port else None
+    if settings.metrics_port:
+        # One server, two sockets: the app answers only GET /metrics, without a token, on
+        # this loopback one (api/health.py MetricsPort). Never shared (no SO_REUSEPORT):
+        # each gateway of a host needs its own, so that every scrape reaches the same one.
+        if settings.metrics_port == settings.port:
+            raise typer.BadParameter(
+                f"LMFOUNDRY_METRICS_PORT ({settings.metrics_port}) must differ from the "
+                "main port; pick another, or leave it unset to serve /metrics (with a "
+                "token) on the main port only."
+            )
+        main = sockets[0] if sockets else _socket(settings.host, settings.port, False)
+        sockets = [main, _socket("127.0.0.1", settings.metrics_port, False)]
+        console.print(
+            f"Metrics (no token, this host only): http://127.0.0.1:{settings.metrics_port}/metrics"
+        )
     # uvicorn re-raises the signal it shut down on once it is done, so a graceful stop would
     # end as "killed by SIGTERM". Handlers that do nothing, restored by uvicorn after its own,
     # make a clean shutdown exit 0, as supervisors and scripts expect.
@@ -104,11 +119,12 @@ def _engine_check() -> None:
     console.print(f"GGUF engine: llama-server ({version})", highlight=False)
 
 
-def _shared_socket(host: str, port: int) -> socket.socket:
+def _socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock

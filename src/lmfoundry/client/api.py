@@ -143,9 +143,16 @@ class Client:
         self._call("DELETE", f"/users/{quote(name, safe='')}")
 
     def create_token(
-        self, name: str, expires_in_days: int | None = None, user: str | None = None
+        self,
+        name: str,
+        expires_in_days: int | None = None,
+        user: str | None = None,
+        metrics: bool = False,
     ) -> dict[str, Any]:
+        """A new token (shown once); `metrics=True`: one that reads only GET /metrics."""
         body: dict[str, Any] = {"name": name}
+        if metrics:
+            body["scope"] = "metrics"
         if expires_in_days is not None:
             body["expires_in_days"] = expires_in_days
         if user is not None:

@@ -78,6 +78,19 @@ class Usage:
         )
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """Usage records not yet in the database: how many, and when the oldest was made."""
+
+    pending: int
+    oldest: datetime | None
+
+    def lag_seconds(self) -> float:
+        if self.oldest is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - self.oldest).total_seconds())
+
+
 class MeteringService:
     """Queues usage records and writes them in batches.
 
@@ -103,6 +116,14 @@ class MeteringService:
             await self._journal.push(usage)
         else:
             self._pending.append(usage)
+
+    def backlog(self) -> Backlog:
+        """What waits to be written: this process's queue, or (with Redis) the shared
+        journal of every gateway. Blocking (a Redis round trip): call it in a thread."""
+        if self._journal is not None:
+            return self._journal.backlog()
+        pending = list(self._pending)
+        return Backlog(len(pending), pending[0].at if pending else None)
 
     def start(self) -> None:
         if self._task is None:
@@ -273,6 +294,12 @@ class _RedisJournal:
 
     async def push(self, usage: Usage) -> None:
         await self._async.rpush(self.KEY, json.dumps(_to_json(usage)))
+
+    def backlog(self) -> Backlog:
+        pending = int(self._sync.llen(self.KEY))
+        first = self._sync.lindex(self.KEY, 0) if pending else None
+        oldest = datetime.fromisoformat(json.loads(first)["at"]) if first else None
+        return Backlog(pending, oldest)
 
     def drain(self, insert: Any) -> int:
         """Move the journal into the database, one batch at a time, one drainer at a time."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmfoundry.errors import Unavailable
 from lmfoundry.quotas.window import (
     CLAIM_SLACK_SECONDS,
     EPSILON,
@@ -235,6 +236,14 @@ class RedisQuotaStore:
             args=[self.window_seconds, limits.tokens_per_minute, limits.requests_per_minute],
         )
         return int(tokens), int(requests)
+
+    async def ping(self) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.ping()
+        except RedisError as exc:  # the URL may hold a password: name only the kind
+            raise Unavailable(f"Redis does not answer ({type(exc).__name__}).") from None
 
     async def aclose(self) -> None:
         await self._redis.aclose()

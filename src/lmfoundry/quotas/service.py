@@ -21,6 +21,10 @@ class QuotaStore(Protocol):
 
     async def remaining(self, target: str, limits: Limits) -> tuple[int, int]: ...
 
+    async def ping(self) -> None:
+        """Raise if the store cannot be reached (readiness checks)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -48,6 +52,9 @@ class MemoryQuotaStore:
     async def remaining(self, target: str, limits: Limits) -> tuple[int, int]:
         return self._window(target).remaining(limits, time.monotonic())
 
+    async def ping(self) -> None:
+        return None  # this process's memory
+
     async def aclose(self) -> None:
         return None
 
@@ -65,6 +72,9 @@ class UnlimitedQuotaStore:
 
     async def remaining(self, target: str, limits: Limits) -> tuple[int, int]:
         return limits.tokens_per_minute, limits.requests_per_minute
+
+    async def ping(self) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None

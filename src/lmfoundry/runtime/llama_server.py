@@ -263,6 +263,10 @@ def convert_lora(adapter: Path, base: Path, out: Path, timeout: float = 600.0) -
     return out
 
 
+# llama-server's /metrics gauges the supervisor exports per instance (observability/metrics.py)
+ENGINE_GAUGES = ("requests_processing", "requests_deferred")
+
+
 class ServerLost(InstanceLost):
     """The connection to llama-server broke: the process died or is going away."""
 
@@ -281,6 +285,25 @@ class LlamaServerClient:
             timeout=httpx.Timeout(None, connect=5.0),
             limits=httpx.Limits(max_keepalive_connections=0),
         )
+
+    async def engine_metrics(self, timeout: float = 1.0) -> dict[str, float]:
+        """llama-server's own gauges (it runs with `--metrics`): `requests_processing` (busy
+        slots) and `requests_deferred` (requests queued for a slot); `ServerLost` when it
+        does not answer."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            answer = await self._http.get("/metrics", timeout=timeout)
+            answer.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ServerLost(f"llama-server does not answer /metrics: {exc}") from exc
+        wanted = {f"llamacpp:{name}": name for name in ENGINE_GAUGES}
+        return {
+            wanted[s.name]: float(s.value)
+            for family in text_string_to_metric_families(answer.text)
+            for s in family.samples
+            if s.name in wanted
+        }
 
     async def health(self, timeout: float = 5.0) -> dict[str, Any]:
         """`{"status": "ok", ...}` once the model is loaded; `ServerLost` before (llama-server

@@ -516,6 +516,9 @@ class LocalBackend:
         if self._task is None:
             self._task = asyncio.create_task(self._supervise_forever())
 
+    def supervising(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def _supervise_forever(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_SECONDS)
@@ -589,6 +592,24 @@ class LocalBackend:
 
     def describe(self) -> list[InstanceInfo]:
         return [i.info(g.name) for g in self.groups.values() for i in g.instances]
+
+    async def engine_metrics(self) -> dict[str, dict[str, float]]:
+        """llama-server's gauges of every ready GGUF instance, asked at once (1 s each); an
+        instance that does not answer is left out of this scrape."""
+        asked = [
+            (i.id, i._client)
+            for g in list(self.groups.values())
+            for i in list(g.instances)
+            if i.state == "ready" and isinstance(i._client, llama_server.LlamaServerClient)
+        ]
+        answers = await asyncio.gather(
+            *(client.engine_metrics() for _, client in asked), return_exceptions=True
+        )
+        return {
+            id: answer
+            for (id, _), answer in zip(asked, answers, strict=True)
+            if isinstance(answer, dict)
+        }
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -438,6 +438,12 @@ class RayBackend:
         if self._task is None:
             self._task = asyncio.create_task(self._supervise_forever())
 
+    def supervising(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def engine_metrics(self) -> dict[str, dict[str, float]]:
+        return {}  # replicas are Ray actors: Ray's own metrics cover them
+
     async def _supervise_forever(self) -> None:
         while True:
             try:

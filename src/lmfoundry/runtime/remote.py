@@ -211,6 +211,12 @@ class RemoteBackend:
     def start(self) -> None:
         return None
 
+    def supervising(self) -> bool:
+        return False  # the supervisor is another process, met only through the database
+
+    async def engine_metrics(self) -> dict[str, dict[str, float]]:
+        return {}  # the supervisor exports them: summed over processes, each counts once
+
     async def shutdown(self) -> None:
         for client in self._clients.values():
             with contextlib.suppress(Exception):

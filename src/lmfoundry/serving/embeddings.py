@@ -167,10 +167,13 @@ class EmbeddingsService:
         model: ResolvedModel | None = None,
     ) -> EmbeddingsResult:
         """Parse, admit, run and meter one request of an authenticated caller."""
+        started = time.perf_counter()
         try:
             admitted = await self.admit(target, key_slot, body, extra_header, model)
         except LmfError as exc:
             exc.headers = {**await self.gateway.remaining_headers(target), **exc.headers}
+            scope = self.gateway.scope(target, deployment or target.name, model)
+            await self.gateway.metrics.refused(scope, exc.status_code, started)
             raise
         deployment = deployment or target.name
         admitted.headers["azureml-model-deployment"] = deployment
@@ -243,7 +246,9 @@ class EmbeddingsService:
         decision = await gateway.quotas.reserve(quota_key, tokens, limits, claim=claim)
         headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
         if not decision.allowed:
-            raise gateway._over_quota(target, decision, headers)
+            # one window counts both: the reason names the limit that refused
+            limit = "requests" if "requests per minute" in decision.reason else "tokens"
+            raise await gateway.over_quota(target, decision, headers, limit)
         ignored = request.ignored_parameters(extra)
         if ignored:
             headers[IGNORED_HEADER] = ",".join(ignored)
@@ -257,6 +262,7 @@ class EmbeddingsService:
         record.status_code = status
         record.latency_ms = (time.perf_counter() - admitted.started) * 1000
         await self.gateway.metering.record(record)
+        await self.gateway.metrics.settled(record)
         if admitted.reservation:
             quota_key = self.gateway._quota_key(target)
             await self.gateway.quotas.settle(quota_key, admitted.reservation, used)

@@ -33,6 +33,7 @@ from lmfoundry.errors import (
     Unauthorized,
 )
 from lmfoundry.metering.service import MeteringService, Usage
+from lmfoundry.observability.metrics import Metrics, Scope
 from lmfoundry.quotas.service import QuotaService, rate_limit_headers
 from lmfoundry.quotas.window import Decision, Limits
 from lmfoundry.runtime.backend import Backend, Group
@@ -73,6 +74,11 @@ class Admitted:
     def prompt_tokens(self) -> int:
         return len(self.generation.prompt)
 
+    @property
+    def adapter(self) -> str:
+        """The served adapter's model name, or "" (a base model): a metrics label."""
+        return self.model.card.id if self.model.adapter is not None else ""
+
     def usage(self) -> Usage:
         return Usage(
             request_id=self.request_id,
@@ -99,6 +105,7 @@ class Gateway:
         backend: Backend,
         quotas: QuotaService,
         metering: MeteringService,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -107,6 +114,7 @@ class Gateway:
         self.backend = backend
         self.quotas = quotas
         self.metering = metering
+        self.metrics = metrics or Metrics(db)
         self._tokenizers: dict[str, Tokenizer] = {}
         self._tokenizer_locks: dict[str, asyncio.Lock] = {}
         self._resolved: dict[tuple[int, str], ResolvedModel] = {}
@@ -211,7 +219,7 @@ class Gateway:
                 self._requests_key(target), 0, _requests_only(limits), claim=claim
             )
             if not counted.allowed:  # chat() adds the x-ratelimit-* headers
-                raise self._over_quota(target, counted, {})
+                raise await self.over_quota(target, counted, {}, "requests")
         context = tokenizer.context_length
         _check_characters(request, model, context)
         prompt = await self._prompt(request, tokenizer)
@@ -256,7 +264,13 @@ class Gateway:
             remaining_requests = min(counted.remaining_requests, decision.remaining_requests)
         headers = rate_limit_headers(limits, decision.remaining_tokens, remaining_requests)
         if not decision.allowed:
-            raise self._over_quota(target, decision, headers)
+            raise await self.over_quota(target, decision, headers, "tokens")
+        if counted is not None:
+            await self.metrics.quota_left(
+                self.scope(target, deployment, model),
+                decision.remaining_tokens,
+                remaining_requests,
+            )
         if group is None:
             group = self.backend.group(self.instance_spec(model), name=model.card.id)
         return Admitted(
@@ -311,10 +325,21 @@ class Gateway:
         """The requests/min window of generating requests, counted before any rendering."""
         return f"{target.kind}:{target.id}:requests"
 
-    @staticmethod
-    def _over_quota(
-        target: ServingTarget, decision: Decision, headers: dict[str, str]
+    def scope(
+        self, target: ServingTarget, deployment: str, model: ResolvedModel | None = None
+    ) -> Scope:
+        """A request's metrics labels; the adapter label from `model` or, for a request
+        refused before it was resolved, the target's cached resolution."""
+        model = model or self._cached(target.project_id, target.model)
+        adapter = model.card.id if model is not None and model.adapter is not None else ""
+        return Scope(target.project_id, target.kind, target.name, deployment, adapter)
+
+    async def over_quota(
+        self, target: ServingTarget, decision: Decision, headers: dict[str, str], limit: str
     ) -> RateLimited:
+        """The 429 for a refused reservation, counted once per refusal; `limit`: `tokens`
+        or `requests`, the window that refused it."""
+        await self.metrics.over_quota(self.scope(target, target.name), limit)
         seconds = decision.retry_after_seconds
         return RateLimited(
             f"{target.name!r} is over its quota of {decision.reason}; retry after {seconds} s "
@@ -345,6 +370,7 @@ class Gateway:
     ) -> ChatResult:
         """Parse, admit and run one request of a generating API (`APIS`: chat completions
         by default) for an authenticated caller."""
+        started = time.perf_counter()
         try:
             extra = extra_mode(extra_header)
             request = APIS[api].parse(body, extra)
@@ -362,6 +388,8 @@ class Gateway:
             )
         except LmfError as exc:
             exc.headers = {**await self.remaining_headers(target), **exc.headers}
+            scope = self.scope(target, deployment or target.name, model)
+            await self.metrics.refused(scope, exc.status_code, started)
             raise
         headers = {**admitted.headers, "azureml-model-deployment": admitted.deployment}
         ignored = request.ignored_parameters(extra)
@@ -483,6 +511,7 @@ class Gateway:
         usage.streamed = streamed
         usage.latency_ms = (time.perf_counter() - admitted.started) * 1000
         await self.metering.record(usage)
+        await self.metrics.settled(usage, admitted.adapter)
         if admitted.reservation:
             await self.quotas.settle(
                 self._quota_key(admitted.target), admitted.reservation, prompt + completion

@@ -70,6 +70,8 @@ class Token(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # `all`: the management API and the studio; `metrics`: GET /metrics only (scrapers).
+    scope: Mapped[str] = mapped_column(String(20), default="all", server_default="all")
 
 
 class Project(Base):

@@ -73,8 +73,8 @@ def signin(
         raise Forbidden("The sign-in form expired or did not come from this site; reload it.")
     try:
         plat.access.authenticate(token.strip())
-    except Unauthorized as exc:
-        return _signin_page(request, next, exc.message, status_code=401)
+    except (Unauthorized, Forbidden) as exc:  # Forbidden: a metrics-only token
+        return _signin_page(request, next, exc.message, status_code=exc.status_code)
     cookie, _ = plat.sessions.issue(token.strip())
     response = RedirectResponse(_local(next), status_code=303)
     _cookie(response, request, COOKIE, cookie, plat.sessions.lifetime)
