@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from sqlalchemy import select
 from lmfoundry.observability.health import Health
 from lmfoundry.quotas.redis_store import RedisQuotaStore
 from lmfoundry.storage.models import FineTuningJob, FlowRun, Project
-from tests.conftest import Api, LiveServer, free_port, start_server, stop_server
+from tests.conftest import Api, LiveServer, free_port, start_redis, start_server, stop_server
 
 MODEL = "SmolLM2-135M-Instruct"
 QUESTION = [{"role": "user", "content": "Name a colour. One word."}]
@@ -270,28 +268,10 @@ def test_metrics_port_serves_metrics_only_without_a_token(tmp_path: Path) -> Non
         stop_server(live)
 
 
-def _redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    process = subprocess.Popen(
-        [*argv, "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 @pytest.mark.slow
 def test_readyz_names_a_stopped_redis(tmp_path: Path) -> None:
     port = free_port()
-    redis = _redis(port, tmp_path)
+    redis = start_redis(port, tmp_path)
     live = start_server(
         tmp_path / "home", env={"LMFOUNDRY_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     )
