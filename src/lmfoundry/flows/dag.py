@@ -356,16 +356,14 @@ def _python_node(folder: Path, node: Node, where: str, label: str, problems: _Pr
     for param in params:
         value = node.inputs.get(param.name)
         if param.name not in node.inputs:
-            if not param.has_default:
-                hint = (
-                    f"; add `{param.name}: <connection name>` under the node's inputs"
-                    if param.is_connection
-                    else ""
-                )
+            # A connection parameter may be left unbound: it is bound when the flow runs
+            # (`--connections node.input=name`, the studio's picker, or the project's only
+            # connection of its type; flows/bindings.py), as Prompt flow's portal does.
+            if not param.has_default and not param.is_connection:
                 problems.add(
                     f"{where}.inputs.{param.name}",
                     f"{label}: {function.name}() needs {param.name!r} but the node has no "
-                    f"input {param.name!r}{hint}",
+                    f"input {param.name!r}",
                 )
             continue
         if param.is_connection:
