@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from lmfoundry.access.keys import KeyStore
+from lmfoundry.access.projects import ProjectService
 from lmfoundry.access.secrets import SecretBox, load_master_key
 from lmfoundry.access.service import AccessService, Bootstrap
 from lmfoundry.access.sessions import SessionCodec
@@ -27,6 +28,7 @@ from lmfoundry.flows.service import FlowService
 from lmfoundry.metering.service import MeteringService
 from lmfoundry.observability.health import Health
 from lmfoundry.observability.metrics import Metrics
+from lmfoundry.observability.monitoring import Monitoring
 from lmfoundry.quotas.projects import ProjectQuotas
 from lmfoundry.quotas.service import QuotaService, make_store
 from lmfoundry.registry.imports import ImportPolicy
@@ -51,6 +53,7 @@ class Platform:
     box: SecretBox
     keys: KeyStore
     access: AccessService
+    projects: ProjectService
     catalog: CatalogService
     registry: RegistryService
     resolver: ModelResolver
@@ -80,11 +83,12 @@ class Platform:
         db.migrate()
         box = SecretBox(load_master_key(settings.home, settings.master_key))
         keys = KeyStore(box)
-        access = AccessService(
+        access = AccessService(db, token_ttl_days=settings.token_ttl_days)
+        projects = ProjectService(
             db,
+            access,
             allow_self_service_projects=settings.allow_self_service_projects,
             flows_enabled_by_default=settings.flows_enabled_by_default,
-            token_ttl_days=settings.token_ttl_days,
         )
         bootstrap = access.bootstrap(settings.admin_token, settings.default_project)
         catalog = CatalogService(db, settings.home / "models")
@@ -172,6 +176,7 @@ class Platform:
             box=box,
             keys=keys,
             access=access,
+            projects=projects,
             catalog=catalog,
             registry=registry,
             resolver=resolver,
@@ -200,10 +205,16 @@ class Platform:
         """Studio session cookies (sealed with a key derived from the master key)."""
         return SessionCodec(self.box)
 
+    @cached_property
+    def monitoring(self) -> Monitoring:
+        """The studio's monitoring pages and `lmfoundry status` (the ledger, instances)."""
+        return Monitoring(self.db, self.metering, self.backend)
+
     async def start(self) -> None:
         self.backend.start()
         self.metering.start()
         self.fleet.start()
+        self.monitoring.start()  # samples the instances this process sees
         if self.settings.supervisor:
             # one process runs flow runs and fine-tuning jobs; --no-supervisor gateways serve only
             self.runs.start()
@@ -214,6 +225,7 @@ class Platform:
             await self.jobs.stop()  # stops job processes; their jobs resume on the next start
             await self.runs.stop()
         await self.fleet.stop()
+        await self.monitoring.stop()
         await self.metering.stop()
         await self.backend.shutdown()
         await self.quotas.store.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lmfoundry.access.projects import ProjectService
 from lmfoundry.access.secrets import hash_token, new_token
 from lmfoundry.access.service import AccessService
 from lmfoundry.errors import InvalidRequest, Unauthorized
@@ -28,7 +29,7 @@ def test_bootstrap_once_with_a_printed_token(db: Database) -> None:
     assert not second.created and second.token is None
     admin = access.authenticate(first.token)
     assert admin.is_admin and admin.name == "admin"
-    assert [p["name"] for p in access.list_projects(admin)] == ["default"]
+    assert [p.name for p in ProjectService(db, access).list_projects(admin)] == ["default"]
 
 
 def test_bootstrap_adopts_the_configured_admin_token(db: Database) -> None:

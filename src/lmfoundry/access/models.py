@@ -100,3 +100,21 @@ class UserView:
     is_admin: bool
     created_at: datetime
     disabled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ProjectView:
+    """A project as the actor sees it: `role` is theirs (admins act as owners)."""
+
+    name: str
+    description: str
+    role: Role
+    flows_enabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MemberView:
+    user: str
+    role: Role
+    created_at: datetime

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.access.audit import list_events
+from lmfoundry.access.models import MemberView as AccessMemberView
 from lmfoundry.access.models import NewToken, Role, TokenScope
+from lmfoundry.access.models import ProjectView as AccessProjectView
 from lmfoundry.access.models import TokenView as AccessTokenView
 from lmfoundry.access.models import UserView as AccessUserView
 from lmfoundry.access.service import MAX_TOKEN_DAYS
@@ -166,23 +168,25 @@ class ProjectUpdate(BaseModel):
 
 
 @router.get("/projects", response_model=list[ProjectView])
-def list_projects(plat: PlatformDep, actor: PrincipalDep) -> list[dict[str, Any]]:
-    return plat.access.list_projects(actor)
+def list_projects(plat: PlatformDep, actor: PrincipalDep) -> list[AccessProjectView]:
+    return plat.projects.list_projects(actor)
 
 
 @router.post("/projects", response_model=ProjectView, status_code=201)
-def create_project(body: ProjectCreate, plat: PlatformDep, actor: PrincipalDep) -> dict[str, Any]:
-    return plat.access.create_project(actor, body.name, body.description)
+def create_project(
+    body: ProjectCreate, plat: PlatformDep, actor: PrincipalDep
+) -> AccessProjectView:
+    return plat.projects.create_project(actor, body.name, body.description)
 
 
 @router.get("/projects/{project}", response_model=ProjectView)
-def get_project(access: ProjectDep, plat: PlatformDep, actor: PrincipalDep) -> dict[str, Any]:
-    return next(p for p in plat.access.list_projects(actor) if p["name"] == access.project)
+def get_project(access: ProjectDep, plat: PlatformDep, actor: PrincipalDep) -> AccessProjectView:
+    return next(p for p in plat.projects.list_projects(actor) if p.name == access.project)
 
 
 @router.patch("/projects/{project}", response_model=ProjectView)
-def update_project(body: ProjectUpdate, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
-    return plat.access.set_flows_enabled(access.principal, access.project, body.flows_enabled)
+def update_project(body: ProjectUpdate, access: ProjectDep, plat: PlatformDep) -> AccessProjectView:
+    return plat.projects.set_flows_enabled(access.principal, access.project, body.flows_enabled)
 
 
 class MemberBody(BaseModel):
@@ -197,20 +201,20 @@ class MemberView(BaseModel):
 
 
 @router.get("/projects/{project}/members", response_model=list[MemberView])
-def list_members(access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
-    return plat.access.list_members(access.principal, access.project)
+def list_members(access: ProjectDep, plat: PlatformDep) -> list[AccessMemberView]:
+    return plat.projects.list_members(access.principal, access.project)
 
 
 @router.put("/projects/{project}/members/{user}", response_model=MemberView)
 def set_member(
     user: str, body: MemberBody, access: ProjectDep, plat: PlatformDep
-) -> dict[str, Any]:
-    return plat.access.set_member(access.principal, access.project, user, body.role)
+) -> AccessMemberView:
+    return plat.projects.set_member(access.principal, access.project, user, body.role)
 
 
 @router.delete("/projects/{project}/members/{user}", status_code=204)
 def remove_member(user: str, access: ProjectDep, plat: PlatformDep) -> None:
-    plat.access.remove_member(access.principal, access.project, user)
+    plat.projects.remove_member(access.principal, access.project, user)
 
 
 class AuditView(BaseModel):

@@ -96,7 +96,7 @@ def signout(
 
 @router.get("/")
 def home(plat: PlatformDep, actor: PrincipalDep) -> Response:
-    projects = [str(p["name"]) for p in plat.access.list_projects(actor)]
+    projects = [p.name for p in plat.projects.list_projects(actor)]
     default = plat.settings.default_project
     if not projects:
         return RedirectResponse("/projects", status_code=303)

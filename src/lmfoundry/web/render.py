@@ -79,7 +79,7 @@ def render(
         "role": access.role.value if access else None,
         "can_write": bool(access and access.can(Role.developer)),
         "csrf": session.csrf if session else "",
-        "projects": plat.access.list_projects(principal) if principal else [],
+        "projects": plat.projects.list_projects(principal) if principal else [],
         "nav": NAV,
         "section": context.pop("section", None),
     }
