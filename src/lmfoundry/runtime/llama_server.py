@@ -212,57 +212,6 @@ def completion_body(request: GenerationRequest, loras: Sequence[str] = ()) -> di
     return body
 
 
-def converter(name: str = "convert_lora_to_gguf.py") -> Path:
-    """A converter llama.cpp ships, from the build folder beside the binary (where
-    `scripts/build-llama-server` puts them); `ServerMissing` if it is not there."""
-    script = find_binary().resolve().parent / name
-    if not script.is_file():
-        raise ServerMissing(
-            f"llama.cpp's {name} is not beside {find_binary()}; run `scripts/install` (its "
-            "build keeps the converters), or serve the adapter on the transformers engine."
-        )
-    return script
-
-
-def convert_lora(adapter: Path, base: Path, out: Path, timeout: float = 600.0) -> Path:
-    """A PEFT LoRA adapter as a GGUF LoRA file llama-server loads, written once to `out` (a
-    temporary name, then renamed: `out` never names half a file). The conversion (torch,
-    transformers) runs in a child process with a time limit, never in the server; `base` is
-    the Hugging Face folder the adapter was trained on."""
-    if out.is_file():
-        return out
-    script = converter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    command = [
-        sys.executable, str(script), "--base", str(base), "--outfile", str(tmp),
-        "--outtype", "f32", str(adapter),
-    ]  # fmt: skip
-    try:
-        with tempfile.TemporaryDirectory(prefix="lmf-convert-") as scratch:
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                env=child_environment(Path(scratch)),  # none of the server's secrets
-            )
-    except subprocess.TimeoutExpired as exc:
-        tmp.unlink(missing_ok=True)
-        raise Unavailable(
-            f"Converting the adapter {adapter.name} to GGUF took over {timeout:.0f} s."
-        ) from exc
-    if done.returncode != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        raise Unavailable(
-            f"llama.cpp's converter could not turn the adapter {adapter.name} into a GGUF "
-            f"LoRA: {error_line(done.stderr + done.stdout)}"
-        )
-    os.replace(tmp, out)
-    return out
-
-
 # llama-server's /metrics gauges the supervisor exports per instance (observability/metrics.py)
 ENGINE_GAUGES = ("requests_processing", "requests_deferred")
 
