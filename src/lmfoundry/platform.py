@@ -23,6 +23,7 @@ from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import KIND as SERVERLESS
 from lmfoundry.deployments.serverless import ServerlessService
 from lmfoundry.finetune.service import FineTuneService
+from lmfoundry.finetune.supervisor import JobSupervisor
 from lmfoundry.flows.runs import RunService
 from lmfoundry.flows.service import FlowService
 from lmfoundry.metering.service import MeteringService
@@ -34,7 +35,6 @@ from lmfoundry.quotas.service import QuotaService, make_store
 from lmfoundry.registry.imports import ImportPolicy
 from lmfoundry.registry.service import RegistryService
 from lmfoundry.runtime.backend import Backend
-from lmfoundry.runtime.jobs import JobSupervisor
 from lmfoundry.runtime.llama_server import cpu_count
 from lmfoundry.runtime.local import LocalBackend
 from lmfoundry.runtime.ray_jobs import RayJobLauncher

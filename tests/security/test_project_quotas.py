@@ -18,8 +18,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from lmfoundry.config import Settings
+from lmfoundry.finetune import supervisor as job_runtime
 from lmfoundry.flows.archive import pack
-from lmfoundry.runtime import jobs as job_runtime
 from tests.conftest import ADMIN_TOKEN, Api, LiveServer, start_server, stop_server
 from tests.finetune.helpers import upload_example
 from tests.flows.helpers import DATA, cli

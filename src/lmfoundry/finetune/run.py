@@ -3,7 +3,7 @@
     python -m lmfoundry.finetune.run --job ftjob-… --parent PID
     python -m lmfoundry.finetune.run --job ftjob-… --env-file PATH    (as a Ray Job)
 
-Started by the server's job supervisor (`runtime/jobs.py`), with LMFOUNDRY_DATABASE_URL in
+Started by the server's job supervisor (`finetune/supervisor.py`), with LMFOUNDRY_DATABASE_URL in
 its environment. It reads its `FineTuneConfig` from the job row, trains, and marks the job
 completed (with the MLflow model's path) or failed (with the reason). It dies with the
 server; the supervisor then resumes it from its last checkpoint. A SIGTERM (cancel) ends it

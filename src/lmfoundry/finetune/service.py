@@ -1,6 +1,6 @@
 """Fine-tuning jobs: create (validated against the base model), read, follow, cancel.
 
-The service only writes rows; the job supervisor (`runtime/jobs.py`) starts, watches and
+The service only writes rows; the job supervisor (`finetune/supervisor.py`) starts, watches and
 stops the processes. A job's `spec` is its resolved `FineTuneConfig`, fixed at creation.
 """
 

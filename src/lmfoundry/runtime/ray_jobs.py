@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfoundry.errors import Unavailable
-from lmfoundry.runtime.jobs import JOB_MODULE
+from lmfoundry.finetune.supervisor import JOB_MODULE
 from lmfoundry.runtime.ray_serve import RayCluster
 
 log = logging.getLogger("lmfoundry.jobs")
