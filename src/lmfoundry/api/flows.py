@@ -27,6 +27,17 @@ class FlowView(BaseModel):
     outputs: dict[str, Any]
     nodes: list[dict[str, Any]]
     connections: list[str] = Field(description="Connections the flow's nodes name.")
+    connection_bindings: dict[str, str] = Field(
+        default_factory=dict,
+        description="Connections bound to node inputs at run time (node.input -> name), "
+        "saved by the studio's picker or a deploy.",
+    )
+    connection_inputs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Each node input that takes a connection: key (node.input), takes (the "
+        "connection class), types (connection types that fit), declared (named in "
+        "flow.dag.yaml) and bound (saved binding).",
+    )
     deployed_version: int | None
     scoring_uri: str | None = Field(description="POST flow inputs here with a key.")
     created_by: str
@@ -34,9 +45,27 @@ class FlowView(BaseModel):
     updated_at: datetime
 
 
+CONNECTIONS_HELP = (
+    "Connections to bind to node inputs, {node.input: connection name} (Prompt flow's "
+    "--connections); inputs left open take the project's only fitting connection."
+)
+
+
 class FlowTest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's inputs.")
+    connections: dict[str, str] = Field(default_factory=dict, description=CONNECTIONS_HELP)
+
+
+class Bindings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    connections: dict[str, str] = Field(default_factory=dict, description=CONNECTIONS_HELP)
+
+
+class DeployedFlow(FlowView):
+    defaulted_connections: dict[str, str] = Field(
+        default_factory=dict, description="Bindings chosen as the only fitting connection."
+    )
 
 
 class FlowResult(BaseModel):
@@ -45,6 +74,13 @@ class FlowResult(BaseModel):
     error: dict[str, Any] | None = Field(description="type, message, node and traceback.")
     metrics: dict[str, Any] = Field(description="log_metric values of aggregation nodes.")
     duration_s: float
+    connection_bindings: dict[str, str] = Field(
+        default_factory=dict, description="The connections bound at run time (node.input -> name)."
+    )
+    defaulted_connections: dict[str, str] = Field(
+        default_factory=dict,
+        description="The bindings chosen as the project's only fitting connection.",
+    )
 
 
 class Keys(BaseModel):
@@ -70,6 +106,12 @@ class RunView(BaseModel):
     completed_lines: int
     failed_lines: int
     metrics: dict[str, Any]
+    connection_bindings: dict[str, str] = Field(
+        default_factory=dict, description="The connections bound at run time (node.input -> name)."
+    )
+    defaulted_connections: dict[str, str] | None = Field(
+        default=None, description="On creation: bindings chosen as the only fitting connection."
+    )
     error: str | None
     created_by: str
     created_at: datetime
@@ -144,18 +186,29 @@ async def test_folder(
     plat: PlatformDep,
     request: Request,
     inputs: Annotated[str, Form(description="The inputs as a JSON object.")] = "{}",
+    connections: Annotated[str, Form(description=CONNECTIONS_HELP + " A JSON object.")] = "{}",
 ) -> Any:
     """Run one line of a flow that is not uploaded; `Accept: text/event-stream` streams it."""
-    try:
-        values = json.loads(inputs)
-    except ValueError:
-        values = None
-    if not isinstance(values, dict):
-        raise InvalidRequest(
-            "inputs must be a JSON object of input names to values.", param="inputs"
-        )
-    call = await plat.flows.test(access, values, archive=file.file)
+    values = _json_object(
+        inputs, "inputs", "inputs must be a JSON object of input names to values."
+    )
+    bound = _json_object(
+        connections,
+        "connections",
+        'connections must be a JSON object such as {"node.connection": "my_connection"}.',
+    )
+    call = await plat.flows.test(access, values, archive=file.file, connections=bound)
     return await _answer(call, request)
+
+
+def _json_object(text: str, param: str, message: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequest(message, param=param)
+    return value
 
 
 @router.get(PREFIX + "/{name}", response_model=FlowView)
@@ -177,13 +230,26 @@ async def test(
     name: str, body: FlowTest, access: ProjectDep, plat: PlatformDep, request: Request
 ) -> Any:
     """Run one line of the flow's latest version; `Accept: text/event-stream` streams it."""
-    return await _answer(await plat.flows.test(access, body.inputs, name=name), request)
+    call = await plat.flows.test(access, body.inputs, name=name, connections=body.connections)
+    return await _answer(call, request)
 
 
-@router.post(PREFIX + "/{name}/deploy", response_model=FlowView)
-def deploy(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
-    """Serve the latest version at /flows/{name}/score behind a key."""
-    return plat.flows.deploy(access, name)
+@router.put(PREFIX + "/{name}/connections", response_model=FlowView)
+def bind_connections(
+    name: str, body: Bindings, access: ProjectDep, plat: PlatformDep
+) -> dict[str, Any]:
+    """Save the connections bound to the flow's node inputs (replacing the saved ones); tests,
+    runs and deploys of the flow use them."""
+    return plat.flows.save_bindings(access, name, body.connections)
+
+
+@router.post(PREFIX + "/{name}/deploy", response_model=DeployedFlow)
+def deploy(
+    name: str, access: ProjectDep, plat: PlatformDep, body: Bindings | None = None
+) -> dict[str, Any]:
+    """Serve the latest version at /flows/{name}/score behind a key; `connections` are saved
+    with the flow, and inputs still open are bound to the project's only fitting connection."""
+    return plat.flows.deploy(access, name, body.connections if body else None)
 
 
 @router.delete(PREFIX + "/{name}/deploy", response_model=FlowView)
@@ -217,6 +283,10 @@ def create_run(
         str, Form(description='JSON object: input -> "${data.col}" or "${run.outputs.x}".')
     ] = "{}",
     run: Annotated[str | None, Form(description="An earlier run to evaluate.")] = None,
+    connections: Annotated[str, Form(description=CONNECTIONS_HELP + " A JSON object.")] = "{}",
+    run_name: Annotated[
+        str | None, Form(alias="name", description="The run's name (default: generated).")
+    ] = None,
 ) -> dict[str, Any]:
     """Start a batch run of the flow's latest version; it runs in the background."""
     try:
@@ -235,6 +305,12 @@ def create_run(
         data=data.file.read() if data is not None else None,
         data_name=(data.filename or "data.jsonl") if data is not None else "data.jsonl",
         run=run or None,
+        connections=_json_object(
+            connections,
+            "connections",
+            'connections must be a JSON object such as {"node.connection": "my_connection"}.',
+        ),
+        name=run_name or None,
     )
 
 

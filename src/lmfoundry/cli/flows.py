@@ -3,12 +3,17 @@
 
 Flows run on the server, in their own processes, with the project's connections: the CLI
 sends the folder and the inputs and prints what comes back, so no secret ever reaches it.
+`flow test DIR --local` runs the folder on this machine instead, in the same sandbox, with
+connections from a local connection.yaml. Prompt flow's flags work too (`--flow`, `--inputs
+a=1 b=2`, `--connections node.input=name`, `--column-mapping`, `--name`, `--stream`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,8 +28,12 @@ from lmfoundry.cli._output import (
     print_json,
     show,
 )
+from lmfoundry.cli._pf import PfCommand, flow_and_pairs, say_bindings
 from lmfoundry.client import Client
+from lmfoundry.config import get_settings
 from lmfoundry.errors import InvalidRequest
+from lmfoundry.flows import local
+from lmfoundry.flows.bindings import parse_pairs
 from lmfoundry.flows.dag import load_dag
 
 app = typer.Typer(help="Prompt flows: test, upload, run in batch, deploy.", no_args_is_help=True)
@@ -47,6 +56,25 @@ FlowArg = Annotated[
 PairsArg = Annotated[
     list[str] | None,
     typer.Argument(help="More NAME=VALUE pairs (Prompt flow's CLI style).", show_default=False),
+]
+FlowOptArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="A flow folder (with flow.dag.yaml), or the name of an uploaded flow.",
+        show_default=False,
+    ),
+]
+FlowOpt = Annotated[
+    str | None,
+    typer.Option("--flow", "-f", help="The flow (Prompt flow's form of the first argument)."),
+]
+ConnectionsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--connections",
+        help="Bind a node input to a connection: NODE.INPUT=CONNECTION (repeatable; pf's "
+        "form). An input left open takes the project's only connection of a fitting type.",
+    ),
 ]
 
 
@@ -110,39 +138,110 @@ def validate(folder: Path, json_: JsonOpt = False) -> None:
 # -- one line -------------------------------------------------------------------------------
 
 
-@app.command("test")
+@app.command("test", cls=PfCommand)
 def test(
-    flow: FlowArg,
+    flow: FlowOptArg = None,
     pairs: PairsArg = None,
+    flow_option: FlowOpt = None,
     inputs: Annotated[
         list[str] | None, typer.Option("--inputs", "-i", help="An input as NAME=VALUE.")
     ] = None,
+    connections: ConnectionsOpt = None,
+    local_: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Run the folder on this machine, no server: in the same sandbox, with "
+            "connections from --connection-file or the folder's connection.yaml.",
+        ),
+    ] = False,
+    connection_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--connection-file",
+            help="With --local: a connection.yaml as `pf connection create -f` takes it "
+            "(repeatable; default: DIR/connection.yaml).",
+        ),
+    ] = None,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Print a streamed output as it comes.")
+    ] = False,
     interactive: Annotated[
         bool, typer.Option("--interactive", help="Chat with a chat flow, keeping the history.")
     ] = False,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Run one line of a flow on the server with the project's connections."""
-    values = _pairs([*(inputs or []), *(pairs or [])], "--inputs")
+    """Run one line of a flow on the server with the project's connections (or, with
+    --local, on this machine)."""
+    flow, rest = flow_and_pairs(flow, flow_option, pairs)
+    values = _pairs([*(inputs or []), *rest], "--inputs")
+    bound = parse_pairs(connections or [])
+    if connection_file and not local_:
+        raise InvalidRequest("--connection-file goes with --local (the server has its own).")
+    if local_:
+        if interactive or not _is_folder(flow):
+            raise InvalidRequest(
+                "--local runs a flow folder once; give its folder, without --interactive."
+            )
+        result = _run_local(Path(flow), values, connection_file or [], bound, stream and not json_)
+        _print_result(result, json_, streamed=stream and not json_, where="the connection files")
+        return
     target: str | Path = Path(flow).expanduser() if _is_folder(flow) else flow
     with client(project) as lmf:
         if interactive:
-            _chat(lmf, target, values)
+            _chat(lmf, target, values, bound)
             return
-        result = lmf.test_flow(target, values)
+        if stream and not json_:
+            result = {}
+            for event in lmf.stream_test_flow(target, values, connections=bound):
+                if event["event"] == "chunk":
+                    console.print(event["text"], end="", highlight=False, markup=False)
+                elif event["event"] == "result":
+                    result = event
+        else:
+            result = lmf.test_flow(target, values, connections=bound)
+    _print_result(result, json_, streamed=stream and not json_)
+
+
+def _run_local(
+    folder: Path, values: dict[str, Any], files: list[Path], bound: dict[str, str], stream: bool
+) -> dict[str, Any]:
+    settings = get_settings()
+    if not stream:
+        return asyncio.run(local.test(folder, values, settings, files, bound))
+
+    async def streamed() -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        async for event in local.stream(folder, values, settings, files, bound):
+            if event["event"] == "chunk":
+                console.print(event["text"], end="", highlight=False, markup=False)
+            elif event["event"] == "result":
+                result = event
+        return result
+
+    return asyncio.run(streamed())
+
+
+def _print_result(
+    result: dict[str, Any], json_: bool, streamed: bool = False, where: str = "the project"
+) -> None:
     if json_:
         print_json(result)
-    elif result["status"] == "completed":
+    else:
+        say_bindings(result, where)
+    if not json_ and result.get("status") == "completed":
         outputs = result["outputs"]
-        if len(outputs) == 1:
+        if streamed:
+            console.print()
+        elif len(outputs) == 1:
             value = next(iter(outputs.values()))
             typer.echo(value if isinstance(value, str) else json.dumps(value, indent=2))
         else:
             print_json(outputs)
         if result.get("metrics"):
             console.print(f"metrics: {json.dumps(result['metrics'])}", highlight=False)
-    if result["status"] != "completed":
+    if result.get("status") != "completed":
         if not json_:
             _print_error(result.get("error"))
         raise typer.Exit(1)
@@ -165,7 +264,7 @@ def _chat_fields(lmf: Client, target: str | Path) -> tuple[str, str | None, str]
     return chat_input, history, chat_output
 
 
-def _chat(lmf: Client, target: str | Path, fixed: dict[str, Any]) -> None:
+def _chat(lmf: Client, target: str | Path, fixed: dict[str, Any], bound: dict[str, str]) -> None:
     chat_input, history_input, chat_output = _chat_fields(lmf, target)
     history: list[dict[str, Any]] = []
     console.print("Chatting with the flow; an empty line or Ctrl-D ends.")
@@ -180,12 +279,14 @@ def _chat(lmf: Client, target: str | Path, fixed: dict[str, Any]) -> None:
         inputs = {**turn, history_input: history} if history_input else turn
         result: dict[str, Any] = {}
         streamed = False
-        for event in lmf.stream_test_flow(target, inputs):
+        for event in lmf.stream_test_flow(target, inputs, connections=bound):
             if event["event"] == "chunk":
                 streamed = True
                 console.print(event["text"], end="", highlight=False, markup=False)
             elif event["event"] == "result":
                 result = event
+        if not history:
+            say_bindings(result)
         if result.get("status") != "completed":
             console.print()
             _print_error(result.get("error"))
@@ -238,13 +339,36 @@ def delete(name: str, project: ProjectOpt = None) -> None:
     console.print(f"Deleted {name}.")
 
 
-@app.command("deploy")
-def deploy(name: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
-    """Serve the flow's latest version at /flows/NAME/score behind a key."""
+@app.command("deploy", cls=PfCommand)
+def deploy(
+    name: Annotated[str | None, typer.Argument(help="An uploaded flow.")] = None,
+    flow_option: Annotated[
+        Path | None, typer.Option("--flow", "-f", help="A flow folder: upload it, then deploy.")
+    ] = None,
+    name_option: Annotated[
+        str | None, typer.Option("--name", "-n", help="The flow's name (with --flow).")
+    ] = None,
+    connections: ConnectionsOpt = None,
+    project: ProjectOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Serve the flow's latest version at /flows/NAME/score behind a key; --connections are
+    saved with the flow."""
+    bound = parse_pairs(connections or [])
     with client(project) as lmf:
-        view = lmf.deploy_flow(name)
-    show(view, json_, ["name", "deployed_version", "scoring_uri"])
+        if flow_option is not None:
+            uploaded = lmf.upload_flow(
+                flow_option, name_option or name or _default_name(flow_option)
+            )
+            name = uploaded["name"]
+            if not json_:
+                console.print(f"Uploaded flow {name} version {uploaded['version']}.")
+        elif name is None:
+            raise InvalidRequest("Give the flow: an uploaded flow's name, or --flow DIR.")
+        view = lmf.deploy_flow(name, connections=bound)
+    show(view, json_, ["name", "deployed_version", "scoring_uri", "connection_bindings"])
     if not json_:
+        say_bindings(view)
         console.print(f"Keys: lmfoundry flow keys {name}")
 
 
@@ -274,10 +398,11 @@ def keys(
 # -- runs -----------------------------------------------------------------------------------
 
 
-@app.command("run")
+@app.command("run", cls=PfCommand)
 def run(
-    flow: FlowArg,
+    flow: FlowOptArg = None,
     pairs: PairsArg = None,
+    flow_option: FlowOpt = None,
     data: Annotated[
         Path | None, typer.Option("--data", "-d", help="JSONL file, one line per run line.")
     ] = None,
@@ -287,35 +412,73 @@ def run(
             "--column-mapping", "-m", help="INPUT='${data.COLUMN}' or INPUT='${run.outputs.X}'."
         ),
     ] = None,
+    connections: ConnectionsOpt = None,
     earlier: Annotated[
         str | None, typer.Option("--run", help="An earlier run to evaluate (its lines).")
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", "-n", help="Name to upload a folder under.")
+        str | None,
+        typer.Option("--name", "-n", help="The run's name, as in pf (default: generated)."),
     ] = None,
+    flow_name: Annotated[
+        str | None,
+        typer.Option("--flow-name", help="Name to upload a folder under (default: its own)."),
+    ] = None,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Print each line as it finishes.")
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = True,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Run a flow over a JSONL file on the server (a folder is uploaded first)."""
-    mapping = _pairs([*(column_mapping or []), *(pairs or [])], "--column-mapping")
+    flow, rest = flow_and_pairs(flow, flow_option, pairs)
+    mapping = _pairs([*(column_mapping or []), *rest], "--column-mapping")
+    bound = parse_pairs(connections or [])
     with client(project) as lmf:
         if _is_folder(flow):
             folder = Path(flow).expanduser()
-            uploaded = lmf.upload_flow(folder, name or _default_name(folder))
+            uploaded = lmf.upload_flow(folder, flow_name or _default_name(folder))
             flow = uploaded["name"]
             if not json_:
                 console.print(f"Uploaded flow {flow} version {uploaded['version']}.")
-        created = lmf.create_run(flow, data, mapping, earlier)
+        created = lmf.create_run(flow, data, mapping, earlier, connections=bound, name=name)
+        if not json_:
+            say_bindings(created)
         if not wait:
             show(created, json_, RUN_COLUMNS)
             return
         if not json_:
             console.print(f"Run {created['id']}: {created['total_lines']} lines.")
-        finished = lmf.wait_run(created["id"])
+        finished = (
+            _follow(lmf, created["id"]) if stream and not json_ else lmf.wait_run(created["id"])
+        )
     _print_run(finished, json_, lines=False)
     if finished["status"] != "completed":
         raise typer.Exit(1)
+
+
+def _follow(lmf: Client, run_id: str) -> dict[str, Any]:
+    """Print each line of a run as it finishes (pf's --stream); the finished run."""
+    printed: set[int] = set()
+    while True:
+        current = lmf.get_run(run_id, limit=10000)
+        for line in current["lines"]:
+            if line["line_number"] in printed:
+                continue
+            printed.add(line["line_number"])
+            if line["status"] == "completed":
+                shown = json.dumps(line["outputs"], default=str)
+            else:
+                shown = (line["error"] or {}).get("message")
+            console.print(
+                f"line {line['line_number']}: {line['status']} {shown}",
+                highlight=False,
+                markup=False,
+            )
+        if current["status"] not in ("queued", "running"):
+            return current
+        time.sleep(0.5)
 
 
 def _print_run(run: dict[str, Any], as_json: bool, lines: bool) -> None:

@@ -416,28 +416,45 @@ class Client:
         self._call("DELETE", self._p(project) + f"/flows/{name}")
 
     def _test_request(
-        self, flow: str | Path, inputs: dict[str, Any] | None, project: str | None
+        self,
+        flow: str | Path,
+        inputs: dict[str, Any] | None,
+        project: str | None,
+        connections: dict[str, str] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         if Path(flow).is_dir():
             return self._p(project) + "/flows/test", {
-                "data": {"inputs": json.dumps(inputs or {})},
+                "data": {
+                    "inputs": json.dumps(inputs or {}),
+                    "connections": json.dumps(connections or {}),
+                },
                 "files": {"file": ("flow.tar.gz", pack(Path(flow)), "application/gzip")},
             }
-        return self._p(project) + f"/flows/{flow}/test", {"json": {"inputs": inputs or {}}}
+        body = {"inputs": inputs or {}, "connections": connections or {}}
+        return self._p(project) + f"/flows/{flow}/test", {"json": body}
 
     def test_flow(
-        self, flow: str | Path, inputs: dict[str, Any] | None = None, project: str | None = None
+        self,
+        flow: str | Path,
+        inputs: dict[str, Any] | None = None,
+        project: str | None = None,
+        connections: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run one line of a flow folder (a path) or of an uploaded flow (a name) on the server:
-        {status, outputs, error, metrics, duration_s}."""
-        path, request = self._test_request(flow, inputs, project)
+        {status, outputs, error, metrics, duration_s, connection_bindings, ...}. `connections`
+        binds node inputs to connections ({node.input: name})."""
+        path, request = self._test_request(flow, inputs, project, connections)
         return self._call("POST", path, **request)
 
     def stream_test_flow(
-        self, flow: str | Path, inputs: dict[str, Any] | None = None, project: str | None = None
+        self,
+        flow: str | Path,
+        inputs: dict[str, Any] | None = None,
+        project: str | None = None,
+        connections: dict[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """As test_flow, streamed: `outputs` and `chunk` events, then the `result` event."""
-        path, request = self._test_request(flow, inputs, project)
+        path, request = self._test_request(flow, inputs, project, connections)
         with self._http.stream(
             "POST", path, **request, headers={"Accept": "text/event-stream"}, timeout=None
         ) as response:
@@ -448,8 +465,18 @@ class Client:
                 if line.startswith("data: "):
                     yield json.loads(line[6:])
 
-    def deploy_flow(self, name: str, project: str | None = None) -> dict[str, Any]:
-        return self._call("POST", self._p(project) + f"/flows/{name}/deploy")
+    def deploy_flow(
+        self, name: str, project: str | None = None, connections: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        body = {"connections": connections or {}}
+        return self._call("POST", self._p(project) + f"/flows/{name}/deploy", json=body)
+
+    def bind_flow_connections(
+        self, name: str, connections: dict[str, str], project: str | None = None
+    ) -> dict[str, Any]:
+        """Save the connections bound to an uploaded flow's node inputs ({node.input: name})."""
+        body = {"connections": connections}
+        return self._call("PUT", self._p(project) + f"/flows/{name}/connections", json=body)
 
     def undeploy_flow(self, name: str, project: str | None = None) -> dict[str, Any]:
         return self._call("DELETE", self._p(project) + f"/flows/{name}/deploy")
@@ -473,11 +500,19 @@ class Client:
         column_mapping: dict[str, str] | None = None,
         run: str | None = None,
         project: str | None = None,
+        connections: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> dict[str, Any]:
-        """Start a batch run of an uploaded flow over a JSONL file and/or an earlier run."""
-        form = {"column_mapping": json.dumps(column_mapping or {})}
+        """Start a batch run of an uploaded flow over a JSONL file and/or an earlier run;
+        `name` names the run, `connections` binds node inputs ({node.input: name})."""
+        form = {
+            "column_mapping": json.dumps(column_mapping or {}),
+            "connections": json.dumps(connections or {}),
+        }
         if run:
             form["run"] = run
+        if name:
+            form["name"] = name
         files = None
         if data is not None:
             path = Path(data).expanduser()

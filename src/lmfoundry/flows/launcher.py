@@ -115,8 +115,10 @@ class FlowProcess:
         timeout: float,
         log_path: Path,
         settings: Settings,
+        bindings: dict[str, str] | None = None,
     ) -> None:
         self.dag = dag
+        self.bindings = dict(bindings or {})  # node.input -> connection, bound at run time
         self.connections = connections
         self.timeout = timeout
         self.log_path = log_path
@@ -215,6 +217,7 @@ class FlowProcess:
             "op": "init",
             "flow_dir": str(seen / "flow"),
             "connections": {n: c.to_wire() for n, c in self.connections.items()},
+            "bindings": self.bindings,
         }
         try:
             await self._send(init)

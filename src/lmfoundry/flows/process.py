@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lmfoundry.errors import LmfError
+from lmfoundry.flows import bindings
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.executor import Executor, NodeError, describe
 from lmfoundry.runtime.lifeline import die_with_parent
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     # library (yaml.py, say) cannot replace what the executor uses.
     sys.path[:0] = [str(flow_dir), str(COMPAT)]
     try:
-        dag = load_dag(flow_dir)
+        dag = bindings.apply(load_dag(flow_dir), init.get("bindings") or {})
         executor = Executor(dag, init.pop("connections"))
         executor.load()
     except (LmfError, NodeError) as exc:

@@ -7,6 +7,10 @@ failing line never stops the others and a server that stops mid-run resumes wher
 runs left `queued` or `running` start again on the next start, skipping recorded lines.
 Aggregation nodes run once at the end over the completed lines.
 
+Connection inputs are bound when the run is created (`connections`, over those saved on the
+flow, then the project's only fitting connection; flows/bindings.py) and the binding is kept
+in the run's folder (`bindings.json`), so a resumed run binds the same connections.
+
 Column mapping follows Prompt flow: `${data.COLUMN}`, and for an evaluation run over an
 earlier run `${run.outputs.NAME}` and `${run.inputs.NAME}` (lines matched by number); an
 input left unmapped reads the column of its own name, else its default.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import shutil
 from datetime import UTC, datetime
@@ -29,10 +34,12 @@ from sqlalchemy.orm import Session
 from lmfoundry.access.audit import record
 from lmfoundry.access.models import ProjectAccess, Role
 from lmfoundry.config import Settings
-from lmfoundry.errors import Forbidden, InvalidRequest, LmfError, NotFound, Unavailable
+from lmfoundry.errors import Conflict, Forbidden, InvalidRequest, LmfError, NotFound, Unavailable
+from lmfoundry.flows import bindings
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.launcher import FlowProcess
-from lmfoundry.flows.models import Dag, parse_reference
+from lmfoundry.flows.mapping import LineSource, check_mapping, parse_jsonl
+from lmfoundry.flows.models import Dag
 from lmfoundry.flows.service import FlowService
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.storage.db import Database
@@ -41,166 +48,19 @@ from lmfoundry.storage.models import FlowRun, FlowRunLine, utcnow
 log = logging.getLogger("lmfoundry.flows")
 
 UNFINISHED = ("queued", "running")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 STOP_SECONDS = 10.0  # how long a server stop waits for its runs to unwind
 CONCURRENT_RUNS = 2  # runs executing at once; each uses up to flow_workers processes
 
 
-def parse_jsonl(data: bytes, source: str) -> list[dict[str, Any]]:
-    """The rows of a JSONL file; 400 with the line number of the first bad line."""
-    rows = []
+BINDINGS = "bindings.json"  # in a run's folder: the connection bindings it runs with
+
+
+def _read_bindings(folder: Path) -> dict[str, str]:
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"{source} is not UTF-8 text.", param="data") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"{source} line {number} is not valid JSON: {exc.msg}.", param="data"
-            ) from exc
-        if not isinstance(row, dict):
-            raise InvalidRequest(
-                f"{source} line {number} is not a JSON object; each line is one object of columns.",
-                param="data",
-            )
-        rows.append(row)
-    if not rows:
-        raise InvalidRequest(f"{source} has no lines.", param="data")
-    return rows
-
-
-def _lookup(value: Any, path: list[str], where: str) -> Any:
-    for part in path:
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(where)
-        value = value[part]
-    return value
-
-
-class LineSource:
-    """Builds each line's flow inputs from the data row, the earlier run and the mapping."""
-
-    def __init__(
-        self,
-        dag: Dag,
-        mapping: dict[str, str],
-        rows: list[dict[str, Any]],
-        parent: str | None = None,
-        parent_lines: dict[int, FlowRunLine] | None = None,
-    ) -> None:
-        self.dag = dag
-        self.mapping = mapping
-        self.rows = rows
-        self.parent = parent
-        self.parent_lines = parent_lines or {}
-
-    def inputs(self, index: int) -> dict[str, Any]:
-        row = self.rows[index]
-        given: dict[str, Any] = {}
-        for name, spec in self.mapping.items():
-            ref = parse_reference(spec)
-            if ref is None:
-                given[name] = spec
-            elif ref.root == "data":
-                try:
-                    given[name] = _lookup(row, list(ref.path), spec)
-                except KeyError:
-                    raise InvalidRequest(
-                        f"Line {index}: {spec} has no value; the line's columns are "
-                        f"{', '.join(row) or 'none'}.",
-                        param=f"column_mapping.{name}",
-                    ) from None
-            else:  # ${run.outputs.x} / ${run.inputs.x}
-                given[name] = self._from_parent(index, name, spec, list(ref.path))
-        for name in self.dag.inputs:
-            if name not in self.mapping and name in row:
-                given[name] = row[name]
-        return self.dag.resolve_inputs(given, strict=False)
-
-    def _from_parent(self, index: int, name: str, spec: str, path: list[str]) -> Any:
-        line = self.parent_lines.get(index)
-        if line is None or line.status != "completed":
-            state = "has no line" if line is None else "failed on that line"
-            raise InvalidRequest(
-                f"Line {index}: run {self.parent} {state}, so {spec} has no value.",
-                param=f"column_mapping.{name}",
-            )
-        source = line.outputs if path[0] == "outputs" else line.inputs
-        try:
-            return _lookup(source, path[1:], spec)
-        except KeyError:
-            raise InvalidRequest(
-                f"Line {index}: {spec} has no value in run {self.parent}.",
-                param=f"column_mapping.{name}",
-            ) from None
-
-
-def check_mapping(
-    dag: Dag, mapping: dict[str, str], first: dict[str, Any], parent: Dag | None
-) -> None:
-    """Reject a mapping that cannot work, before anything runs (checked on the first line)."""
-    for name, spec in mapping.items():
-        if name not in dag.inputs:
-            raise InvalidRequest(
-                f"column_mapping names {name!r}, which is not an input of the flow (inputs: "
-                f"{', '.join(dag.inputs) or 'none'}).",
-                param=f"column_mapping.{name}",
-            )
-        if not isinstance(spec, str):
-            raise InvalidRequest(
-                f"column_mapping.{name} must be a string such as '${{data.{name}}}'.",
-                param=f"column_mapping.{name}",
-            )
-        ref = parse_reference(spec)
-        if ref is None:
-            continue
-        if ref.root == "data":
-            if not ref.path:
-                raise InvalidRequest(f"Write ${{data.COLUMN}}, not {spec}.", param=name)
-            if ref.path[0] not in first:
-                raise InvalidRequest(
-                    f"column_mapping.{name} is {spec}, but the data's first line has no column "
-                    f"{ref.path[0]!r} (columns: {', '.join(first) or 'none'}).",
-                    param=f"column_mapping.{name}",
-                )
-        elif ref.root == "run":
-            if parent is None:
-                raise InvalidRequest(
-                    f"column_mapping.{name} is {spec}, which reads an earlier run; give it "
-                    "with --run RUN_ID.",
-                    param=f"column_mapping.{name}",
-                )
-            names = parent.outputs if ref.path[:1] == ("outputs",) else parent.inputs
-            if len(ref.path) < 2 or ref.path[0] not in ("outputs", "inputs"):
-                raise InvalidRequest(
-                    f"Write ${{run.outputs.NAME}} or ${{run.inputs.NAME}}, not {spec}.",
-                    param=f"column_mapping.{name}",
-                )
-            if ref.path[1] not in names:
-                raise InvalidRequest(
-                    f"column_mapping.{name} is {spec}, but the earlier run's flow has no "
-                    f"{ref.path[0][:-1]} {ref.path[1]!r} ({', '.join(names) or 'none'}).",
-                    param=f"column_mapping.{name}",
-                )
-        else:
-            raise InvalidRequest(
-                f"column_mapping.{name} is {spec}; use ${{data.COLUMN}}, ${{run.outputs.NAME}} "
-                "or ${run.inputs.NAME}.",
-                param=f"column_mapping.{name}",
-            )
-    for flow_input in dag.inputs.values():
-        name = flow_input.name
-        if name in mapping or name in first or flow_input.has_default:
-            continue
-        if not flow_input.is_chat_history:
-            raise InvalidRequest(
-                f"Input {name!r} has no value: the data has no column {name!r} and the input "
-                f"has no default; map it with --column-mapping {name}='${{data.COLUMN}}'.",
-                param=f"column_mapping.{name}",
-            )
+        return dict(json.loads((folder / BINDINGS).read_text()))
+    except (OSError, ValueError):  # a run created before bindings were kept, or gone
+        return {}
 
 
 class RunService:
@@ -271,6 +131,7 @@ class RunService:
             "completed_lines": row.completed_lines,
             "failed_lines": row.failed_lines,
             "metrics": row.metrics,
+            "connection_bindings": _read_bindings(self.root / row.id),
             "error": row.error,
             "created_by": row.created_by,
             "created_at": row.created_at,
@@ -295,12 +156,20 @@ class RunService:
         data: bytes | None = None,
         data_name: str = "data.jsonl",
         run: str | None = None,
+        connections: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> dict[str, Any]:
         """Queue a run of the flow's latest version over `data` (JSONL) or over the lines of
-        an earlier run (`run`, for evaluations); returns the run."""
+        an earlier run (`run`, for evaluations); returns the run. `connections` binds
+        connection inputs ({node.input: name}) over those saved on the flow; `name` is the
+        run's id (Prompt flow's `--name`), generated when not given."""
         self.flows.require_flows(access, "start runs")
+        if name is not None:
+            self._check_run_name(name)
         mapping = dict(column_mapping or {})
         dag, version = self.flows.dag_of(access, flow)
+        given = {**self.flows.saved_bindings(access, flow), **(connections or {})}
+        _, resolution = self.flows.bind(access.project_id, dag, given)
         parent_dag = None
         rows = parse_jsonl(data, data_name) if data is not None else None
         if run is not None:
@@ -335,7 +204,7 @@ class RunService:
                     s, access, len(lines) + folder_bytes(self.flows.folder(flow, version))
                 )
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        run_id = f"{flow}-{stamp}-{secrets.token_hex(3)}"
+        run_id = name or f"{flow}-{stamp}-{secrets.token_hex(3)}"
         folder = self.root / run_id
         shutil.copytree(
             self.flows.folder(flow, version),
@@ -343,6 +212,7 @@ class RunService:
             ignore=shutil.ignore_patterns("__pycache__"),
         )
         (folder / "data.jsonl").write_bytes(lines)
+        (folder / BINDINGS).write_text(json.dumps(resolution.bindings))
         with self.db.session() as s:
             row = FlowRun(
                 id=run_id,
@@ -369,9 +239,25 @@ class RunService:
                 {"flow": flow, "version": version, "lines": len(rows), "run": run},
             )
             s.flush()
-            view = self._view(row, access.project)
+            view = {**self._view(row, access.project), **resolution.view()}
         self._submit(run_id)
         return view
+
+    def _check_run_name(self, name: str) -> None:
+        if not RUN_NAME.match(name):
+            raise InvalidRequest(
+                f"Invalid run name {name!r}: use 1-100 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit (for example my_run_1).",
+                param="name",
+            )
+        with self.db.session() as s:
+            taken = s.get(FlowRun, name) is not None
+        if taken or (self.root / name).exists():
+            raise Conflict(
+                f"A run named {name!r} exists; give another --name, or leave it out for a "
+                "generated one.",
+                param="name",
+            )
 
     def list(self, access: ProjectAccess, flow: str | None = None) -> list[dict[str, Any]]:
         with self.db.session() as s:
@@ -478,7 +364,8 @@ class RunService:
                 "run can then be started again."
             )
         folder: Path = self.root / run_id
-        dag = await asyncio.to_thread(load_dag, folder / "flow")
+        bound = _read_bindings(folder)
+        dag = bindings.apply(await asyncio.to_thread(load_dag, folder / "flow"), bound)
         rows = parse_jsonl((folder / "data.jsonl").read_bytes(), "run data")
         source = LineSource(dag, row.column_mapping, rows, row.parent_run, parent_lines)
         connections = await asyncio.to_thread(self.flows.resolve_connections, row.project_id, dag)
@@ -500,7 +387,7 @@ class RunService:
                         self._record(run_id, index, {}, "failed", None, error, {}, 0.0)
                         continue
                     if process is None or not process.alive:
-                        process = self.flows.process(dag, connections, log_name)
+                        process = self.flows.process(dag, connections, log_name, bound)
                         await process.start()  # FlowFailed: every line would fail; stop the run
                     event = await process.run_line(index, inputs)
                     self._record(
@@ -527,7 +414,7 @@ class RunService:
             if first is None:
                 raise
             raise first from None
-        metrics, error = await self._aggregate(run_id, dag, connections, log_name)
+        metrics, error = await self._aggregate(run_id, dag, connections, log_name, bound)
         with self.db.session() as s:
             final = s.get(FlowRun, run_id)
             completed = final.completed_lines if final else 0
@@ -564,7 +451,12 @@ class RunService:
             s.execute(update(FlowRun).where(FlowRun.id == run_id).values({counter: counter + 1}))
 
     async def _aggregate(
-        self, run_id: str, dag: Dag, connections: dict[str, Any], log_name: str
+        self,
+        run_id: str,
+        dag: Dag,
+        connections: dict[str, Any],
+        log_name: str,
+        bound: dict[str, str],
     ) -> tuple[dict[str, Any], str | None]:
         """Run the aggregation nodes over the completed lines: (metrics, error or None)."""
         if not dag.aggregation_nodes:
@@ -582,7 +474,7 @@ class RunService:
                     lists.setdefault(node.name, {})[key] = [
                         (v or {}).get(node.name, {}).get(key) for v in values
                     ]
-        process = self.flows.process(dag, connections, log_name)
+        process = self.flows.process(dag, connections, log_name, bound)
         await process.start()
         try:
             result = await process.aggregate(lists)

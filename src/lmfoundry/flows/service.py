@@ -36,13 +36,14 @@ from lmfoundry.errors import (
     Timeout,
     Unauthorized,
 )
+from lmfoundry.flows import bindings
 from lmfoundry.flows.archive import unpack
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.storage.db import Database
-from lmfoundry.storage.models import Flow, Project, utcnow
+from lmfoundry.storage.models import Connection, Flow, Project, utcnow
 
 KIND = "flow"  # target kind of flow keys in the key store
 
@@ -57,8 +58,10 @@ class FlowCall:
         aggregate: bool,
         hidden_outputs: frozenset[str] = frozenset(),
         cleanup: Callable[[], None] | None = None,
+        resolution: bindings.Resolution | None = None,
     ) -> None:
         self.process = process
+        self.resolution = resolution or bindings.Resolution({}, {})
         self.inputs = inputs
         self.aggregate = aggregate
         self.hidden = hidden_outputs
@@ -80,6 +83,7 @@ class FlowCall:
             "outputs": self._visible(line.get("outputs")),
             "error": line.get("error"),
             "metrics": {},
+            **self.resolution.view(),
         }
         if self.aggregate and line["status"] == "completed" and self.process.alive:
             values = line.get("aggregation_inputs") or {}
@@ -134,11 +138,17 @@ class FlowService:
         return f"{self.base_url}/flows/{name}/score"
 
     def _view(self, row: Flow, project: str) -> dict[str, Any]:
+        saved = dict(row.interface.get("connection_bindings") or {})
         return {
             "name": row.name,
             "project": project,
             "version": row.version,
             **row.interface,
+            "connection_bindings": saved,
+            "connection_inputs": [
+                {**slot, "bound": saved.get(slot["key"])}
+                for slot in row.interface.get("connection_inputs") or []
+            ],
             "deployed_version": row.deployed_version,
             "scoring_uri": self.scoring_uri(row.name) if row.deployed_version else None,
             "created_by": row.created_by,
@@ -212,7 +222,12 @@ class FlowService:
                     s.add(row)
                 row.version += 1
                 row.kind = dag.kind
-                row.interface = dag.interface()
+                saved = (row.interface or {}).get("connection_bindings") or {}
+                row.interface = {
+                    **dag.interface(),
+                    "connection_inputs": [s.view(None) for s in bindings.slots(dag)],
+                    "connection_bindings": bindings.carry_over(dag, saved),
+                }
                 row.updated_at = now
                 target = self.folder(name, row.version)
                 if target.exists():  # left over from a flow of the same name, deleted
@@ -258,6 +273,51 @@ class FlowService:
             version = self._row(s, access, name).version
         return load_dag(self.folder(name, version)), version
 
+    def saved_bindings(self, access: ProjectAccess, name: str) -> dict[str, str]:
+        """The connection bindings saved on an uploaded flow (studio picker, deploy)."""
+        with self.db.session() as s:
+            return dict(self._row(s, access, name).interface.get("connection_bindings") or {})
+
+    def available_connections(self, project_id: int) -> dict[str, str]:
+        """The project's connections: name -> type (nothing decrypted)."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Connection.name, Connection.type).where(Connection.project_id == project_id)
+            ).all()
+        return {name: kind for name, kind in rows}
+
+    def bind(
+        self, project_id: int, dag: Dag, given: dict[str, Any], defaults: bool = True
+    ) -> tuple[Dag, bindings.Resolution]:
+        """The flow with its connection inputs bound (given, else the project's only
+        fitting connection); 400 naming the input for each one that cannot be."""
+        resolution = bindings.check(dag, given, self.available_connections(project_id), defaults)
+        return bindings.apply(dag, resolution.bindings), resolution
+
+    def save_bindings(
+        self, access: ProjectAccess, name: str, given: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Replace the bindings saved on a flow (what the studio's picker stores; a test, a run
+        or a deploy of the flow uses them); an empty name leaves that input unbound."""
+        self.require_flows(access, "bind connections of flows")
+        chosen = {k: v for k, v in given.items() if v not in (None, "")}
+        dag, _ = self.dag_of(access, name)
+        resolution = bindings.check(
+            dag, chosen, self.available_connections(access.project_id), defaults=False
+        )
+        with self.db.session() as s:
+            row = self._row(s, access, name)
+            row.interface = {**row.interface, "connection_bindings": resolution.bindings}
+            record(
+                s,
+                access.principal.name,
+                access.project_id,
+                "flow.bind_connections",
+                name,
+                {"connections": resolution.bindings},
+            )
+            return self._view(row, access.project)
+
     # -- running -----------------------------------------------------------------------------
 
     def resolve_connections(self, project_id: int, dag: Dag) -> dict[str, ResolvedConnection]:
@@ -279,10 +339,19 @@ class FlowService:
             ) from exc
 
     def process(
-        self, dag: Dag, connections: dict[str, ResolvedConnection], log: str
+        self,
+        dag: Dag,
+        connections: dict[str, ResolvedConnection],
+        log: str,
+        bound: dict[str, str] | None = None,
     ) -> FlowProcess:
         return FlowProcess(
-            dag, connections, self.settings.flow_line_timeout, self.logs / log, self.settings
+            dag,
+            connections,
+            self.settings.flow_line_timeout,
+            self.logs / log,
+            self.settings,
+            bindings=bound,
         )
 
     async def _call(
@@ -294,16 +363,18 @@ class FlowService:
         aggregate: bool,
         hidden: frozenset[str] = frozenset(),
         cleanup: Callable[[], None] | None = None,
+        given: dict[str, Any] | None = None,
     ) -> FlowCall:
         try:
+            dag, resolution = await asyncio.to_thread(self.bind, project_id, dag, given or {})
             connections = await asyncio.to_thread(self.resolve_connections, project_id, dag)
-            process = self.process(dag, connections, log)
+            process = self.process(dag, connections, log, resolution.bindings)
             await process.start()
         except BaseException:
             if cleanup is not None:
                 cleanup()
             raise
-        return FlowCall(process, inputs, aggregate, hidden, cleanup)
+        return FlowCall(process, inputs, aggregate, hidden, cleanup, resolution)
 
     async def test(
         self,
@@ -311,9 +382,12 @@ class FlowService:
         inputs: dict[str, Any],
         name: str | None = None,
         archive: bytes | BinaryIO | None = None,
+        connections: dict[str, Any] | None = None,
     ) -> FlowCall:
         """Start one line of an uploaded flow (`name`) or of a packed folder (`archive`), with
-        its aggregation nodes run over that one line, as `pf flow test` does."""
+        its aggregation nodes run over that one line, as `pf flow test` does. `connections`
+        binds connection inputs ({node.input: name}) over those saved on the flow."""
+        given = dict(connections or {})
         self.require_flows(access, "test flows (they run code with the project's connections)")
         if self.project_quotas is not None:
             await self.project_quotas.admit_flow_call(access.project_id, access.project)
@@ -329,6 +403,8 @@ class FlowService:
                 raise
         elif name is not None:
             dag, _ = await asyncio.to_thread(self.dag_of, access, name)
+            saved = await asyncio.to_thread(self.saved_bindings, access, name)
+            given = {**saved, **given}
             log = f"{access.project}/{name}.log"
         else:
             raise InvalidRequest("Give a flow: its name, or the packed folder.", param="flow")
@@ -338,16 +414,26 @@ class FlowService:
             if cleanup is not None:
                 cleanup()
             raise
-        return await self._call(access.project_id, dag, values, log, True, cleanup=cleanup)
+        return await self._call(
+            access.project_id, dag, values, log, True, cleanup=cleanup, given=given
+        )
 
     # -- deployment --------------------------------------------------------------------------
 
-    def deploy(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+    def deploy(
+        self, access: ProjectAccess, name: str, connections: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Serve the latest version at /flows/{name}/score behind a key (keys are created on
-        the first deploy and kept on later ones)."""
+        the first deploy and kept on later ones). `connections` ({node.input: name}) are saved
+        on the flow with the saved ones; inputs still open are bound to the project's only
+        fitting connection now, so the deployed flow keeps answering the same way."""
         self.require_flows(access, "deploy flows")
+        dag, _ = self.dag_of(access, name)
+        given = {**self.saved_bindings(access, name), **(connections or {})}
+        _, resolution = self.bind(access.project_id, dag, given)
         with self.db.session() as s:
             row = self._row(s, access, name)
+            row.interface = {**row.interface, "connection_bindings": resolution.bindings}
             if row.deployed_version is None and not self.keys.read(s, KIND, row.id):
                 self.keys.create(s, KIND, row.id)
             previous, row.deployed_version = row.deployed_version, row.version
@@ -357,9 +443,13 @@ class FlowService:
                 access.project_id,
                 "flow.deploy",
                 name,
-                {"version": row.version, "previous_version": previous},
+                {
+                    "version": row.version,
+                    "previous_version": previous,
+                    "connections": resolution.bindings,
+                },
             )
-            return self._view(row, access.project)
+            return {**self._view(row, access.project), **resolution.view()}
 
     def undeploy(self, access: ProjectAccess, name: str) -> dict[str, Any]:
         access.require(Role.developer, "undeploy flows")
@@ -405,16 +495,17 @@ class FlowService:
     async def score(self, name: str, key: str | None, body: bytes) -> FlowCall:
         """Start one line of a deployed flow for `POST /flows/{name}/score` (Prompt flow's
         contract: the body is the flow's inputs as JSON, or the text of its only input)."""
-        project_id, project, version = await asyncio.to_thread(self._check_key, name, key)
+        project_id, project, version, saved = await asyncio.to_thread(self._check_key, name, key)
         if self.project_quotas is not None:
             await self.project_quotas.admit_flow_call(project_id, project)
         dag = await asyncio.to_thread(load_dag, self.folder(name, version))
         given = _score_inputs(dag, body)
         values = dag.resolve_inputs(given, strict=False)
         hidden = frozenset(o.name for o in dag.outputs.values() if o.evaluation_only)
-        return await self._call(project_id, dag, values, f"{project}/{name}.log", False, hidden)
+        log = f"{project}/{name}.log"
+        return await self._call(project_id, dag, values, log, False, hidden, given=saved)
 
-    def _check_key(self, name: str, key: str | None) -> tuple[int, str, int]:
+    def _check_key(self, name: str, key: str | None) -> tuple[int, str, int, dict[str, str]]:
         if not key:
             raise Unauthorized(
                 "Missing key: send `Authorization: Bearer <key>` or `api-key: <key>` "
@@ -444,7 +535,8 @@ class FlowService:
                     "answer; an owner of the project (or an admin) switches them on with "
                     "`lmfoundry projects flows enable`."
                 )
-            return row.project_id, project.name, row.deployed_version
+            saved = dict(row.interface.get("connection_bindings") or {})
+            return row.project_id, project.name, row.deployed_version, saved
 
 
 def _score_inputs(dag: Dag, body: bytes) -> dict[str, Any]:

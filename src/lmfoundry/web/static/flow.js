@@ -109,6 +109,7 @@ bindForm(dagForm, async () => {
   files["flow.dag.yaml"] = dagField.value;
   notice(dagForm, "Saved: the flow was uploaded again with this flow.dag.yaml.");
   setupTest(g);
+  await setupBindings(await api("GET", base));
 });
 
 // -- test and chat -------------------------------------------------------------------------------
@@ -223,6 +224,40 @@ bindForm(testForm, async () => {
   out.textContent = JSON.stringify(outputsOf(result), null, 2);
 });
 
+// -- connections ---------------------------------------------------------------------------------
+// Each node input typed as a connection class gets a picker of the project's connections of a
+// fitting type; saving stores the bindings on the flow (PUT .../connections).
+const bindingsForm = document.getElementById("bindings-form");
+
+async function setupBindings(flow) {
+  const inputs = flow.connection_inputs || [];
+  document.getElementById("bindings-panel").classList.toggle("hidden", !inputs.length);
+  if (!inputs.length) return;
+  const connections = (await optional(projectApi("/connections"))) || [];
+  const list = Array.isArray(connections) ? connections : connections.data || [];
+  document.getElementById("bindings").replaceChildren(...inputs.map((slot) => {
+    const id = `bind-${slot.key}`;
+    const fitting = list.filter((c) => slot.types.includes(c.type));
+    const open = slot.declared ? `as flow.dag.yaml says (${slot.declared})` : fitting.length === 1 ? `default: the only fitting one (${fitting[0].name})` : "choose a connection";
+    const select = el("select", { id, name: slot.key, "data-param": `connections.${slot.key}` },
+      el("option", { value: "" }, open),
+      fitting.map((c) => el("option", { value: c.name, selected: c.name === slot.bound }, `${c.name} (${c.type})`)));
+    return el("div", { class: "field" },
+      el("label", { for: id }, `${slot.node} · ${slot.input} `, el("span", { class: "hint" }, slot.takes)),
+      select,
+      fitting.length ? null : el("p", { class: "hint" }, `No connection of type ${slot.types.join(" or ")} in this project yet: add one on the Connections page.`));
+  }));
+}
+
+bindForm(bindingsForm, async (data) => {
+  const connections = {};
+  for (const [key, value] of data.entries()) connections[key] = value;
+  const flow = await api("PUT", `${base}/connections`, { connections });
+  await setupBindings(flow);
+  const bound = Object.entries(flow.connection_bindings || {}).map(([k, v]) => `${k} = ${v}`);
+  notice(bindingsForm, bound.length ? `Saved: ${bound.join(", ")}.` : "Saved: no connection bound.");
+});
+
 // -- runs ----------------------------------------------------------------------------------------
 async function loadRuns() {
   const runs = await optional(`${base}/runs`);
@@ -270,5 +305,6 @@ async function loadRuns() {
   }
   if (g.errors.length) showProblems(g.errors);
   setupTest(g);
+  await setupBindings(flow);
   await loadRuns();
 })().catch((err) => document.getElementById("flow-body").prepend(el("p", { class: "form-error", role: "alert" }, err.message)));
