@@ -73,6 +73,7 @@ class ModelResolver:
                 base_card = self.catalog.get_card(row.base_model)
             except NotFound:
                 base_card = None
+        card: ModelCard
         if base_card is not None:
             card = base_card.model_copy(
                 update={

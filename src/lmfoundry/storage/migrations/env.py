@@ -11,7 +11,10 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     connection = context.config.attributes.get("connection")
     if connection is None:  # `alembic` CLI use: connect from the configured URL
-        engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
+        url = context.config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise SystemExit("Set sqlalchemy.url in alembic.ini (or run `lmfoundry up`).")
+        engine = create_engine(url)
         with engine.begin() as connection:
             _run(connection)
         return
