@@ -14,9 +14,9 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import UsageRecord
@@ -169,7 +169,8 @@ class MeteringService:
             from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
         # One statement executed for many rows (compiled once and cached), rather than a
         # multi-row VALUES compiled anew for every batch size.
-        statement = insert(UsageRecord.__table__).on_conflict_do_nothing(
+        table = cast(Table, UsageRecord.__table__)  # typed as a FromClause
+        statement = insert(table).on_conflict_do_nothing(
             index_elements=["request_id"]
         )
         with self.db.session() as s:
