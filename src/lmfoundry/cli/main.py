@@ -19,6 +19,7 @@ from lmfoundry.cli import (
     jobs,
     quotas,
     serverless,
+    status,
     up,
     usage,
 )
@@ -36,6 +37,7 @@ app.command("up")(up.up)
 app.command("login")(access.login)
 app.command("chat")(chat.chat)
 app.command("usage")(usage.usage)
+app.command("status")(status.status)
 app.command("audit")(usage.audit)
 app.add_typer(catalog.catalog_app, name="catalog")
 app.add_typer(catalog.models_app, name="models")

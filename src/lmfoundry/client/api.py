@@ -376,6 +376,16 @@ class Client:
         }
         return self._call("GET", self._p(project) + "/usage", params=params)
 
+    # -- monitoring --------------------------------------------------------------------------
+
+    def monitoring(self, window: str = "hour", project: str | None = None) -> list[dict[str, Any]]:
+        """Every target's requests, errors, 429s, tokens and latency over the window."""
+        return self._call("GET", self._p(project) + "/monitoring", params={"window": window})
+
+    def cluster(self) -> list[dict[str, Any]]:
+        """Every instance: model, state, memory, slots, uptime (admins only)."""
+        return self._call("GET", "/cluster")
+
     # -- connections and flows ---------------------------------------------------------------
 
     def put_connection(

@@ -48,6 +48,7 @@ class Usage:
     status_code: int = 200
     streamed: bool = False
     mirrored: bool = False
+    refused: bool = False  # refused at admission: no tokens, not in the usage report
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def row(self) -> UsageRecord:
@@ -67,6 +68,7 @@ class Usage:
             status_code=self.status_code,
             streamed=self.streamed,
             mirrored=self.mirrored,
+            refused=self.refused,
             price_input_per_1k=self.price_input_per_1k,
             price_output_per_1k=self.price_output_per_1k,
             cost=cost_of(
@@ -208,7 +210,11 @@ class MeteringService:
             func.sum(UsageRecord.prompt_tokens),
             func.sum(UsageRecord.completion_tokens),
             func.sum(UsageRecord.cost),
-        ).where(UsageRecord.project_id == project_id, UsageRecord.mirrored.is_(False))
+        ).where(
+            UsageRecord.project_id == project_id,
+            UsageRecord.mirrored.is_(False),
+            UsageRecord.refused.is_(False),  # refusals: on the monitoring page, not billed
+        )
         if start is not None:
             query = query.where(UsageRecord.at >= start)
         if end is not None:
@@ -243,7 +249,9 @@ class MeteringService:
     def records(
         self, project_id: int, target: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        query = select(UsageRecord).where(UsageRecord.project_id == project_id)
+        query = select(UsageRecord).where(
+            UsageRecord.project_id == project_id, UsageRecord.refused.is_(False)
+        )
         if target:
             query = query.where(UsageRecord.target == target)
         with self.db.session() as s:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lmfoundry.errors import LmfError
 from lmfoundry.quotas.service import QuotaStore
 from lmfoundry.runtime.backend import Backend
+from lmfoundry.runtime.registry import STALE_SECONDS, last_heartbeat
 from lmfoundry.storage.db import Database
 
 CHECK_SECONDS = 2.0
@@ -44,7 +45,8 @@ class Health:
 
     async def readiness(self) -> Readiness:
         database, quotas = await asyncio.gather(self._database(), self._quotas())
-        return Readiness({"database": database, "quota_store": quotas, **self._supervisor()})
+        supervisor = await self._supervisor()
+        return Readiness({"database": database, "quota_store": quotas, "supervisor": supervisor})
 
     async def _database(self) -> str:
         def select_one() -> None:
@@ -56,13 +58,34 @@ class Health:
     async def _quotas(self) -> str:
         return await _within(self.quotas.ping(), "the quota store")
 
-    def _supervisor(self) -> dict[str, str]:
-        if not self.supervisor:
-            # A gateway meets its supervisor only through the database (checked above).
-            return {"supervisor": "ok: another process (lmfoundry up --no-supervisor)"}
-        if self.backend.supervising():
-            return {"supervisor": "ok"}
-        return {"supervisor": "down: the instance supervisor is not running in this process"}
+    async def _supervisor(self) -> str:
+        if self.supervisor:
+            if self.backend.supervising():
+                return "ok"
+            return "down: the instance supervisor is not running in this process"
+        # A gateway (lmfoundry up --no-supervisor) meets its supervisor only through the
+        # database, where the supervisor beats every few seconds.
+        heard: list[str] = []
+
+        async def ask() -> None:
+            beat = await asyncio.to_thread(last_heartbeat, self.db)
+            if beat is None:
+                heard.append("down: no supervisor is running on this database")
+            elif not beat.alive:
+                heard.append(
+                    f"down: the supervisor (pid {beat.pid}) was last heard "
+                    f"{beat.age_seconds:.0f} s ago (more than {STALE_SECONDS:g} s)"
+                )
+            else:
+                heard.append(f"ok: supervisor pid {beat.pid}, heard {beat.age_seconds:.1f} s ago")
+
+        answer = await _within(ask(), "the database")
+        if answer != "ok":
+            return answer
+        text = heard[0]
+        if text.startswith("down"):
+            text += "; start `lmfoundry up` (without --no-supervisor) on the same database"
+        return text
 
 
 async def _within(check: Awaitable[object], what: str) -> str:

@@ -77,6 +77,7 @@ class InstanceInfo:
     restarts: int
     started_at: float | None
     last_error: str | None
+    slots: int | None = None  # requests it decodes at once (llama-server's --parallel)
 
 
 class LocalInstance:
@@ -304,7 +305,13 @@ class LocalInstance:
             restarts=self.restarts,
             started_at=self.started_at,
             last_error=self.last_error,
+            slots=_slots(self.spec),
         )
+
+
+def _slots(spec: InstanceSpec) -> int | None:
+    value = dict(spec.options).get("max_sequences")
+    return int(value) if isinstance(value, int) else None
 
 
 class InstanceGroup:

@@ -462,6 +462,7 @@ class RayBackend:
         changed = False
         now = time.monotonic()
         if self.registry is not None:
+            await asyncio.to_thread(self.registry.beat)  # for --no-supervisor gateways' /readyz
             demands = await asyncio.to_thread(self.registry.demands, self.idle_seconds)
             for key, spec, name, _ in demands:
                 wanted = InstanceSpec.make(spec["engine"], spec["model_path"], spec.get("options"))

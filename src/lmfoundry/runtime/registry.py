@@ -9,6 +9,7 @@ they use a group, so it is not stopped as idle.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from lmfoundry.storage.db import Database
-from lmfoundry.storage.models import InstanceDemand, InstanceRecord
+from lmfoundry.storage.models import InstanceDemand, InstanceRecord, Supervisor
 
 STALE_SECONDS = 10.0  # a row not refreshed for this long belongs to a dead supervisor
 
@@ -39,9 +40,11 @@ class InstanceRegistry:
     # -- supervisor side ---------------------------------------------------------------------
 
     def publish(self, instances: list[Published]) -> None:
-        """Replace this supervisor's rows with `instances` (one small transaction)."""
+        """Replace this supervisor's rows with `instances` (one small transaction), and
+        say this supervisor is alive (even with no instance to publish)."""
         now = datetime.now(UTC)
         with self.db.session() as s:
+            self._beat(s, now)
             s.execute(delete(InstanceRecord).where(InstanceRecord.supervisor == self.supervisor))
             s.add_all(
                 [
@@ -58,8 +61,21 @@ class InstanceRegistry:
                 ]
             )
 
+    def beat(self) -> None:
+        """Say this supervisor is alive (`publish` does it too)."""
+        with self.db.session() as s:
+            self._beat(s, datetime.now(UTC))
+
+    def _beat(self, s: Any, now: datetime) -> None:
+        row = s.get(Supervisor, self.supervisor)
+        if row is None:
+            s.add(Supervisor(id=self.supervisor, pid=os.getpid(), started_at=now, seen_at=now))
+        else:
+            row.seen_at = now
+
     def withdraw(self) -> None:
         with self.db.session() as s:
+            s.execute(delete(Supervisor).where(Supervisor.id == self.supervisor))
             s.execute(delete(InstanceRecord).where(InstanceRecord.supervisor == self.supervisor))
 
     def demands(self, within: float) -> list[tuple[str, dict[str, Any], str, datetime]]:
@@ -100,3 +116,25 @@ class InstanceRegistry:
                     row.last_used_at = datetime.now(UTC)
         except IntegrityError:
             pass  # another gateway asked at the same moment: the demand is recorded
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The freshest supervisor's last word: its pid and how long ago it spoke."""
+
+    pid: int
+    age_seconds: float
+
+    @property
+    def alive(self) -> bool:
+        return self.age_seconds <= STALE_SECONDS
+
+
+def last_heartbeat(db: Database) -> Heartbeat | None:
+    """The most recent supervisor heartbeat in the database, or None when none ever beat."""
+    with db.session() as s:
+        row = s.scalars(select(Supervisor).order_by(Supervisor.seen_at.desc()).limit(1)).first()
+        if row is None:
+            return None
+        age = (datetime.now(UTC) - row.seen_at).total_seconds()
+        return Heartbeat(row.pid, max(0.0, age))

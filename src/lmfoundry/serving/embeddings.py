@@ -172,8 +172,9 @@ class EmbeddingsService:
             admitted = await self.admit(target, key_slot, body, extra_header, model)
         except LmfError as exc:
             exc.headers = {**await self.gateway.remaining_headers(target), **exc.headers}
-            scope = self.gateway.scope(target, deployment or target.name, model)
-            await self.gateway.metrics.refused(scope, exc.status_code, started)
+            await self.gateway.refused(
+                target, deployment or target.name, model, key_slot, request_id, exc, started
+            )
             raise
         deployment = deployment or target.name
         admitted.headers["azureml-model-deployment"] = deployment

@@ -351,6 +351,38 @@ class Gateway:
             },
         )
 
+    async def refused(
+        self,
+        target: ServingTarget,
+        deployment: str,
+        model: ResolvedModel | None,
+        key_slot: str,
+        request_id: str,
+        exc: LmfError,
+        started: float,
+    ) -> None:
+        """A request refused at admission (a 400, a 429): counted once in /metrics and
+        written to the ledger as a refusal (no tokens, not billed), so the monitoring page
+        shows what the caller saw."""
+        scope = self.scope(target, deployment, model)
+        await self.metrics.refused(scope, exc.status_code, started)
+        await self.metering.record(
+            Usage(
+                request_id=request_id,
+                project_id=target.project_id,
+                target_kind=target.kind,
+                target=target.name,
+                deployment=deployment,
+                key_slot=key_slot,
+                model=model.card.id if model is not None else target.model,
+                price_input_per_1k=target.price_input_per_1k,
+                price_output_per_1k=target.price_output_per_1k,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                status_code=exc.status_code,
+                refused=True,
+            )
+        )
+
     async def remaining_headers(self, target: ServingTarget) -> dict[str, str]:
         tokens, requests = await self.quotas.remaining(self._quota_key(target), target.limits)
         _, counted = await self.quotas.remaining(self._requests_key(target), target.limits)
@@ -388,8 +420,9 @@ class Gateway:
             )
         except LmfError as exc:
             exc.headers = {**await self.remaining_headers(target), **exc.headers}
-            scope = self.scope(target, deployment or target.name, model)
-            await self.metrics.refused(scope, exc.status_code, started)
+            await self.refused(
+                target, deployment or target.name, model, key_slot, request_id, exc, started
+            )
             raise
         headers = {**admitted.headers, "azureml-model-deployment": admitted.deployment}
         ignored = request.ignored_parameters(extra)
@@ -496,6 +529,21 @@ class Gateway:
             await self._finish(admitted, record, prompt, sum(counts), status, True)
 
     async def _finish(
+        self,
+        admitted: Admitted,
+        usage: Usage,
+        prompt: int,
+        completion: int,
+        status: int,
+        streamed: bool,
+    ) -> None:
+        """`_settle`, carried to its end even when the request's task is cancelled (a
+        client that closes the connection once it has read [DONE] cancels the stream's
+        task; with Redis the record's push is awaited, and a cancel there would leave the
+        request out of /metrics and its reservation unsettled)."""
+        await asyncio.shield(self._settle(admitted, usage, prompt, completion, status, streamed))
+
+    async def _settle(
         self,
         admitted: Admitted,
         usage: Usage,

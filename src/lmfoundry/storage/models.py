@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -166,6 +167,9 @@ class UsageRecord(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     mirrored: Mapped[bool] = mapped_column(Boolean, default=False)
+    # refused at admission (400, 429; migration 0009): no tokens, left out of the usage
+    # report, counted by the monitoring page as the caller saw it
+    refused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     price_input_per_1k: Mapped[float] = mapped_column(Float)
     price_output_per_1k: Mapped[float] = mapped_column(Float)
     cost: Mapped[float] = mapped_column(Float)
@@ -400,6 +404,17 @@ class InstanceRecord(Base):
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     supervisor: Mapped[str] = mapped_column(String(64), index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Supervisor(Base):
+    """A supervisor's heartbeat (migration 0009), so that gateways started with
+    --no-supervisor can tell whether one is alive even while it runs no instance."""
+
+    __tablename__ = "supervisors"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class InstanceDemand(Base):

@@ -12,12 +12,12 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from lmfoundry.web import auth, flows, pages, playground, training, usage
+from lmfoundry.web import auth, flows, monitoring, pages, playground, training, usage
 
 
 def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
-    for module in (auth, pages, usage, training, flows):
+    for module in (auth, pages, usage, training, flows, monitoring):
         app.include_router(module.router)
     app.include_router(playground.router)
     app.include_router(flows.checks)

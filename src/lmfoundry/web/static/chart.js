@@ -106,11 +106,69 @@ export function lineChart(container, { title, series, xLabel = "step" }) {
   });
 }
 
-export function legend(container, names) {
+export function legend(container, names, colors = []) {
   container.replaceChildren(...names.map((name, i) => {
     const span = document.createElement("span");
     span.className = `s${i % COLORS.length}`;
+    if (colors[i]) span.style.setProperty("--swatch", colors[i]);
     span.textContent = name;
     return span;
   }));
+}
+
+function clock(ms, withDay) {
+  const d = new Date(ms);
+  const hm = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+  return withDay ? `${d.getMonth() + 1}/${d.getDate()} ${hm}` : hm;
+}
+
+/**
+ * Lines over time (the monitoring page): series of {name, points: [[ms, y or null], ...]}
+ * between `start` and `end` (ms). A null y leaves a gap. Each line carries its points'
+ * count and sum (data-points, data-sum) so that a reader (or a test) can check the numbers.
+ * A series may name its `color`.
+ */
+export function timeChart(container, { title, series, start, end, unit = "" }) {
+  const width = 560, height = 220;
+  const box = { left: 56, right: width - 14, top: 14, bottom: height - 34 };
+  const svg = frame(container, title, width, height);
+  const ys = series.flatMap((s) => s.points.map((p) => p[1]).filter((y) => y !== null && y !== undefined));
+  const yMax = niceMax(Math.max(...ys, 0));
+  yAxis(svg, box, yMax, 0);
+  const span = Math.max(end - start, 1);
+  const sx = (t) => box.left + ((t - start) / span) * (box.right - box.left);
+  const sy = (y) => box.bottom - (y / yMax) * (box.bottom - box.top);
+  const withDay = span > 6 * 3600 * 1000;
+  for (let i = 0; i <= 4; i++) {
+    const t = start + (span * i) / 4;
+    svg.append(svgEl("text", { x: sx(t), y: box.bottom + 16, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" }, clock(t, withDay)));
+  }
+  if (unit) svg.append(svgEl("text", { x: box.left, y: 10, class: "unit" }, unit));
+  if (!ys.length) {
+    svg.append(svgEl("text", { x: (box.left + box.right) / 2, y: (box.top + box.bottom) / 2, "text-anchor": "middle" }, "No requests in this window."));
+  }
+  series.forEach((s, j) => {
+    const color = s.color || COLORS[j % COLORS.length];
+    let d = "", pen = false, sum = 0, n = 0;
+    for (const [t, y] of s.points) {
+      if (y === null || y === undefined) { pen = false; continue; }
+      d += `${pen ? "L" : "M"}${sx(t).toFixed(1)},${sy(y).toFixed(1)} `;
+      pen = true; sum += y; n += 1;
+    }
+    const path = svgEl("path", {
+      d: d.trim() || "M0,0", fill: "none", stroke: color, "stroke-width": 2,
+      "data-series": s.name, "data-points": n, "data-sum": Math.round(sum * 1e6) / 1e6,
+    });
+    svg.append(path);
+    // a dot on lone points, which a line cannot show
+    s.points.forEach(([t, y], i) => {
+      if (y === null || y === undefined) return;
+      const prev = s.points[i - 1], next = s.points[i + 1];
+      const alone = (!prev || prev[1] === null || prev[1] === undefined) && (!next || next[1] === null || next[1] === undefined);
+      if (!alone && s.points.length > 2) return;
+      const dot = svgEl("circle", { cx: sx(t), cy: sy(y), r: 3, fill: color });
+      dot.append(svgEl("title", {}, `${s.name} at ${clock(t, withDay)}: ${short(y)}`));
+      svg.append(dot);
+    });
+  });
 }
