@@ -15,6 +15,7 @@ from lmfoundry.cli import (
     connections,
     datasets,
     endpoints,
+    flow_export,
     flows,
     jobs,
     quotas,
@@ -50,6 +51,7 @@ app.add_typer(endpoints.app, name="endpoints")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(connections.app, name="connections")
+flows.app.command("export")(flow_export.export)
 app.add_typer(flows.app, name="flow")
 
 

@@ -1,0 +1,7 @@
+from promptflow import tool
+
+
+@tool
+def words(parts: list):
+    for part in parts:
+        yield part.lower() + ";"

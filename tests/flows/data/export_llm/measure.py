@@ -1,0 +1,6 @@
+from promptflow import tool
+
+
+@tool
+def measure(answer: str) -> int:
+    return len(answer.split())
