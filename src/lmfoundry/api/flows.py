@@ -51,10 +51,17 @@ CONNECTIONS_HELP = (
 )
 
 
+INIT_HELP = (
+    "A flex flow's init arguments ({name: value}, `--init`): a class entry's __init__ "
+    "parameters (a connection's name for a connection; an object for a model configuration)."
+)
+
+
 class FlowTest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's inputs.")
     connections: dict[str, str] = Field(default_factory=dict, description=CONNECTIONS_HELP)
+    init: dict[str, Any] | None = Field(default=None, description=INIT_HELP)
 
 
 class Bindings(BaseModel):
@@ -187,6 +194,7 @@ async def test_folder(
     request: Request,
     inputs: Annotated[str, Form(description="The inputs as a JSON object.")] = "{}",
     connections: Annotated[str, Form(description=CONNECTIONS_HELP + " A JSON object.")] = "{}",
+    init: Annotated[str, Form(description=INIT_HELP + " A JSON object.")] = "null",
 ) -> Any:
     """Run one line of a flow that is not uploaded; `Accept: text/event-stream` streams it."""
     values = _json_object(
@@ -197,7 +205,8 @@ async def test_folder(
         "connections",
         'connections must be a JSON object such as {"node.connection": "my_connection"}.',
     )
-    call = await plat.flows.test(access, values, archive=file.file, connections=bound)
+    given = None if init == "null" else _json_object(init, "init", "init must be a JSON object.")
+    call = await plat.flows.test(access, values, archive=file.file, connections=bound, init=given)
     return await _answer(call, request)
 
 
@@ -230,7 +239,9 @@ async def test(
     name: str, body: FlowTest, access: ProjectDep, plat: PlatformDep, request: Request
 ) -> Any:
     """Run one line of the flow's latest version; `Accept: text/event-stream` streams it."""
-    call = await plat.flows.test(access, body.inputs, name=name, connections=body.connections)
+    call = await plat.flows.test(
+        access, body.inputs, name=name, connections=body.connections, init=body.init
+    )
     return await _answer(call, request)
 
 

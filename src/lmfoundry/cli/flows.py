@@ -35,6 +35,7 @@ from lmfoundry.errors import InvalidRequest
 from lmfoundry.flows import local
 from lmfoundry.flows.bindings import parse_pairs
 from lmfoundry.flows.dag import load_dag
+from lmfoundry.flows.flex import folder_of_flow_file
 
 app = typer.Typer(help="Prompt flows: test, upload, run in batch, deploy.", no_args_is_help=True)
 runs_app = typer.Typer(help="Batch runs of flows.", no_args_is_help=True)
@@ -92,6 +93,32 @@ def _is_folder(flow: str) -> bool:
     return Path(flow).expanduser().is_dir()
 
 
+InitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--init",
+        help="A flex flow's init argument as NAME=VALUE (a connection's name for a connection, "
+        "JSON for a model configuration), or a JSON file of them, as pf's --init (repeatable).",
+    ),
+]
+
+
+def _init(values: list[str] | None) -> dict[str, Any] | None:
+    if not values:
+        return None
+    init: dict[str, Any] = {}
+    for value in values:
+        path = Path(value).expanduser()
+        if "=" not in value and path.suffix == ".json" and path.is_file():
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(loaded, dict):
+                raise InvalidRequest(f"{value} must hold a JSON object of init arguments.")
+            init.update(loaded)
+        else:
+            init.update(_pairs([value], "--init"))
+    return init
+
+
 def _default_name(folder: Path) -> str:
     name = re.sub(r"[^a-z0-9-]+", "-", folder.resolve().name.lower()).strip("-")
     if not name:
@@ -147,6 +174,7 @@ def test(
         list[str] | None, typer.Option("--inputs", "-i", help="An input as NAME=VALUE.")
     ] = None,
     connections: ConnectionsOpt = None,
+    init_: InitOpt = None,
     local_: Annotated[
         bool,
         typer.Option(
@@ -175,8 +203,10 @@ def test(
     """Run one line of a flow on the server with the project's connections (or, with
     --local, on this machine)."""
     flow, rest = flow_and_pairs(flow, flow_option, pairs)
+    flow = folder_of_flow_file(flow)  # `pf flow test --flow x.prompty` (or its flow.flex.yaml)
     values = _pairs([*(inputs or []), *rest], "--inputs")
     bound = parse_pairs(connections or [])
+    init = _init(init_)
     if connection_file and not local_:
         raise InvalidRequest("--connection-file goes with --local (the server has its own).")
     if local_:
@@ -194,13 +224,13 @@ def test(
             return
         if stream and not json_:
             result = {}
-            for event in lmf.stream_test_flow(target, values, connections=bound):
+            for event in lmf.stream_test_flow(target, values, connections=bound, init=init):
                 if event["event"] == "chunk":
                     console.print(event["text"], end="", highlight=False, markup=False)
                 elif event["event"] == "result":
                     result = event
         else:
-            result = lmf.test_flow(target, values, connections=bound)
+            result = lmf.test_flow(target, values, connections=bound, init=init)
     _print_result(result, json_, streamed=stream and not json_)
 
 

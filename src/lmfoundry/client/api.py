@@ -431,16 +431,18 @@ class Client:
         inputs: dict[str, Any] | None,
         project: str | None,
         connections: dict[str, str] | None = None,
+        init: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any]]:
         if Path(flow).is_dir():
             return self._p(project) + "/flows/test", {
                 "data": {
                     "inputs": json.dumps(inputs or {}),
                     "connections": json.dumps(connections or {}),
+                    "init": json.dumps(init),
                 },
                 "files": {"file": ("flow.tar.gz", pack(Path(flow)), "application/gzip")},
             }
-        body = {"inputs": inputs or {}, "connections": connections or {}}
+        body = {"inputs": inputs or {}, "connections": connections or {}, "init": init}
         return self._p(project) + f"/flows/{flow}/test", {"json": body}
 
     def test_flow(
@@ -449,11 +451,13 @@ class Client:
         inputs: dict[str, Any] | None = None,
         project: str | None = None,
         connections: dict[str, str] | None = None,
+        init: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run one line of a flow folder (a path) or of an uploaded flow (a name) on the server:
         {status, outputs, error, metrics, duration_s, connection_bindings, ...}. `connections`
-        binds node inputs to connections ({node.input: name})."""
-        path, request = self._test_request(flow, inputs, project, connections)
+        binds node inputs to connections ({node.input: name}); `init` gives a flex flow's
+        init arguments."""
+        path, request = self._test_request(flow, inputs, project, connections, init)
         return self._call("POST", path, **request)
 
     def stream_test_flow(
@@ -462,9 +466,10 @@ class Client:
         inputs: dict[str, Any] | None = None,
         project: str | None = None,
         connections: dict[str, str] | None = None,
+        init: dict[str, Any] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """As test_flow, streamed: `outputs` and `chunk` events, then the `result` event."""
-        path, request = self._test_request(flow, inputs, project, connections)
+        path, request = self._test_request(flow, inputs, project, connections, init)
         with self._http.stream(
             "POST", path, **request, headers={"Accept": "text/event-stream"}, timeout=None
         ) as response:

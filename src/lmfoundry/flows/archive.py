@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from lmfoundry.errors import InvalidRequest, PayloadTooLarge
-from lmfoundry.flows.models import DAG_FILES
+from lmfoundry.flows.flex import is_flow_folder
 
 # Never part of a flow: caches, virtual environments, version control, local run output.
 SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".promptflow", ".runs", "node_modules"}
@@ -32,9 +32,11 @@ CHUNK = 64 * 1024
 def pack(folder: Path, max_bytes: int | None = None) -> bytes:
     """The flow folder as tar.gz, without caches and virtual environments."""
     folder = folder.expanduser().resolve()
-    if not any((folder / name).is_file() for name in DAG_FILES):
+    if not is_flow_folder(folder):
         raise InvalidRequest(
-            f"{folder} has no flow.dag.yaml; give the folder that holds it.", param="flow"
+            f"{folder} has no flow.dag.yaml (or flow.flex.yaml, or a .prompty); give the "
+            "folder that holds it.",
+            param="flow",
         )
     buffer = io.BytesIO()
     total = 0
@@ -91,10 +93,10 @@ def unpack(data: bytes | BinaryIO, dest: Path, max_bytes: int) -> Path:
 
 
 def _flow_folder(dest: Path) -> Path:
-    if any((dest / name).is_file() for name in DAG_FILES):
+    if is_flow_folder(dest):
         return dest
     children = [p for p in dest.iterdir() if p.is_dir()]
-    if len(children) == 1 and any((children[0] / n).is_file() for n in DAG_FILES):
+    if len(children) == 1 and is_flow_folder(children[0]):
         return children[0]
     raise InvalidRequest(
         "The flow archive has no flow.dag.yaml at its top (or in its one top-level folder).",

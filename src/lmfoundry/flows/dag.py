@@ -152,6 +152,10 @@ def find_dag_file(folder: Path) -> Path:
 def load_dag(folder: Path) -> Dag:
     """Read and validate `folder/flow.dag.yaml`; InvalidRequest lists every problem."""
     folder = folder.resolve()
+    from lmfoundry.flows.flex import load_other_flow  # flow.flex.yaml and .prompty flows
+
+    if (other := load_other_flow(folder)) is not None:
+        return other
     path = find_dag_file(folder)
     problems = _Problems(path.name)
     try:

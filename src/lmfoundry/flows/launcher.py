@@ -32,6 +32,7 @@ from lmfoundry.config import Settings
 from lmfoundry.connections.models import ResolvedConnection
 from lmfoundry.errors import FlowFailed
 from lmfoundry.flows.egress import EgressPolicy, EgressProxy
+from lmfoundry.flows.flex import FlexFlow
 from lmfoundry.flows.models import Dag
 from lmfoundry.flows.sandbox import INSIDE, Sandbox, missing, seccomp_fd
 
@@ -218,6 +219,7 @@ class FlowProcess:
             "flow_dir": str(seen / "flow"),
             "connections": {n: c.to_wire() for n, c in self.connections.items()},
             "bindings": self.bindings,
+            **({"init": self.dag.init_kwargs} if isinstance(self.dag, FlexFlow) else {}),
         }
         try:
             await self._send(init)

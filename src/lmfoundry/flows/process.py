@@ -52,6 +52,7 @@ from lmfoundry.errors import LmfError
 from lmfoundry.flows import bindings
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.executor import Executor, NodeError, describe
+from lmfoundry.flows.flex_executor import executor_for
 from lmfoundry.runtime.lifeline import die_with_parent
 
 COMPAT = Path(__file__).parent / "compat"
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path[:0] = [str(flow_dir), str(COMPAT)]
     try:
         dag = bindings.apply(load_dag(flow_dir), init.get("bindings") or {})
-        executor = Executor(dag, init.pop("connections"))
+        executor = executor_for(dag, init.pop("connections"), init.pop("init", None))
         executor.load()
     except (LmfError, NodeError) as exc:
         message = exc.message if isinstance(exc, LmfError) else describe(exc)["message"]
@@ -225,7 +226,8 @@ def _line(
                 emit({"event": "chunk", "index": index, "text": parts[-1]})
             result.outputs[name] = "".join(parts)
         except Exception as exc:  # noqa: BLE001 - the generator is user code
-            node = executor.dag.outputs[name].reference.root
+            output = executor.dag.outputs.get(name)  # a flex flow's outputs are what it returns
+            node = output.reference.root if output is not None else name
             result.status, result.error = "failed", describe(NodeError(node, exc))
             result.outputs = {}
     if result.status == "completed":

@@ -39,6 +39,7 @@ from lmfoundry.errors import (
 from lmfoundry.flows import bindings
 from lmfoundry.flows.archive import unpack
 from lmfoundry.flows.dag import load_dag
+from lmfoundry.flows.flex import with_init
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
@@ -383,10 +384,12 @@ class FlowService:
         name: str | None = None,
         archive: bytes | BinaryIO | None = None,
         connections: dict[str, Any] | None = None,
+        init: dict[str, Any] | None = None,
     ) -> FlowCall:
         """Start one line of an uploaded flow (`name`) or of a packed folder (`archive`), with
         its aggregation nodes run over that one line, as `pf flow test` does. `connections`
-        binds connection inputs ({node.input: name}) over those saved on the flow."""
+        binds connection inputs ({node.input: name}) over those saved on the flow; `init`
+        gives a flex flow's init arguments (`--init`)."""
         given = dict(connections or {})
         self.require_flows(access, "test flows (they run code with the project's connections)")
         if self.project_quotas is not None:
@@ -409,6 +412,7 @@ class FlowService:
         else:
             raise InvalidRequest("Give a flow: its name, or the packed folder.", param="flow")
         try:
+            dag = with_init(dag, init)
             values = dag.resolve_inputs(inputs, strict=True)
         except BaseException:
             if cleanup is not None:

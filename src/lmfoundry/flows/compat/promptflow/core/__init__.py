@@ -1,5 +1,17 @@
-"""Prompt flow compatibility: `from promptflow.core import tool, log_metric`."""
+"""Prompt flow compatibility: `from promptflow.core import tool, log_metric`, and
+`Prompty` with the model configurations (flows/prompty_run.py)."""
 
+from lmfoundry.flows.prompty_run import (
+    AzureOpenAIModelConfiguration,
+    OpenAIModelConfiguration,
+    Prompty,
+)
 from lmfoundry.flows.tools import log_metric, tool
 
-__all__ = ["log_metric", "tool"]
+__all__ = [
+    "AzureOpenAIModelConfiguration",
+    "OpenAIModelConfiguration",
+    "Prompty",
+    "log_metric",
+    "tool",
+]

@@ -1,0 +1,181 @@
+"""Flex flows (`flow.flex.yaml`): function and class entries, inputs from the signature, init
+arguments, outputs serialised as Prompt flow does, `__aggregate__` metrics in batch runs, and
+the same outputs as real Prompt flow 1.18 gives on the same flow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lmfoundry.errors import InvalidRequest
+from lmfoundry.flows.dag import load_dag
+from lmfoundry.flows.flex import FlexFlow
+from tests.conftest import Api
+from tests.flows.helpers import DATA, FLOWS, custom_connection, run_once, upload, wait_run
+
+PF_PYTHON = Path(__file__).resolve().parents[2] / ".venv-promptflow" / "bin" / "python"
+
+
+def test_a_function_entry_reads_its_inputs_from_the_signature(api: Api) -> None:
+    view = upload(api, DATA / "flex_function", "greeter")
+    assert view["kind"] == "flex"
+    assert view["inputs"]["who"]["type"] == "string"
+    assert view["inputs"]["times"] == {
+        "type": "int",
+        "default": 2,
+        "is_chat_input": False,
+        "is_chat_history": False,
+    }
+    assert view["nodes"] == [{"name": "greet", "type": "flex", "aggregation": False}]
+
+    # a dataclass becomes its fields; its generator field is joined; "3" becomes an int
+    result = run_once(api, "greeter", who="ann", times="3")
+    assert result["status"] == "completed", result
+    assert result["outputs"] == {"text": "hello ann. hello ann. hello ann. ", "words": 6}
+    # no inputs at all: sample.inputs, then the code's defaults
+    assert run_once(api, "greeter")["outputs"]["text"] == "hello sample. hello sample. "
+
+    failed = run_once(api, "greeter", who="crash")
+    assert failed["status"] == "failed"
+    assert failed["error"]["message"] == (
+        "Execution failure in 'greet': (ValueError) no greeting for crash"
+    )
+    assert "greet.py" in failed["error"]["traceback"]
+    assert "lmfoundry" not in failed["error"]["traceback"]
+
+    bad = api.post(f"{FLOWS}/greeter/test", json={"inputs": {"who": "a", "times": "many"}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "inputs.times"
+    unknown = api.post(f"{FLOWS}/greeter/test", json={"inputs": {"woh": "a"}})
+    assert unknown.status_code == 400 and "woh" in unknown.json()["error"]["message"]
+    given_init = api.post(f"{FLOWS}/greeter/test", json={"inputs": {}, "init": {"x": 1}})
+    assert (
+        given_init.status_code == 400 and "is a function" in given_init.json()["error"]["message"]
+    )
+
+
+def test_a_class_entry_takes_init_arguments_and_a_connection(api: Api) -> None:
+    custom_connection(api, "regional", region="eu-west")
+    upload(api, DATA / "flex_class", "scorer")
+    init = {"unit": "pts", "conn": "regional"}
+    response = api.post(f"{FLOWS}/scorer/test", json={"inputs": {"word": "abc"}, "init": init})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["status"] == "completed", result
+    # an async __call__ returning a TypedDict; bonus falls back to the YAML's default
+    assert result["outputs"] == {"word": "abc pts", "score": 3, "region": "eu-west"}
+
+    with_bonus = {**init, "bonus": "10"}
+    response = api.post(f"{FLOWS}/scorer/test", json={"inputs": {"word": "ab"}, "init": with_bonus})
+    assert response.json()["outputs"]["score"] == 12
+
+    missing = api.post(f"{FLOWS}/scorer/test", json={"inputs": {"word": "a"}, "init": {}})
+    assert missing.status_code == 400
+    assert missing.json()["error"]["param"] == "init.unit"
+    assert "--init unit=VALUE" in missing.json()["error"]["message"]
+    unknown = api.post(
+        f"{FLOWS}/scorer/test", json={"inputs": {"word": "a"}, "init": {**init, "colour": "red"}}
+    )
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "init.colour"
+    no_such = api.post(
+        f"{FLOWS}/scorer/test", json={"inputs": {"word": "a"}, "init": {**init, "conn": "nope"}}
+    )
+    assert no_such.status_code == 400 and "nope" in no_such.json()["error"]["message"]
+
+
+def test_aggregate_turns_a_batch_run_into_metrics(api: Api, tmp_path: Path) -> None:
+    folder = shutil.copytree(DATA / "flex_class", tmp_path / "scorer")
+    with open(folder / "flow.flex.yaml", "a") as file:  # runs take sample.init
+        file.write("sample:\n  init:\n    unit: pts\n    conn: regional\n")
+    custom_connection(api, "regional", region="eu-west")
+    upload(api, folder, "batch-scorer")
+    data = b'{"word": "a"}\n{"word": "abcd"}\n{"word": "xyz"}\n'
+    form = {"column_mapping": json.dumps({"word": "${data.word}"})}
+    created = api.post(f"{FLOWS}/batch-scorer/runs", data=form, files={"data": ("d.jsonl", data)})
+    assert created.status_code == 202, created.text
+    run = wait_run(api, created.json()["id"])
+    assert run["status"] == "completed", run
+    assert run["metrics"] == {"lines": 3, "total": 8}
+
+
+def test_validation_names_the_problem(tmp_path: Path) -> None:
+    folder = tmp_path / "flow"
+    folder.mkdir()
+    (folder / "flow.flex.yaml").write_text("entry: missing:run\n")
+    with pytest.raises(InvalidRequest, match="not in the flow folder"):
+        load_dag(folder)
+    (folder / "missing.py").write_text("def other():\n    pass\n")
+    with pytest.raises(InvalidRequest, match="defines no function or class 'run'"):
+        load_dag(folder)
+    (folder / "missing.py").write_text("class run:\n    def __init__(self):\n        pass\n")
+    with pytest.raises(InvalidRequest, match="no __call__ method"):
+        load_dag(folder)
+    (folder / "flow.flex.yaml").write_text("entry: missing\n")
+    with pytest.raises(InvalidRequest, match="module:function"):
+        load_dag(folder)
+    (folder / "flow.dag.yaml").write_text("nodes: []\n")
+    with pytest.raises(InvalidRequest, match=r"both flow\.dag\.yaml and flow\.flex\.yaml"):
+        load_dag(folder)
+    flow = load_dag(DATA / "flex_class")
+    assert (
+        isinstance(flow, FlexFlow) and flow.is_class and set(flow.init) == {"unit", "conn", "bonus"}
+    )
+
+
+# Runs in .venv-promptflow: a flex flow's lines through Prompt flow's own executor, outputs
+# as Prompt flow records them (a dataclass as its fields, anything else as `output`).
+PF_SCRIPT = """
+import json, sys
+from pathlib import Path
+from promptflow._utils.dataclass_serializer import convert_eager_flow_output_to_dict
+from promptflow.executor import FlowExecutor
+
+request = json.loads(sys.stdin.read())
+folder = Path(request["flow"])
+executor = FlowExecutor.create(folder / "flow.flex.yaml", {}, working_dir=folder)
+lines = []
+for index, inputs in enumerate(request["lines"]):
+    result = executor.exec_line(inputs, index=index)
+    outputs = convert_eager_flow_output_to_dict(result.output)
+    lines.append({k: v for k, v in (outputs or {}).items() if k != "line_number"})
+print(json.dumps(lines))
+"""
+
+
+def run_promptflow(script: str, request: dict, tmp_path: Path) -> object:
+    """`script` run by real Prompt flow's Python, with `request` on stdin: its last line."""
+    done = subprocess.run(
+        [str(PF_PYTHON), "-c", script],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={
+            "HOME": str(tmp_path),
+            "PATH": "/usr/bin:/bin",
+            "PF_DISABLE_TRACING": "true",
+            "PROMPTFLOW_DISABLE_TELEMETRY": "true",
+            "PF_LOGGING_LEVEL": "CRITICAL",
+        },
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+needs_promptflow = pytest.mark.skipif(
+    not PF_PYTHON.exists(),
+    reason="real Prompt flow is not installed (scripts/promptflow-venv creates .venv-promptflow)",
+)
+
+
+@needs_promptflow
+def test_prompt_flow_gives_the_same_outputs(api: Api, tmp_path: Path) -> None:
+    lines = [{"who": "ann", "times": 3}, {"who": "bo", "loud": True}, {"who": "cy", "times": 0}]
+    folder = shutil.copytree(DATA / "flex_function", tmp_path / "flow")
+    expected = run_promptflow(PF_SCRIPT, {"flow": str(folder), "lines": lines}, tmp_path)
+    upload(api, DATA / "flex_function", "greeter")
+    assert [run_once(api, "greeter", **inputs)["outputs"] for inputs in lines] == expected
