@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,7 +77,7 @@ def update(
     json_: JsonOpt = False,
 ) -> None:
     """Change a deployment's quota or prices."""
-    changes = {
+    changes: dict[str, Any] = {
         k: v
         for k, v in {
             "tokens_per_minute": tokens_per_minute,

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -293,7 +293,7 @@ class DecodeThread:
         return None
 
 
-async def relay(seq: Any, cond: threading.Condition, live: set[Any]) -> AsyncIterator[Delta]:
+async def relay(seq: Any, cond: threading.Condition, live: set[Any]) -> AsyncGenerator[Delta, None]:
     """The deltas a decode thread posts to `seq.queue`, up to the one with a finish reason
     (an exception posted instead is raised); then the sequence leaves `live`. If the
     consumer goes away first, the sequence is marked cancelled and the thread woken to drop

@@ -393,9 +393,10 @@ class OnnxEngine(DecodeThread):
             finished: dict[int, _Seq] = {}
             for i in range(len(buffer)):
                 event = buffer[i]
-                seq = self._batched.get(id(event.request))
-                if seq is None:
+                batched = self._batched.get(id(event.request))
+                if batched is None:
                     continue
+                seq = batched
                 flags = int(event.flags)
                 if flags & _TOKEN and not seq.done:
                     produced += 1

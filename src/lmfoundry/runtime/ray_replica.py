@@ -53,4 +53,4 @@ class Instance:
 
 def build(args: dict[str, Any]) -> serve.Application:
     """The application builder `serve deploy` configs name: `args` is `{"spec": JSON}`."""
-    return serve.deployment(Instance, name=DEPLOYMENT).bind(args["spec"])
+    return serve.deployment(name=DEPLOYMENT)(Instance).bind(args["spec"])

@@ -25,7 +25,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from lmfoundry.engines.base import Engine, EngineDown, EngineError, GenerationRequest
@@ -127,7 +127,7 @@ def health(engine: Engine, spec: InstanceSpec, started: float) -> dict[str, Any]
     }
 
 
-async def items(engine: Engine, request: GenerationRequest) -> AsyncIterator[dict[str, Any]]:
+async def items(engine: Engine, request: GenerationRequest) -> AsyncGenerator[dict[str, Any], None]:
     """A request's answer as the wire's items: the text of each delta, the completion tokens
     so far and the finish reason at the end; or, last, one `error` item: `invalid` if the
     engine refuses the request, `engine_failed` if the engine can answer nothing more,
