@@ -82,8 +82,8 @@ def test_activate_bypass_and_aggregation_give_lmfoundrys_outputs(api: Api, tmp_p
         "flow", "export", str(DATA / "export_branch"), "--to", "agent-framework", str(out)
     )
     assert done.returncode == 0, done.stderr
-    assert f"Wrote 18 files to {out}" in done.stdout
     written = export_flow(DATA / "export_branch", "agent-framework", tmp_path / "again")
+    assert f"Wrote {len(written)} files to {out}" in done.stdout
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == written
     assert {"main.py", "flow_runtime.py", "promptflow/__init__.py", "helpers/after.py"} <= set(
         written

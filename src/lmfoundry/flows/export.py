@@ -45,20 +45,26 @@ _SKIPPED = {"__pycache__", ".git", ".venv", ".promptflow", ".runs"}
 _SHIM = {
     "promptflow/__init__.py": (
         '"""Stands in for Prompt flow: what flow code imports from `promptflow`."""\n\n'
-        "from flow_tools import CustomConnection, log_metric, tool\n\n"
-        '__all__ = ["CustomConnection", "log_metric", "tool"]\n'
+        "from flow_tools import CustomConnection, ToolProvider, log_metric, tool, trace\n\n"
+        '__all__ = ["CustomConnection", "ToolProvider", "log_metric", "tool", "trace"]\n'
+    ),
+    "promptflow/tracing/__init__.py": (
+        '"""Stands in for `promptflow.tracing`."""\n\n'
+        "from flow_tools import trace\n\n"
+        '__all__ = ["trace"]\n'
     ),
     "promptflow/core/__init__.py": (
         '"""Stands in for `promptflow.core`."""\n\n'
-        "from flow_tools import log_metric, tool\n\n"
-        '__all__ = ["log_metric", "tool"]\n'
+        "from flow_tools import ToolProvider, log_metric, tool\n\n"
+        '__all__ = ["ToolProvider", "log_metric", "tool"]\n'
     ),
     "promptflow/connections/__init__.py": (
         '"""Stands in for `promptflow.connections`: every connection is a CustomConnection."""\n\n'
         "from flow_tools import CustomConnection\n\n"
-        "AzureOpenAIConnection = OpenAIConnection = ServerlessConnection = CustomConnection\n\n"
-        '__all__ = ["AzureOpenAIConnection", "CustomConnection", "OpenAIConnection", '
-        '"ServerlessConnection"]\n'
+        "AzureOpenAIConnection = OpenAIConnection = ServerlessConnection = CustomConnection\n"
+        "CustomStrongTypeConnection = CustomConnection\n\n"
+        '__all__ = ["AzureOpenAIConnection", "CustomConnection", "CustomStrongTypeConnection", '
+        '"OpenAIConnection", "ServerlessConnection"]\n'
     ),
 }
 
@@ -133,11 +139,6 @@ def _untranslatable(dag: Dag, node: Node) -> str | None:
         return f"tool type {node.type!r} has no Agent Framework translation here"
     if Path(node.source).suffix == ".prompty":
         return "a .prompty source is not translated yet; use an llm node with a jinja2 template"
-    if getattr(node, "tool_class", None):
-        return (
-            f"its tool is a class ({node.tool_class}), which is not translated yet; "  # type: ignore[attr-defined]
-            "a top-level @tool function is"
-        )
     if node.type == "python" and not node.function:
         return f"{node.source} has no top-level @tool function to call"
     if node.type == "llm" and not node.connection:
@@ -220,22 +221,36 @@ def _module(source: str) -> str | None:
 
 
 def _tool_expression(node: Node, tools: dict[str, str]) -> str:
-    if node.type == "python":
-        if node.name not in tools:
-            return f"PythonTool(load_tool({node.source!r}, {node.function!r}))"
-        return f"PythonTool({tools[node.name]})"
     if node.type == "prompt":
         return f"Prompt({node.source!r})"
-    return f"ChatCall({node.source!r}, connection={node.connection!r})"
+    if node.type == "llm":
+        return f"ChatCall({node.source!r}, connection={node.connection!r})"
+    tool_class = getattr(node, "tool_class", None)
+    loaded = f"load_tool({node.source!r}, {(tool_class or node.function)!r})"
+    target = tools.get(node.name, loaded)
+    if tool_class is None:
+        return f"PythonTool({target})"
+    init = {p.name: node.inputs[p.name] for p in _init_params(node) if p.name in node.inputs}
+    literals = {k: v for k, v in init.items() if k not in node.connection_inputs}
+    connections = {k: node.connection_inputs[k] for k in init if k in node.connection_inputs}
+    extra = f", connections={connections!r}" if connections else ""
+    return f"PythonTool(ClassTool({target}, {node.function!r}, {literals!r}{extra}))"
+
+
+def _init_params(node: Node) -> tuple[Any, ...]:
+    return tuple(getattr(node, "init_params", ()))
 
 
 def _spec(node: Node, tools: dict[str, str]) -> str:
-    args = [repr(node.name), _tool_expression(node, tools), _literal(node.inputs)]
-    defaults = sorted(p.name for p in node.params if p.has_default)
+    init = {p.name for p in _init_params(node)}
+    inputs = {k: v for k, v in node.inputs.items() if k not in init}
+    args = [repr(node.name), _tool_expression(node, tools), _literal(inputs)]
+    defaults = sorted(p.name for p in node.params if p.has_default and p.name not in init)
     if defaults:
         args.append(f"defaults=frozenset({defaults!r})")
-    if node.connection_inputs:
-        args.append(f"connections={node.connection_inputs!r}")
+    connections = {k: v for k, v in node.connection_inputs.items() if k not in init}
+    if connections:
+        args.append(f"connections={connections!r}")
     return f"    {node.name!r}: Spec({', '.join(args)}),"
 
 
@@ -256,12 +271,13 @@ def program(dag: Dag) -> str:
     tools: dict[str, str] = {}
     for node in dag.nodes:
         module = _module(node.source) if node.type == "python" else None
-        if module is not None and node.function:
-            key = f"{module}.{node.function}"
+        name = getattr(node, "tool_class", None) or node.function
+        if module is not None and name:
+            key = f"{module}.{name}"
             known = next((a for m, f, a in imports if f"{m}.{f}" == key), None)
-            alias = known or aliases(key if node.function in aliases.taken else node.function)
+            alias = known or aliases(key if name in aliases.taken else name)
             if known is None:
-                imports.append((module, node.function, alias))
+                imports.append((module, name, alias))
             tools[node.name] = alias
     # the executors' names, local to the workflow functions
     local = {"builder", "start", "end", "data", "lines", "report", "single", "count", "index"}
@@ -395,6 +411,7 @@ def _connection_env(name: str) -> str:
 
 _RUNTIME_NAMES = (
     "Activate",
+    "ClassTool",
     "Aggregation",
     "Bypass",
     "ChatCall",
@@ -427,7 +444,8 @@ def _header(dag: Dag, imports: list[tuple[str, str, str]]) -> str:
         f"from {m} import {f}\n" if f == a else f"from {m} import {f} as {a}\n"
         for m, f, a in sorted(imports)
     )
-    used = sorted(n for n in _RUNTIME_NAMES if not n.startswith("Workflow"))
+    used = sorted(n for n in _RUNTIME_NAMES if not n.startswith("Workflow") and n != "ClassTool")
+    has_class = any(getattr(n, "tool_class", None) for n in dag.nodes)
     environment = ""
     if dag.environment_variables:  # set before the tools are imported, as Prompt flow does
         environment = (
@@ -449,7 +467,8 @@ def _header(dag: Dag, imports: list[tuple[str, str, str]]) -> str:
         + "import sys\n\n"
         "from agent_framework import Workflow, WorkflowBuilder\n"
         "from flow_cli import main\n"
-        f"from flow_runtime import {', '.join(used)}\n"
+        + ("from flow_tools import ClassTool\n" if has_class else "")
+        + f"from flow_runtime import {', '.join(used)}\n"
         + environment
         + (f"\n{lines}" if lines else "")
         + "\n"

@@ -31,7 +31,7 @@ from typing import Any, Never
 
 import jinja2
 from agent_framework import Executor, Workflow, WorkflowContext, handler
-from flow_tools import collecting_metrics, connection_from_env
+from flow_tools import collecting_metrics, connection_from_env, convert_literal
 
 HERE = Path(__file__).resolve().parent
 _ROLE_LINE = re.compile(r"^\s*#?\s*(system|user|assistant)\s*:\s*$", re.IGNORECASE | re.MULTILINE)
@@ -303,14 +303,19 @@ class Spec:
         for key, raw in self.inputs.items():
             if key in self.connections:
                 kwargs[key] = connection_from_env(self.connections[key])
-            elif reference(raw) is None:
-                kwargs[key] = raw
-            else:
+            elif reference(raw) is not None:
                 bypassed, value = lookup(key, raw)
                 if not bypassed:
                     kwargs[key] = value
                 elif key not in self.defaults:
                     kwargs[key] = None
+            elif not isinstance(self.action, PythonTool):
+                kwargs[key] = raw
+            elif raw is not None and raw != "":  # Prompt flow leaves empty literals out
+                try:
+                    kwargs[key] = convert_literal(self.action.function, key, raw)
+                except (TypeError, ValueError) as exc:
+                    raise NodeError(self.name, exc) from exc
         return kwargs
 
     async def run(self, kwargs: dict[str, Any]) -> Any:

@@ -7,11 +7,13 @@ written for Prompt flow runs unchanged. lmfoundry itself never imports it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -113,3 +115,84 @@ def _target_url(endpoint: str) -> str:
         if url.endswith(tail):
             url = url[: -len(tail)]
     return url + "/"
+
+
+def convert_literal(function: Callable[..., Any], name: str, value: Any) -> Any:
+    """A python node's literal input as Prompt flow passes it: converted to the type the
+    parameter is annotated with (`int`, `float`, `bool`, `str`, `list`); JSON text for an
+    unannotated (object) parameter is read as JSON."""
+    try:
+        parameter = inspect.signature(function).parameters.get(name)
+    except (TypeError, ValueError):
+        return value
+    if parameter is None:  # a name only **kwargs takes is passed as written
+        return value
+    annotation = parameter.annotation
+    if isinstance(annotation, str):  # `from __future__ import annotations`
+        builtin = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
+        annotation = builtin.get(annotation, annotation)
+    if typing.get_origin(annotation) is typing.Union:  # Optional[int] is int
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else None
+    if annotation in (int, float, str):
+        return annotation(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"Invalid boolean value {value!r}")
+    if annotation is list:
+        value = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise ValueError(f"Invalid list value {value!r}")
+        return value
+    connection = isinstance(annotation, type) and annotation.__name__.endswith("Connection")
+    if isinstance(value, str) and not connection:
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # it really is a string
+    return value
+
+
+class ToolProvider:
+    """Prompt flow's base of class tools: `__init__` takes the node's init inputs, a `@tool`
+    method does the work."""
+
+
+def trace(func: Any = None, **_: Any) -> Any:
+    """Prompt flow's `@trace`: the function is returned unchanged (no tracing here)."""
+    return func if func is not None else (lambda f: f)
+
+
+class ClassTool:
+    """A class tool's method, bound to an instance made on the first call with the node's
+    init inputs (literals converted to `__init__`'s annotations, connections from the
+    environment), as Prompt flow makes one per flow."""
+
+    def __init__(
+        self,
+        cls: type,
+        method: str,
+        init: dict[str, Any],
+        connections: dict[str, str] | None = None,
+    ) -> None:
+        self.cls = cls
+        self.method = method
+        self.init = init
+        self.connections = connections or {}
+        self._bound: Callable[..., Any] | None = None
+        unbound = inspect.signature(getattr(cls, method))
+        self.__signature__ = unbound.replace(parameters=list(unbound.parameters.values())[1:])
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self._bound is None:
+            values = {
+                key: convert_literal(self.cls.__init__, key, raw)  # type: ignore[misc]
+                for key, raw in self.init.items()
+                if raw is not None and raw != ""
+            }
+            values.update({k: connection_from_env(c) for k, c in self.connections.items()})
+            self._bound = getattr(self.cls(**values), self.method)
+        return self._bound(**kwargs)
