@@ -155,3 +155,10 @@ def test_flow_code_loads_a_prompty_with_a_model_configuration(server: LiveServer
     )
     missing = cli(server, "flow", "test", flow, "question=hi", ok=False)
     assert "--init model_config=VALUE" in missing
+
+
+def test_a_python_node_loads_a_prompty_that_names_a_connection(server: LiveServer) -> None:
+    answer = cli(server, "flow", "test", str(DATA / "prompty_node"), "question=hi", "--json")
+    result = json.loads(answer)
+    assert result["status"] == "completed", result
+    assert result["outputs"] == {"answer": "Node asks: hi"}

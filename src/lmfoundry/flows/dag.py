@@ -191,7 +191,10 @@ def load_dag(folder: Path) -> Dag:
     env = _environment(data.get("environment_variables") or {}, problems)
     ordered = _topological(nodes, problems)
     problems.raise_if_any()
-    return Dag(folder, inputs, outputs, tuple(ordered), env)
+    from lmfoundry.flows.prompty import prompty_connections  # .prompty files its code loads
+
+    prompties = prompty_connections(folder)
+    return Dag(folder, inputs, outputs, tuple(ordered), env, prompty_connections=prompties)
 
 
 def _flag(raw: dict[str, Any], key: str, where: str, problems: _Problems) -> bool:

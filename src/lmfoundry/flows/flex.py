@@ -145,7 +145,6 @@ class FlexFlow(Dag):
     init: dict[str, InitParam] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
     init_kwargs: dict[str, Any] = field(default_factory=dict)  # this run's, from --init
-    prompty_connections: tuple[tuple[str, str], ...] = ()  # (file, connection) in .prompty files
     takes_kwargs: bool = False  # the entry has **kwargs: inputs it does not name reach it
 
     @property
@@ -170,7 +169,7 @@ class FlexFlow(Dag):
         return view
 
     def connection_uses(self) -> list[tuple[str, str, str]]:
-        uses = [(file, "model.configuration.connection", c) for file, c in self.prompty_connections]
+        uses = super().connection_uses()  # the .prompty files' connections
         for name, value in self.init_kwargs.items():
             param = self.init.get(name)
             if param is None:

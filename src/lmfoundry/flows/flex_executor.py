@@ -249,4 +249,9 @@ def executor_for(
         return FlexExecutor(dag, connections, init_kwargs)
     from lmfoundry.flows.executor import Executor
 
-    return Executor(dag, connections)
+    executor = Executor(dag, connections)
+    if dag.prompty_connections:  # python nodes load .prompty files that name connections
+        from lmfoundry.flows import prompty_run
+
+        prompty_run.use_connections(executor.connections)
+    return executor

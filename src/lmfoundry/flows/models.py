@@ -115,6 +115,8 @@ class Dag:
     outputs: dict[str, FlowOutput]
     nodes: tuple[Node, ...]  # in an order that runs every node after its dependencies
     environment_variables: dict[str, str]
+    # (file, connection) for .prompty files in the folder that name one: flow code loads them
+    prompty_connections: tuple[tuple[str, str], ...] = ()
 
     @property
     def chat_input(self) -> str | None:
@@ -150,6 +152,7 @@ class Dag:
             if node.connection:
                 uses.append((node.name, "connection", node.connection))
             uses.extend((node.name, i, c) for i, c in node.connection_inputs.items())
+        uses.extend((f, "model.configuration.connection", c) for f, c in self.prompty_connections)
         return uses
 
     @property

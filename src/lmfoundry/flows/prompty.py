@@ -221,7 +221,10 @@ def prompty_connections(folder: Path) -> tuple[tuple[str, str], ...]:
         relative = path.relative_to(folder).as_posix()
         if any(p.startswith(".") or p == "__pycache__" for p in Path(relative).parts):
             continue
-        config = front_matter(path, relative).get("model") or {}
+        try:
+            config = front_matter(path, relative).get("model") or {}
+        except InvalidRequest:  # not a prompty after all: it fails where code loads it
+            continue
         configuration = config.get("configuration") if isinstance(config, dict) else None
         connection = configuration.get("connection") if isinstance(configuration, dict) else None
         if isinstance(connection, str) and connection and "${" not in connection:
