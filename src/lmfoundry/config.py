@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -257,6 +257,24 @@ class Settings(BaseSettings):
     default_deployment: str = "smollm2-135m-instruct"
     default_model: str = "SmolLM2-135M-Instruct"
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON line per request (request id, target, deployment, "
+        "status, tokens, latency, key id) and every other log record as JSON too.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        description="Export OpenTelemetry traces over OTLP/HTTP to this collector (the "
+        "standard OpenTelemetry variables; needs the `otel` extra).",
+    )
+    otel_service_name: str = Field(
+        default="lmfoundry",
+        validation_alias=AliasChoices("OTEL_SERVICE_NAME"),
+        description="The service name traces carry.",
+    )
 
     @field_validator("import_roots", mode="before")
     @classmethod

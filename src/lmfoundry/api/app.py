@@ -34,12 +34,14 @@ from lmfoundry.api import (
 from lmfoundry.api.forwarded import ForwardedClient
 from lmfoundry.api.middleware import AuthThrottle, RequestContext
 from lmfoundry.config import Settings, get_settings
+from lmfoundry.observability import tracing
 from lmfoundry.platform import Platform
 
 
 def create_app(settings: Settings | None = None, platform: Platform | None = None) -> FastAPI:
     settings = settings or get_settings()
     plat = platform or Platform.create(settings)
+    tracing.setup(settings)  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +50,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             yield
         finally:
             await plat.stop()
+            tracing.flush()  # the spans still batched
 
     app = FastAPI(
         title="lmfoundry",
@@ -106,6 +109,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         max_upload=settings.max_upload_bytes,
         max_api_body=settings.max_api_body_bytes,
         max_flow=settings.flow_max_bytes,
+        log_requests=settings.log_format == "json",
+        project_names=plat.metrics.project_name,
     )
     if settings.metrics_port:
         app.add_middleware(health.MetricsPort, port=settings.metrics_port, platform=plat)

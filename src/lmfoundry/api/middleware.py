@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmfoundry.access.sessions import COOKIE
 from lmfoundry.errors import LmfError, PayloadTooLarge
+from lmfoundry.observability import logs, tracing
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The HTTP parser uvicorn uses (httptools) accepts headers of any size; this caps them.
@@ -47,12 +49,16 @@ class RequestContext:
         max_upload: int,
         max_api_body: int = 1024 * 1024,
         max_flow: int | None = None,
+        log_requests: bool = False,
+        project_names: Callable[[int], Awaitable[str]] | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
         self.max_api_body = max_api_body
         self.max_flow = max_flow if max_flow is not None else max_upload
+        self.log_requests = log_requests  # one JSON line per request (--log-format json)
+        self.project_names = project_names  # project id -> name, cached (for the line)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,13 +84,58 @@ class RequestContext:
         if "//" in path:
             scope["path"] = re.sub(r"/{2,}", "/", path)
         raw_id = request_id.encode()
+        info = logs.RequestInfo(request_id, scope["method"], scope["path"])
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                info.status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", raw_id)]
             await send(message)
 
+        # The request's span and log line (observability/): the span is a child of the
+        # caller's traceparent; what the gateway learns lands in `info`.
+        token = logs.begin(info)
+        span = tracing.request(scope["method"], raw_headers)
+        try:
+            with span:
+                try:
+                    await self._limited(scope, receive, send_with_id, headers)
+                except BaseException as exc:
+                    info.status = info.status or _status_of(exc)
+                    raise
+                finally:
+                    await self._observed(scope, info, span)
+        finally:
+            logs.end(token)
+            if self.log_requests:
+                logs.write(info)
+
+    async def _observed(self, scope: Scope, info: logs.RequestInfo, span: tracing.Span) -> None:
+        """Complete the request's line and span once it is answered (streams included)."""
+        info.latency_ms = round((time.perf_counter() - info.started) * 1000, 3)
+        info.route = _route(scope)
+        if info.project_id is not None and self.project_names is not None:
+            info.project = await self.project_names(info.project_id)
+        info.trace_id = span.trace_id or None
+        span.rename(f"{info.method} {info.route}" if info.route else info.method)
+        span.set(
+            **{
+                "http.route": info.route,
+                "http.response.status_code": info.status,
+                "lmfoundry.request_id": info.request_id,
+                "lmfoundry.project": info.project,
+                "lmfoundry.target.kind": info.target_kind,
+                "lmfoundry.target.name": info.target,
+                "lmfoundry.deployment": info.deployment,
+            }
+        )
+        if info.status is not None and info.status >= 500:
+            span.fail(f"HTTP {info.status}", info.status)
+
+    async def _limited(
+        self, scope: Scope, receive: Receive, send_with_id: Send, headers: dict[bytes, bytes]
+    ) -> None:
         limit = await self._limit(scope)
         if limit is None:  # an upload from a caller who is not signed in: never read it
             await self.app(scope, _empty_body(receive), send_with_id)
@@ -177,6 +228,28 @@ async def _signed_in(scope: Scope) -> bool:
         return True
     except LmfError:  # refused, or the database is busy: the route checks again and says so
         return False
+
+
+def _route(scope: Scope) -> str:
+    """The matched route's path template (`/api/v1/projects/{project}/flows`), or "". FastAPI
+    puts the route of an included router in the scope without the router's prefix: the
+    prefix is the part of the path before what the route's own pattern matches."""
+    route = scope.get("route")
+    template, pattern = getattr(route, "path", None), getattr(route, "path_regex", None)
+    if not isinstance(template, str) or pattern is None:
+        return ""
+    path: str = scope["path"]
+    for at in (i for i, c in enumerate(path) if c == "/"):
+        if pattern.match(path[at:]):
+            return path[:at] + template
+    return template
+
+
+def _status_of(exc: BaseException) -> int:
+    """The status a request that raised ends with: its error's, or 499 when the client left."""
+    if isinstance(exc, LmfError):
+        return exc.status_code
+    return 499 if isinstance(exc, asyncio.CancelledError) else 500
 
 
 def _empty_body(receive: Receive) -> Receive:

@@ -7,7 +7,7 @@ import ctypes
 import shlex
 import signal
 import socket
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -18,6 +18,7 @@ from lmfoundry.cli._output import console
 from lmfoundry.client.api import load_credentials
 from lmfoundry.config import Settings, forget_secret_variables, get_settings
 from lmfoundry.errors import NotFound
+from lmfoundry.observability import logs
 from lmfoundry.platform import Platform
 from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.llama_server import ServerMissing
@@ -42,9 +43,20 @@ def up(
             "spreads connections over them, so adding gateways adds capacity."
         ),
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="`json`: one JSON line per request (request id, project, target, deployment, "
+            "status, tokens, latency, key id) and every log record as JSON; default `text` "
+            "(LMFOUNDRY_LOG_FORMAT)."
+        ),
+    ] = None,
 ) -> None:
     """Start lmfoundry: API, inference gateway, instance supervisor and studio."""
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if log_format not in (None, "text", "json"):
+        raise typer.BadParameter(f"--log-format must be text or json, not {log_format!r}.")
+    options = {"host": host, "port": port, "log_format": log_format}
+    overrides = {k: v for k, v in options.items() if v is not None}
     if not supervisor:
         overrides["supervisor"] = False
     settings = Settings(**overrides) if overrides else get_settings()
@@ -68,6 +80,7 @@ def up(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        **_log_config(settings),
         timeout_graceful_shutdown=10,
         # X-Forwarded-For counts only from LMFOUNDRY_TRUSTED_PROXIES (api/forwarded.py);
         # uvicorn's own handling would trust it from 127.0.0.1 by default
@@ -96,6 +109,12 @@ def up(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run(sockets=sockets)
+
+
+def _log_config(settings: Settings) -> dict[str, Any]:
+    """uvicorn's logging for LMFOUNDRY_LOG_FORMAT: its own (text), or JSON lines."""
+    config = logs.logging_config(settings.log_format, settings.log_level)
+    return {} if config is None else {"log_config": config, "access_log": False}
 
 
 def _harden() -> None:
@@ -153,7 +172,8 @@ def _default_deployment(settings: Settings, platform: Platform) -> None:
             console.print(f"lmfoundry at {settings.base_url} (studio: {settings.base_url}/)")
             return
         deployment = platform.serverless.create(access, name, settings.default_model)
-        key = platform.serverless.read_keys(access, name)["primary_key"]
+        if settings.log_format != "json":  # JSON output goes to log stores: no key there
+            key = platform.serverless.read_keys(access, name)["primary_key"]
         console.print(f"Created serverless deployment [bold]{name}[/] of {settings.default_model}.")
     target = deployment["target_url"]
     # Greedy, and asked for one sentence: the bundled 135M model then answers "The capital of

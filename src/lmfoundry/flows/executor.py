@@ -28,6 +28,7 @@ import jinja2
 
 from lmfoundry.flows.models import Dag, Node, Reference, parse_reference
 from lmfoundry.flows.tools import CustomConnection, collecting_metrics
+from lmfoundry.observability.tracing import LineTrace, outgoing_headers
 
 # llm node inputs sent to chat/completions; the other inputs fill the template.
 LLM_PARAMETERS = (
@@ -84,6 +85,8 @@ class LineResult:
 
 
 class Executor:
+    trace = LineTrace(None)  # the running line's node spans (process.py sets one per line)
+
     def __init__(self, dag: Dag, connections: dict[str, dict[str, Any]]) -> None:
         self.dag = dag
         self.connections = {
@@ -139,7 +142,8 @@ class Executor:
                 if self._bypass(node, inputs, outputs, bypassed):
                     bypassed.add(node.name)
                     continue
-                outputs[node.name] = self._run_node(node, inputs, outputs, bypassed)
+                with self.trace.node(node.name, node.type):
+                    outputs[node.name] = self._run_node(node, inputs, outputs, bypassed)
             aggregation = self._aggregation_inputs(inputs, outputs, bypassed)
             flow_outputs: dict[str, Any] = {}
             stream_output = None
@@ -352,7 +356,7 @@ def chat_completion(
 
     url = chat_url(connection)
     key = connection.get("key") or connection.get("api_key") or ""
-    headers = {"api-key": key, "Authorization": f"Bearer {key}"}
+    headers = {"api-key": key, "Authorization": f"Bearer {key}", **outgoing_headers()}
     body = {"messages": messages, **params}
     if not params.get("stream"):
         response = httpx.post(url, json=body, headers=headers, timeout=600)

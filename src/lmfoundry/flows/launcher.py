@@ -35,6 +35,7 @@ from lmfoundry.flows.egress import EgressPolicy, EgressProxy
 from lmfoundry.flows.flex import FlexFlow
 from lmfoundry.flows.models import Dag
 from lmfoundry.flows.sandbox import INSIDE, Sandbox, missing, seccomp_fd
+from lmfoundry.observability import tracing
 
 # Variables a flow process inherits; everything else (tokens, cloud credentials, the master
 # key) stays with the server. Flow-specific values come from environment_variables.
@@ -291,12 +292,30 @@ class FlowProcess:
         self, index: int, inputs: dict[str, Any], stream: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
         """Run one line: yields `outputs` and `chunk` events while streaming, then the `line`
-        event. A timeout or a crash ends the process and yields a failed line."""
+        event. A timeout or a crash ends the process and yields a failed line. Traced, the
+        line is a `flow.line` span and the process sends back one span per node."""
+        span = tracing.start("flow.line", **{"lmfoundry.flow.line": index})
+        try:
+            async with contextlib.aclosing(
+                self._line(index, inputs, stream, span.traceparent())
+            ) as events:
+                async for event in events:
+                    if event.get("event") == "line":
+                        tracing.record_remote(span, event.pop("spans", None))
+                        span.end(200 if event.get("status") == "completed" else 500)
+                    yield event
+        finally:
+            span.end()
+
+    async def _line(
+        self, index: int, inputs: dict[str, Any], stream: bool, traceparent: str
+    ) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         self._busy = True
         try:
-            await self._send({"op": "line", "index": index, "inputs": inputs, "stream": stream})
+            line = {"op": "line", "index": index, "inputs": inputs, "stream": stream}
+            await self._send({**line, "traceparent": traceparent} if traceparent else line)
             while True:
                 event = self.redactor.value(await self._next(deadline - loop.time()))
                 if event.get("event") == "line":

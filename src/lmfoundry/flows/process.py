@@ -10,7 +10,7 @@ and talks JSON lines. It writes to stdin, first
 
 (the only way secrets reach the process), then any number of
 
-    {"op": "line", "index": N, "inputs": {...}, "stream": false}
+    {"op": "line", "index": N, "inputs": {...}, "stream": false, "traceparent": "00-..."}
     {"op": "aggregate", "inputs": {NODE: {INPUT: [one value per line]}}}
 
 and closes stdin when done. The answers go to the process's original stdout:
@@ -18,7 +18,8 @@ and closes stdin when done. The answers go to the process's original stdout:
     {"event": "ready"} or {"event": "failed", "error": {...}}      after init
     {"event": "outputs", "index", "outputs", "stream": NAME}        streaming lines only, then
     {"event": "chunk", "index", "text"}                              one per yielded chunk
-    {"event": "line", "index", "status", "outputs", "error", "aggregation_inputs", "duration_s"}
+    {"event": "line", "index", "status", "outputs", "error", "aggregation_inputs", "duration_s",
+     "spans": [one per node when the line has a traceparent (observability/tracing.py)]}
     {"event": "aggregated", "status", "metrics", "outputs", "error"}
 
 Whatever flow code prints or logs goes to stderr, which the server keeps in a log with
@@ -53,6 +54,7 @@ from lmfoundry.flows import bindings
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.executor import Executor, NodeError, describe
 from lmfoundry.flows.flex_executor import executor_for
+from lmfoundry.observability.tracing import LineTrace
 from lmfoundry.runtime.lifeline import die_with_parent
 
 COMPAT = Path(__file__).parent / "compat"
@@ -214,6 +216,7 @@ def _line(
 ) -> None:
     index = command["index"]
     started = time.monotonic()
+    executor.trace = LineTrace(command.get("traceparent"))  # node spans, sent back below
     result = executor.run_line(command["inputs"], bool(command.get("stream")))
     if result.status == "completed" and result.stream_output:
         name = result.stream_output
@@ -247,6 +250,7 @@ def _line(
             "error": result.error,
             "aggregation_inputs": result.aggregation_inputs,
             "duration_s": round(time.monotonic() - started, 4),
+            "spans": executor.trace.spans,
         }
     )
 

@@ -213,6 +213,10 @@ class Metrics:
         self.remaining.labels(project, scope.target_kind, scope.target, "tokens").set(tokens)
         self.remaining.labels(project, scope.target_kind, scope.target, "requests").set(requests)
 
+    async def project_name(self, project_id: int) -> str:
+        """The project's name, as the labels have it (request log lines use it too)."""
+        return await self._project(project_id)
+
     async def _project(self, project_id: int) -> str:
         """The project's name, read once per project per process (off the event loop)."""
         name = self._projects.get(project_id)

@@ -33,6 +33,7 @@ from lmfoundry.errors import (
     Unauthorized,
 )
 from lmfoundry.metering.service import MeteringService, Usage
+from lmfoundry.observability import logs, tracing
 from lmfoundry.observability.metrics import Metrics, Scope
 from lmfoundry.quotas.service import QuotaService, rate_limit_headers
 from lmfoundry.quotas.window import Decision, Limits
@@ -69,6 +70,7 @@ class Admitted:
     admitted_at: datetime
     mirrored: bool = False
     started: float = field(default_factory=time.perf_counter)
+    instance: tracing.Span = tracing.OFF  # the instance call's span, ended at settlement
 
     @property
     def prompt_tokens(self) -> int:
@@ -215,9 +217,10 @@ class Gateway:
         # characters before its template is rendered or a token counted.
         counted = None
         if not mirrored:
-            counted = await self.quotas.reserve(
-                self._requests_key(target), 0, _requests_only(limits), claim=claim
-            )
+            with tracing.span("quota", **{"lmfoundry.quota.limit": "requests"}):
+                counted = await self.quotas.reserve(
+                    self._requests_key(target), 0, _requests_only(limits), claim=claim
+                )
             if not counted.allowed:  # chat() adds the x-ratelimit-* headers
                 raise await self.over_quota(target, counted, {}, "requests")
         context = tokenizer.context_length
@@ -258,9 +261,10 @@ class Gateway:
             decision = Decision(True, "", limits.tokens_per_minute, limits.requests_per_minute, 0)
             remaining_requests = limits.requests_per_minute
         else:
-            decision = await self.quotas.reserve(
-                self._quota_key(target), reserve, _tokens_only(limits), claim=claim
-            )
+            with tracing.span("quota", **{"lmfoundry.quota.limit": "tokens"}):
+                decision = await self.quotas.reserve(
+                    self._quota_key(target), reserve, _tokens_only(limits), claim=claim
+                )
             remaining_requests = min(counted.remaining_requests, decision.remaining_requests)
         headers = rate_limit_headers(limits, decision.remaining_tokens, remaining_requests)
         if not decision.allowed:
@@ -403,21 +407,23 @@ class Gateway:
         """Parse, admit and run one request of a generating API (`APIS`: chat completions
         by default) for an authenticated caller."""
         started = time.perf_counter()
+        logs.note_target(target, deployment or target.name, key_slot)
         try:
             extra = extra_mode(extra_header)
             request = APIS[api].parse(body, extra)
             claim = f"{key_slot}:{hashlib.sha256(body).hexdigest()[:24]}"
-            admitted = await self.admit(
-                target,
-                key_slot,
-                deployment or target.name,
-                request,
-                extra,
-                request_id,
-                group,
-                claim,
-                model,
-            )
+            with tracing.span("admission"):
+                admitted = await self.admit(
+                    target,
+                    key_slot,
+                    deployment or target.name,
+                    request,
+                    extra,
+                    request_id,
+                    group,
+                    claim,
+                    model,
+                )
         except LmfError as exc:
             exc.headers = {**await self.remaining_headers(target), **exc.headers}
             await self.refused(
@@ -472,12 +478,14 @@ class Gateway:
         on another instance (once)."""
         record = admitted.usage()
         n = admitted.generation.params.n
+        admitted.instance = tracing.start("instance", **{"lmfoundry.model": record.model})
         for attempt in range(2):
             choices = [Choice() for _ in range(n)]
             try:
                 async for delta in admitted.group.generate(admitted.generation):
                     if record.ttft_ms is None:
                         record.ttft_ms = (time.perf_counter() - admitted.started) * 1000
+                        admitted.instance.first_token(record.ttft_ms)
                     choices[delta.index].add(delta)
                 break
             except EngineFailed:
@@ -503,6 +511,7 @@ class Gateway:
         counts = [0] * admitted.generation.params.n  # tokens so far, per choice
         status = 200
         delivered = False
+        admitted.instance = tracing.start("instance", **{"lmfoundry.model": record.model})
         deltas = admitted.group.generate(admitted.generation)
         try:
             first = events.start()
@@ -513,6 +522,7 @@ class Gateway:
                 delivered = True
                 if delta.text and record.ttft_ms is None:
                     record.ttft_ms = (time.perf_counter() - admitted.started) * 1000
+                    admitted.instance.first_token(record.ttft_ms)
                 out = events.delta(delta)
                 if out:
                     yield out
@@ -558,12 +568,15 @@ class Gateway:
         usage.status_code = status
         usage.streamed = streamed
         usage.latency_ms = (time.perf_counter() - admitted.started) * 1000
-        await self.metering.record(usage)
-        await self.metrics.settled(usage, admitted.adapter)
-        if admitted.reservation:
-            await self.quotas.settle(
-                self._quota_key(admitted.target), admitted.reservation, prompt + completion
-            )
+        admitted.instance.end(status)
+        logs.note_usage(usage)
+        with tracing.span("settlement", **tracing.tokens(prompt, completion, status)):
+            await self.metering.record(usage)
+            await self.metrics.settled(usage, admitted.adapter)
+            if admitted.reservation:
+                await self.quotas.settle(
+                    self._quota_key(admitted.target), admitted.reservation, prompt + completion
+                )
 
 
 # A token is rarely more than 16 characters (the longest merges are runs of spaces or
