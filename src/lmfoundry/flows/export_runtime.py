@@ -266,7 +266,7 @@ class ChatCall(Action):
             base_url=connection["target_url"] + "v1",
             api_key=connection.get("key") or connection.get("api_key") or "",
         )
-        response = await client.get_response(messages, options=options)  # type: ignore[arg-type]
+        response = await client.get_response(messages, options=options)  # type: ignore[call-overload]
         return response.text
 
 
