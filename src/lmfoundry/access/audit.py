@@ -8,15 +8,24 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lmfoundry.observability.logs import current_request_id
 from lmfoundry.storage.models import AuditEvent
 
 
 def record(
     s: Session, actor: str, project_id: int | None, action: str, target: str, detail: dict[str, Any]
 ) -> None:
-    """Add an audit event to the caller's unit of work (so it commits with the change)."""
+    """Add an audit event to the caller's unit of work (so it commits with the change), with
+    the id of the request that made it (as its response's x-request-id header shows it)."""
     s.add(
-        AuditEvent(actor=actor, project_id=project_id, action=action, target=target, detail=detail)
+        AuditEvent(
+            actor=actor,
+            project_id=project_id,
+            action=action,
+            target=target,
+            detail=detail,
+            request_id=current_request_id(),
+        )
     )
 
 
@@ -28,6 +37,13 @@ def list_events(
         query = query.where(AuditEvent.at >= since)
     rows = s.scalars(query.order_by(AuditEvent.id.desc()).limit(limit))
     return [
-        {"at": e.at, "actor": e.actor, "action": e.action, "target": e.target, "detail": e.detail}
+        {
+            "at": e.at,
+            "actor": e.actor,
+            "action": e.action,
+            "target": e.target,
+            "detail": e.detail,
+            "request_id": e.request_id,
+        }
         for e in rows
     ]

@@ -223,6 +223,9 @@ class AuditView(BaseModel):
     action: str
     target: str
     detail: dict[str, Any]
+    request_id: str | None = Field(
+        default=None, description="The x-request-id of the request that made the change."
+    )
 
 
 @router.get("/projects/{project}/audit", response_model=list[AuditView])

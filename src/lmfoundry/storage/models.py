@@ -145,6 +145,8 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the HTTP request that made the change (its x-request-id; migration 0010)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
 
 
 class UsageRecord(Base):
