@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lmfoundry.observability.health import Health
+from lmfoundry.quotas.service import make_store
+from lmfoundry.runtime.registry import InstanceRegistry
+from lmfoundry.storage.db import Database
+from lmfoundry.storage.models import Supervisor
 from tests.conftest import (
     LiveServer,
     database_url_for,
@@ -33,8 +39,6 @@ MODEL = "SmolLM2-135M-Instruct"
 QUESTION = [{"role": "user", "content": "Name a colour. One word."}]
 REPO = Path(__file__).parents[2]
 CHROMIUM = Path(os.environ.get("LMFOUNDRY_TEST_CHROMIUM", "/usr/bin/chromium"))
-
-pytestmark = pytest.mark.slow
 
 Page = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -151,6 +155,7 @@ def loaded(server: LiveServer) -> dict[str, int]:
     return seen
 
 
+@pytest.mark.slow
 def test_metrics_equal_what_clients_saw_and_the_usage_report(
     server: LiveServer, loaded: dict[str, int]
 ) -> None:
@@ -162,6 +167,7 @@ def test_metrics_equal_what_clients_saw_and_the_usage_report(
     assert body["instances"] and body["instances"][0]["model"] == MODEL
 
 
+@pytest.mark.slow
 def test_lmfoundry_status_prints_instances_and_the_last_hour(
     server: LiveServer, loaded: dict[str, int]
 ) -> None:
@@ -187,6 +193,7 @@ def test_lmfoundry_status_prints_instances_and_the_last_hour(
     assert numbers[:3] == [8, 0, loaded["429"]], line
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: scripts/system-deps")
 def test_the_monitoring_page_draws_the_same_numbers(
     server: LiveServer, loaded: dict[str, int], tmp_path: Path
@@ -245,6 +252,36 @@ def test_the_monitoring_page_draws_the_same_numbers(
 # -- two gateways sharing PostgreSQL and Redis ------------------------------------------------
 
 
+async def test_a_gateway_is_ready_only_while_a_supervisor_beats(database_url: str) -> None:
+    """`lmfoundry up --no-supervisor`: /readyz asks the database for the supervisor's
+    heartbeat (it beats even while it runs no instance)."""
+    db = Database(database_url)
+    db.migrate()
+    store = make_store(None, True)
+    gateway = Health(db, store, backend=None, supervisor=False)  # type: ignore[arg-type]
+    try:
+        checks = (await gateway.readiness()).checks
+        assert checks["supervisor"].startswith("down: no supervisor is running")
+        assert "without --no-supervisor" in checks["supervisor"]
+        supervisor = InstanceRegistry(db, "sup-1")
+        supervisor.publish([])  # a tick with no instance still says it is alive
+        ready = await gateway.readiness()
+        assert ready.ready, ready.checks
+        assert ready.checks["supervisor"].startswith(f"ok: supervisor pid {os.getpid()}")
+        with db.session() as s:  # silent for a minute: a dead supervisor
+            s.get(Supervisor, "sup-1").seen_at = datetime.now(UTC) - timedelta(seconds=60)
+        late = await gateway.readiness()
+        assert not late.ready
+        assert late.checks["supervisor"].startswith("down: the supervisor (pid")
+        supervisor.beat()
+        assert (await gateway.readiness()).ready
+        supervisor.withdraw()  # a clean stop
+        assert not (await gateway.readiness()).ready
+    finally:
+        await store.aclose()
+        db.dispose()
+
+
 @pytest.fixture
 def postgres_url(tmp_path: Path) -> Iterator[str]:
     """The suite's PostgreSQL (scripts/test sets LMFOUNDRY_TEST_DATABASE_URL), or a
@@ -269,6 +306,7 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_gateways_sum_to_what_clients_saw(tmp_path: Path, postgres_url: str) -> None:
     port = free_port()
     redis = start_redis(port, tmp_path)

@@ -115,3 +115,57 @@ def test_pages_link_render_and_refuse_non_admins_the_cluster(
     assert cluster.status_code == 200 and "<h1>Cluster</h1>" in cluster.text
     refused = api.client.get("/cluster", headers=reader)
     assert refused.status_code == 403 and "Only an admin" in refused.text
+
+
+def test_an_endpoint_page_counts_each_deployment(api: Api) -> None:
+    from tests.api.test_endpoints import E, wait_ready
+
+    created = api.post(E, json={"name": "split", "requests_per_minute": 100_000})
+    assert created.status_code == 201, created.text
+    for name in ("blue", "green"):
+        assert api.put(f"{E}/split/deployments/{name}", json={"model": "echo"}).status_code == 200
+    wait_ready(api, "split", "blue", "green")
+    assert api.put(f"{E}/split/traffic", json={"blue": 100}).status_code == 200
+    key = {"Authorization": f"Bearer {api.get(f'{E}/split/keys').json()['primary_key']}"}
+    url = "/endpoints/split/chat/completions"
+    served: dict[str, int] = {}
+    for header in ("blue", "blue", "green", None):  # the header picks; none: the split
+        extra = {"azureml-model-deployment": header} if header else {}
+        answer = api.client.post(url, json={"messages": QUESTION}, headers={**key, **extra})
+        assert answer.status_code == 200, answer.text
+        name = answer.headers["azureml-model-deployment"]
+        served[name] = served.get(name, 0) + 1
+    assert served == {"blue": 3, "green": 1}
+    body = api.get("/api/v1/projects/default/monitoring/endpoints/split").json()
+    assert {d: t["requests"] for d, t in body["deployments"].items()} == served
+    assert body["totals"]["by_status"] == {"200": 4}
+    assert {i["model"] for i in body["instances"]} == {"echo"}
+    page = api.get("/projects/default/endpoints/split/monitoring")
+    assert page.status_code == 200 and 'id="by-deployment"' in page.text
+    detail = api.get("/projects/default/endpoints/split")
+    assert 'href="/projects/default/endpoints/split/monitoring"' in detail.text
+
+
+def test_wrong_keys_count_as_errors_of_the_deployment(api: Api) -> None:
+    mine = api.deploy("locked")
+    assert api.post("/api/v1/projects", json={"name": "second"}).status_code == 201
+    theirs = api.deploy("other", project="second")
+    url = "/serverless/locked/chat/completions"
+    body = {"messages": QUESTION}
+    statuses = [
+        api.client.post(url, json=body).status_code,  # no key
+        api.client.post(url, json=body, headers={"api-key": "0" * 64}).status_code,
+        api.client.post(url, json=body, headers={"api-key": theirs["primary_key"]}).status_code,
+        api.client.post(url, json=body, headers={"api-key": mine["primary_key"]}).status_code,
+    ]
+    assert statuses == [401, 401, 403, 200]
+    totals = api.get("/api/v1/projects/default/monitoring/serverless/locked").json()["totals"]
+    assert totals["by_status"] == {"200": 1, "401": 2, "403": 1}
+    assert totals["errors"] == 3
+    metrics = api.get("/metrics").text
+    assert 'status="401",target="locked",target_kind="serverless"} 2.0' in metrics
+    assert 'status="403",target="locked",target_kind="serverless"} 1.0' in metrics
+    for secret in (mine["primary_key"], theirs["primary_key"]):
+        assert secret not in metrics
+    (row,) = [r for r in api.get("/api/v1/projects/default/usage").json()]
+    assert row["deployment"] == "locked" and row["requests"] == 1  # refusals not billed

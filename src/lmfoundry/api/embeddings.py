@@ -17,7 +17,7 @@ router = APIRouter(tags=["inference"])
 @router.post("/serverless/{name}/v1/embeddings")
 async def serverless_embeddings(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
     target = plat.serverless.serving_target(name)
-    slot = plat.gateway.check_key(target, presented_key(request))
+    slot = await plat.gateway.authorize(target, presented_key(request), request.state.request_id)
     result = await EmbeddingsService(plat.gateway).embed(
         target,
         slot,
@@ -31,7 +31,9 @@ async def serverless_embeddings(name: str, request: Request, plat: PlatformDep) 
 @router.post("/endpoints/{name}/embeddings")
 @router.post("/endpoints/{name}/v1/embeddings")
 async def endpoint_embeddings(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
-    route, slot = plat.router.authorize(name, presented_key(request))
+    route, slot = await plat.router.admit_key(
+        name, presented_key(request), request.state.request_id
+    )
     result = await embed_on_endpoint(
         EmbeddingsService(plat.gateway),
         plat.router,

@@ -181,7 +181,9 @@ def delete_deployment(name: str, deployment: str, access: ProjectDep, plat: Plat
 async def score(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
     """Azure ML's `/score` for chat models: `{"input_data": {"input_string": [...],
     "parameters": {...}}}` -> `{"output": "..."}`."""
-    route, slot = plat.router.authorize(name, presented_key(request))
+    route, slot = await plat.router.admit_key(
+        name, presented_key(request), request.state.request_id
+    )
     body, headers = await plat.router.score(
         route,
         slot,
@@ -206,7 +208,9 @@ async def completions(name: str, request: Request, plat: PlatformDep) -> Respons
 
 
 async def _generate(name: str, request: Request, plat: PlatformDep, api: str) -> Response:
-    route, slot = plat.router.authorize(name, presented_key(request))
+    route, slot = await plat.router.admit_key(
+        name, presented_key(request), request.state.request_id
+    )
     result = await plat.router.chat(
         route,
         slot,

@@ -51,7 +51,7 @@ async def completions(name: str, request: Request, plat: PlatformDep) -> Respons
 
 async def _generate(name: str, request: Request, plat: PlatformDep, api: str) -> Response:
     target = plat.serverless.serving_target(name)
-    slot = plat.gateway.check_key(target, presented_key(request))
+    slot = await plat.gateway.authorize(target, presented_key(request), request.state.request_id)
     result = await plat.gateway.chat(
         target,
         slot,

@@ -37,7 +37,8 @@ def _serverless(plat: Platform, name: str, request: Request) -> tuple[ServingTar
 @router.post(S + "/responses")
 @router.post(S + "/v1/responses")
 async def serverless_create(name: str, request: Request, plat: PlatformDep) -> Response:
-    target, slot = _serverless(plat, name, request)
+    target = plat.serverless.serving_target(name)
+    slot = await plat.gateway.authorize(target, presented_key(request), request.state.request_id)
 
     async def chat(body: bytes) -> ChatResult:
         return await plat.gateway.chat(target, slot, body, None, request.state.request_id)
@@ -74,7 +75,9 @@ async def serverless_delete(
 @router.post(E + "/responses")
 @router.post(E + "/v1/responses")
 async def endpoint_create(name: str, request: Request, plat: PlatformDep) -> Response:
-    route, slot = plat.router.authorize(name, presented_key(request))
+    route, slot = await plat.router.admit_key(
+        name, presented_key(request), request.state.request_id
+    )
     header = request.headers.get("azureml-model-deployment")
 
     async def chat(body: bytes) -> ChatResult:

@@ -41,6 +41,14 @@ class EndpointRouter:
         route = self.endpoints.route(name)
         return route, self.gateway.check_key(route.target, key)
 
+    async def admit_key(
+        self, name: str, key: str | None, request_id: str
+    ) -> tuple[EndpointRoute, str]:
+        """`authorize` for a request that would generate or embed: a wrong key is counted
+        as a refusal of the endpoint (Gateway.authorize)."""
+        route = self.endpoints.route(name)
+        return route, await self.gateway.authorize(route.target, key, request_id)
+
     def pick(
         self, route: EndpointRoute, header: str | None
     ) -> tuple[DeploymentState, DeploymentState | None]:

@@ -145,6 +145,16 @@ class Gateway:
             )
         return match.slot
 
+    async def authorize(self, target: ServingTarget, presented: str | None, request_id: str) -> str:
+        """`check_key` for a request that would generate or embed: a 401 or a 403 is
+        counted and recorded as a refusal of `target`, as its caller saw it."""
+        started = time.perf_counter()
+        try:
+            return self.check_key(target, presented)
+        except (Unauthorized, Forbidden) as exc:
+            await self.refused(target, target.name, None, "", request_id, exc, started)
+            raise
+
     def _cached(self, project_id: int, ref: str) -> ResolvedModel | None:
         resolved = self._resolved.get((project_id, ref))
         return resolved if resolved is not None and resolved.path.exists() else None
