@@ -179,3 +179,30 @@ def test_prompt_flow_gives_the_same_outputs(api: Api, tmp_path: Path) -> None:
     expected = run_promptflow(PF_SCRIPT, {"flow": str(folder), "lines": lines}, tmp_path)
     upload(api, DATA / "flex_function", "greeter")
     assert [run_once(api, "greeter", **inputs)["outputs"] for inputs in lines] == expected
+
+
+def test_runs_and_deployments_keep_their_init_arguments(api: Api) -> None:
+    custom_connection(api, "regional", region="eu-west")
+    upload(api, DATA / "flex_class", "scorer")
+    init = {"unit": "pts", "conn": "regional", "bonus": 1}
+    data = b'{"word": "a"}\n{"word": "abc"}\n'
+    form = {"column_mapping": json.dumps({"word": "${data.word}"}), "init": json.dumps(init)}
+    created = api.post(f"{FLOWS}/scorer/runs", data=form, files={"data": ("d.jsonl", data)})
+    assert created.status_code == 202, created.text
+    run = wait_run(api, created.json()["id"])
+    assert run["status"] == "completed", run
+    assert run["metrics"] == {"lines": 2, "total": 6}
+    assert [line["outputs"] for line in run["lines"]] == [
+        {"word": "a pts", "score": 2, "region": "eu-west"},
+        {"word": "abc pts", "score": 4, "region": "eu-west"},
+    ]
+    form["init"] = json.dumps({"unit": "pts"})
+    refused = api.post(f"{FLOWS}/scorer/runs", data=form, files={"data": ("d.jsonl", data)})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "init.conn"
+
+    deployed = api.post(f"{FLOWS}/scorer/deploy", json={"init": init})
+    assert deployed.status_code == 200, deployed.text
+    key = api.get(f"{FLOWS}/scorer/keys").json()["primary_key"]
+    scored = api.client.post("/flows/scorer/score", json={"word": "hey"}, headers={"api-key": key})
+    assert scored.status_code == 200, scored.text
+    assert scored.json() == {"word": "hey pts", "score": 4, "region": "eu-west"}

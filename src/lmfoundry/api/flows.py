@@ -69,6 +69,10 @@ class Bindings(BaseModel):
     connections: dict[str, str] = Field(default_factory=dict, description=CONNECTIONS_HELP)
 
 
+class Deploy(Bindings):
+    init: dict[str, Any] | None = Field(default=None, description=INIT_HELP)
+
+
 class DeployedFlow(FlowView):
     defaulted_connections: dict[str, str] = Field(
         default_factory=dict, description="Bindings chosen as the only fitting connection."
@@ -256,11 +260,14 @@ def bind_connections(
 
 @router.post(PREFIX + "/{name}/deploy", response_model=DeployedFlow)
 def deploy(
-    name: str, access: ProjectDep, plat: PlatformDep, body: Bindings | None = None
+    name: str, access: ProjectDep, plat: PlatformDep, body: Deploy | None = None
 ) -> dict[str, Any]:
     """Serve the latest version at /flows/{name}/score behind a key; `connections` are saved
-    with the flow, and inputs still open are bound to the project's only fitting connection."""
-    return plat.flows.deploy(access, name, body.connections if body else None)
+    with the flow, and inputs still open are bound to the project's only fitting connection;
+    `init` (a flex flow's) is kept with the deployment."""
+    if body is None:
+        return plat.flows.deploy(access, name)
+    return plat.flows.deploy(access, name, body.connections, init=body.init)
 
 
 @router.delete(PREFIX + "/{name}/deploy", response_model=FlowView)
@@ -298,6 +305,7 @@ def create_run(
     run_name: Annotated[
         str | None, Form(alias="name", description="The run's name (default: generated).")
     ] = None,
+    init: Annotated[str, Form(description=INIT_HELP + " A JSON object.")] = "null",
 ) -> dict[str, Any]:
     """Start a batch run of the flow's latest version; it runs in the background."""
     try:
@@ -322,6 +330,7 @@ def create_run(
             'connections must be a JSON object such as {"node.connection": "my_connection"}.',
         ),
         name=run_name or None,
+        init=None if init == "null" else _json_object(init, "init", "init must be a JSON object."),
     )
 
 

@@ -379,12 +379,14 @@ def deploy(
         str | None, typer.Option("--name", "-n", help="The flow's name (with --flow).")
     ] = None,
     connections: ConnectionsOpt = None,
+    init_: InitOpt = None,
     project: ProjectOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Serve the flow's latest version at /flows/NAME/score behind a key; --connections are
-    saved with the flow."""
+    saved with the flow, --init (a flex flow's) with the deployment."""
     bound = parse_pairs(connections or [])
+    init = _init(init_)
     with client(project) as lmf:
         if flow_option is not None:
             uploaded = lmf.upload_flow(
@@ -395,7 +397,7 @@ def deploy(
                 console.print(f"Uploaded flow {name} version {uploaded['version']}.")
         elif name is None:
             raise InvalidRequest("Give the flow: an uploaded flow's name, or --flow DIR.")
-        view = lmf.deploy_flow(name, connections=bound)
+        view = lmf.deploy_flow(name, connections=bound, init=init)
     show(view, json_, ["name", "deployed_version", "scoring_uri", "connection_bindings"])
     if not json_:
         say_bindings(view)
@@ -443,6 +445,7 @@ def run(
         ),
     ] = None,
     connections: ConnectionsOpt = None,
+    init_: InitOpt = None,
     earlier: Annotated[
         str | None, typer.Option("--run", help="An earlier run to evaluate (its lines).")
     ] = None,
@@ -463,8 +466,10 @@ def run(
 ) -> None:
     """Run a flow over a JSONL file on the server (a folder is uploaded first)."""
     flow, rest = flow_and_pairs(flow, flow_option, pairs)
+    flow = folder_of_flow_file(flow)
     mapping = _pairs([*(column_mapping or []), *rest], "--column-mapping")
     bound = parse_pairs(connections or [])
+    init = _init(init_)
     with client(project) as lmf:
         if _is_folder(flow):
             folder = Path(flow).expanduser()
@@ -472,7 +477,9 @@ def run(
             flow = uploaded["name"]
             if not json_:
                 console.print(f"Uploaded flow {flow} version {uploaded['version']}.")
-        created = lmf.create_run(flow, data, mapping, earlier, connections=bound, name=name)
+        created = lmf.create_run(
+            flow, data, mapping, earlier, connections=bound, name=name, init=init
+        )
         if not json_:
             say_bindings(created)
         if not wait:

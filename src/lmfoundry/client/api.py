@@ -481,9 +481,13 @@ class Client:
                     yield json.loads(line[6:])
 
     def deploy_flow(
-        self, name: str, project: str | None = None, connections: dict[str, str] | None = None
+        self,
+        name: str,
+        project: str | None = None,
+        connections: dict[str, str] | None = None,
+        init: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        body = {"connections": connections or {}}
+        body = {"connections": connections or {}, "init": init}
         return self._call("POST", self._p(project) + f"/flows/{name}/deploy", json=body)
 
     def bind_flow_connections(
@@ -517,12 +521,15 @@ class Client:
         project: str | None = None,
         connections: dict[str, str] | None = None,
         name: str | None = None,
+        init: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Start a batch run of an uploaded flow over a JSONL file and/or an earlier run;
-        `name` names the run, `connections` binds node inputs ({node.input: name})."""
+        `name` names the run, `connections` binds node inputs ({node.input: name}), `init`
+        gives a flex flow's init arguments."""
         form = {
             "column_mapping": json.dumps(column_mapping or {}),
             "connections": json.dumps(connections or {}),
+            "init": json.dumps(init),
         }
         if run:
             form["run"] = run

@@ -264,6 +264,23 @@ def with_init(dag: Dag, init: dict[str, Any] | None) -> Dag:
     return dag
 
 
+INIT_FILE = "init.json"  # in a run's folder: the init arguments it runs with
+
+
+def write_init(folder: Path, dag: Dag) -> None:
+    """Keep a flex flow's init arguments with a run, so a resumed run builds it the same."""
+    if isinstance(dag, FlexFlow):
+        (folder / INIT_FILE).write_text(json.dumps(dag.init_kwargs))
+
+
+def read_init(folder: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((folder / INIT_FILE).read_text())
+    except (OSError, ValueError):  # not a flex flow, or a run from before init was kept
+        return None
+    return value if isinstance(value, dict) else None
+
+
 class _CodeDefault:
     """A default the code gives but `ast` cannot evaluate (a call, a name): left to Python."""
 
@@ -548,25 +565,15 @@ def _yaml_init(init: dict[str, InitParam], raw: Any, flow_file: str) -> dict[str
 def _outputs(
     raw: Any, function: ast.FunctionDef | ast.AsyncFunctionDef, name: str
 ) -> dict[str, FlowOutput]:
-    """Declared outputs, for the interface only: what a line returns decides its outputs."""
-    names = list(raw) if isinstance(raw, dict) and raw else ["output"]
+    """Declared outputs (with is_chat_output), for the interface only: what a line returns
+    decides its outputs."""
+    declared = raw if isinstance(raw, dict) and raw else {"output": {}}
+    ref = Reference(f"${{{name}.output}}", name, ("output",))
     return {
         str(n): FlowOutput(
-            str(n), "object", Reference(f"${{{name}.output}}", name, ("output",)), False, False
+            str(n), "object", ref, isinstance(s, dict) and bool(s.get("is_chat_output")), False
         )
-        for n in names
-    } | _chat_output(raw, name)
-
-
-def _chat_output(raw: Any, name: str) -> dict[str, FlowOutput]:
-    if not isinstance(raw, dict):
-        return {}
-    return {
-        str(n): FlowOutput(
-            str(n), "object", Reference(f"${{{name}.output}}", name, ("output",)), True, False
-        )
-        for n, spec in raw.items()
-        if isinstance(spec, dict) and spec.get("is_chat_output")
+        for n, s in declared.items()
     }
 
 

@@ -37,6 +37,7 @@ from lmfoundry.config import Settings
 from lmfoundry.errors import Conflict, Forbidden, InvalidRequest, LmfError, NotFound, Unavailable
 from lmfoundry.flows import bindings
 from lmfoundry.flows.dag import load_dag
+from lmfoundry.flows.flex import read_init, with_init, write_init
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.mapping import LineSource, check_mapping, parse_jsonl
 from lmfoundry.flows.models import Dag
@@ -158,16 +159,19 @@ class RunService:
         run: str | None = None,
         connections: dict[str, Any] | None = None,
         name: str | None = None,
+        init: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Queue a run of the flow's latest version over `data` (JSONL) or over the lines of
         an earlier run (`run`, for evaluations); returns the run. `connections` binds
         connection inputs ({node.input: name}) over those saved on the flow; `name` is the
-        run's id (Prompt flow's `--name`), generated when not given."""
+        run's id (Prompt flow's `--name`), generated when not given; `init` gives a flex
+        flow's init arguments (`--init`)."""
         self.flows.require_flows(access, "start runs")
         if name is not None:
             self._check_run_name(name)
         mapping = dict(column_mapping or {})
         dag, version = self.flows.dag_of(access, flow)
+        dag = with_init(dag, init)
         given = {**self.flows.saved_bindings(access, flow), **(connections or {})}
         _, resolution = self.flows.bind(access.project_id, dag, given)
         parent_dag = None
@@ -213,6 +217,7 @@ class RunService:
         )
         (folder / "data.jsonl").write_bytes(lines)
         (folder / BINDINGS).write_text(json.dumps(resolution.bindings))
+        write_init(folder, dag)
         with self.db.session() as s:
             row = FlowRun(
                 id=run_id,
@@ -366,6 +371,7 @@ class RunService:
         folder: Path = self.root / run_id
         bound = _read_bindings(folder)
         dag = bindings.apply(await asyncio.to_thread(load_dag, folder / "flow"), bound)
+        dag = with_init(dag, read_init(folder))
         rows = parse_jsonl((folder / "data.jsonl").read_bytes(), "run data")
         source = LineSource(dag, row.column_mapping, rows, row.parent_run, parent_lines)
         connections = await asyncio.to_thread(self.flows.resolve_connections, row.project_id, dag)

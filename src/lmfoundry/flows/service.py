@@ -39,7 +39,7 @@ from lmfoundry.errors import (
 from lmfoundry.flows import bindings
 from lmfoundry.flows.archive import unpack
 from lmfoundry.flows.dag import load_dag
-from lmfoundry.flows.flex import with_init
+from lmfoundry.flows.flex import FlexFlow, with_init
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
@@ -47,6 +47,7 @@ from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Connection, Flow, Project, utcnow
 
 KIND = "flow"  # target kind of flow keys in the key store
+DEPLOYED_INIT = "deployed_init"  # in a flow's interface: a flex flow's init at deploy
 
 
 class FlowCall:
@@ -425,19 +426,27 @@ class FlowService:
     # -- deployment --------------------------------------------------------------------------
 
     def deploy(
-        self, access: ProjectAccess, name: str, connections: dict[str, Any] | None = None
+        self,
+        access: ProjectAccess,
+        name: str,
+        connections: dict[str, Any] | None = None,
+        init: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Serve the latest version at /flows/{name}/score behind a key (keys are created on
         the first deploy and kept on later ones). `connections` ({node.input: name}) are saved
         on the flow with the saved ones; inputs still open are bound to the project's only
-        fitting connection now, so the deployed flow keeps answering the same way."""
+        fitting connection now, so the deployed flow keeps answering the same way. `init`
+        (a flex flow's init arguments) is kept with the deployment."""
         self.require_flows(access, "deploy flows")
         dag, _ = self.dag_of(access, name)
+        dag = with_init(dag, init)
         given = {**self.saved_bindings(access, name), **(connections or {})}
         _, resolution = self.bind(access.project_id, dag, given)
         with self.db.session() as s:
             row = self._row(s, access, name)
             row.interface = {**row.interface, "connection_bindings": resolution.bindings}
+            if isinstance(dag, FlexFlow):  # what score builds the entry with
+                row.interface = {**row.interface, DEPLOYED_INIT: dag.init_kwargs}
             if row.deployed_version is None and not self.keys.read(s, KIND, row.id):
                 self.keys.create(s, KIND, row.id)
             previous, row.deployed_version = row.deployed_version, row.version
@@ -503,11 +512,17 @@ class FlowService:
         if self.project_quotas is not None:
             await self.project_quotas.admit_flow_call(project_id, project)
         dag = await asyncio.to_thread(load_dag, self.folder(name, version))
+        dag = with_init(dag, await asyncio.to_thread(self._deployed_init, name))
         given = _score_inputs(dag, body)
         values = dag.resolve_inputs(given, strict=False)
         hidden = frozenset(o.name for o in dag.outputs.values() if o.evaluation_only)
         log = f"{project}/{name}.log"
         return await self._call(project_id, dag, values, log, False, hidden, given=saved)
+
+    def _deployed_init(self, name: str) -> dict[str, Any] | None:
+        with self.db.session() as s:
+            row = s.scalar(select(Flow).where(Flow.name == name))
+            return (row.interface or {}).get(DEPLOYED_INIT) if row is not None else None
 
     def _check_key(self, name: str, key: str | None) -> tuple[int, str, int, dict[str, str]]:
         if not key:
