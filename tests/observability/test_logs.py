@@ -59,6 +59,21 @@ def test_one_json_line_per_request_with_the_ids_that_tie_it_together(tmp_path: P
             )
             assert streamed.status_code == 200
             refused = httpx.post(url, json={"messages": QUESTION}, headers={"api-key": "nope"})
+            embedder = api.post(
+                "/api/v1/projects/default/serverless-deployments",
+                json={"name": "vectors", "model": "all-MiniLM-L6-v2"},
+            )
+            assert embedder.status_code == 201, embedder.text
+            embed_key = api.get(
+                "/api/v1/projects/default/serverless-deployments/vectors/keys"
+            ).json()["primary_key"]
+            embedded = httpx.post(
+                embedder.json()["target_url"] + "v1/embeddings",
+                json={"input": ["a cat", "a kitten"]},
+                headers={"api-key": embed_key},
+                timeout=120,
+            )
+            assert embedded.status_code == 200, embedded.text
             assert refused.status_code == 401
             regenerated = api.post(
                 "/api/v1/projects/default/serverless-deployments/logged/keys/regenerate",
@@ -101,6 +116,10 @@ def test_one_json_line_per_request_with_the_ids_that_tie_it_together(tmp_path: P
     assert refusal["status"] == 401
     assert "key_id" not in refusal  # no key opened it
 
+    vectors = requests[embedded.headers["x-request-id"]]
+    assert (vectors["target"], vectors["key_id"]) == ("vectors", "serverless/vectors/primary")
+    assert vectors["prompt_tokens"] == embedded.json()["usage"]["prompt_tokens"]
+
     changed = requests[regenerated.headers["x-request-id"]]
     assert (
         changed["route"]
@@ -127,7 +146,8 @@ def test_one_json_line_per_request_with_the_ids_that_tie_it_together(tmp_path: P
     # uvicorn's own records are JSON too, and its text access log is gone
     assert any(line["logger"].startswith("uvicorn") for line in lines)
     assert '"POST /serverless/logged/chat/completions HTTP/1.1" 200' not in output
-    secrets = [ADMIN_TOKEN, *keys.values(), *regenerated.json().values(), *default_keys.values()]
+    secrets = [ADMIN_TOKEN, embed_key, *keys.values(), *regenerated.json().values()]
+    secrets += default_keys.values()
     for secret in secrets:
         assert secret not in output
 

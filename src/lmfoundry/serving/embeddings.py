@@ -29,6 +29,7 @@ from lmfoundry.deployments.serverless import ServingTarget
 from lmfoundry.engines.registry import supports
 from lmfoundry.errors import InvalidRequest, LmfError
 from lmfoundry.metering.service import Usage
+from lmfoundry.observability import logs, tracing
 from lmfoundry.quotas.service import rate_limit_headers
 from lmfoundry.runtime.backend import Group
 from lmfoundry.serving.endpoint import EndpointRouter
@@ -168,8 +169,10 @@ class EmbeddingsService:
     ) -> EmbeddingsResult:
         """Parse, admit, run and meter one request of an authenticated caller."""
         started = time.perf_counter()
+        logs.note_target(target, deployment or target.name, key_slot)
         try:
-            admitted = await self.admit(target, key_slot, body, extra_header, model)
+            with tracing.span("admission"):
+                admitted = await self.admit(target, key_slot, body, extra_header, model)
         except LmfError as exc:
             exc.headers = {**await self.gateway.remaining_headers(target), **exc.headers}
             await self.gateway.refused(
@@ -195,7 +198,8 @@ class EmbeddingsService:
         )
         used, status = 0, 200
         try:
-            vectors = await group.embed(admitted.inputs)
+            with tracing.span("instance", **{"lmfoundry.model": record.model}):
+                vectors = await group.embed(admitted.inputs)
             used = admitted.tokens
         except BaseException as exc:
             status = _status_of(exc)
@@ -244,7 +248,8 @@ class EmbeddingsService:
             )
         claim = f"{key_slot}:{hashlib.sha256(body).hexdigest()[:24]}"
         quota_key = gateway._quota_key(target)
-        decision = await gateway.quotas.reserve(quota_key, tokens, limits, claim=claim)
+        with tracing.span("quota", **{"lmfoundry.quota.limit": "tokens"}):
+            decision = await gateway.quotas.reserve(quota_key, tokens, limits, claim=claim)
         headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
         if not decision.allowed:
             # one window counts both: the reason names the limit that refused
@@ -262,11 +267,13 @@ class EmbeddingsService:
         record.prompt_tokens = used
         record.status_code = status
         record.latency_ms = (time.perf_counter() - admitted.started) * 1000
-        await self.gateway.metering.record(record)
-        await self.gateway.metrics.settled(record)
-        if admitted.reservation:
-            quota_key = self.gateway._quota_key(target)
-            await self.gateway.quotas.settle(quota_key, admitted.reservation, used)
+        logs.note_usage(record)
+        with tracing.span("settlement", **tracing.tokens(used, 0, status)):
+            await self.gateway.metering.record(record)
+            await self.gateway.metrics.settled(record)
+            if admitted.reservation:
+                quota_key = self.gateway._quota_key(target)
+                await self.gateway.quotas.settle(quota_key, admitted.reservation, used)
 
 
 def _check_characters(texts: list[str], model: ResolvedModel) -> None:
