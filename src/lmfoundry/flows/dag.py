@@ -10,7 +10,6 @@ runs the flow's code, so the server can call it on an upload.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import jinja2
 import yaml
 
 from lmfoundry.errors import InvalidRequest
+from lmfoundry.flows.fields import environment_variables, top_level
 from lmfoundry.flows.models import (
     DAG_FILES,
     INPUT_TYPES,
@@ -30,8 +30,14 @@ from lmfoundry.flows.models import (
     Reference,
     ToolParam,
     convert_input,
-    parse_reference,
+    parse_dag_reference,
 )
+from lmfoundry.flows.ordering import topological
+from lmfoundry.flows.pytools import find_tools, params_of
+from lmfoundry.flows.variants import apply_default_variants
+from lmfoundry.flows.yamlfile import compose_yaml, load_yaml
+
+__all__ = ["compose_yaml", "find_dag_file", "load_dag", "load_yaml"]
 
 _FLOW_KEYS = {
     "$schema",
@@ -42,6 +48,14 @@ _FLOW_KEYS = {
     "description",
     "display_name",
     "tags",
+    # Prompt flow's other top-level fields
+    "name",
+    "id",
+    "environment",
+    "node_variants",
+    "additional_includes",
+    "language",
+    "message_format",
 }
 _INPUT_KEYS = {"type", "default", "description", "enum", "is_chat_input", "is_chat_history"}
 _OUTPUT_KEYS = {"type", "reference", "description", "is_chat_output", "evaluation_only"}
@@ -61,6 +75,9 @@ _NODE_KEYS = {
     "description",
     "enable_cache",
     "use_variants",
+    "reduce",  # Prompt flow's old word for aggregation
+    "tool",
+    "__variant__",  # set by variants.py
 }
 
 
@@ -68,9 +85,13 @@ class _Problems:
     def __init__(self, dag_file: str) -> None:
         self.dag_file = dag_file
         self.items: list[tuple[str, str]] = []  # (field path, message)
+        self.warnings: list[str] = []
 
     def add(self, where: str, message: str) -> None:
         self.items.append((where, message))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     def raise_if_any(self) -> None:
         if not self.items:
@@ -82,60 +103,6 @@ class _Problems:
             param=where,
             detail={"problems": [{"field": w, "message": m} for w, m in self.items]},
         )
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing anchors and aliases as the document is composed: an
-    alias makes a small file a huge tree to walk (600 bytes of nested aliases are
-    gigabytes), and a flow never needs one."""
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
-            raise InvalidRequest(
-                f"{self.name} line {event.start_mark.line + 1}: YAML {kind}{event.anchor} is "
-                "not accepted (anchors and aliases are refused in flows); write the repeated "
-                "value out in full.",
-                param="flow",
-            )
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
-
-
-def _loader(text: str, name: str) -> _NoAliasLoader:
-    loader = _NoAliasLoader(text)
-    loader.name = name
-    return loader
-
-
-def load_yaml(text: str, name: str = "flow.dag.yaml") -> Any:
-    """`yaml.safe_load` without anchors or aliases (400 naming the line). YAMLError for
-    text that is not YAML; 400 for nesting too deep to read."""
-    loader = _loader(text, name)
-    try:
-        return loader.get_single_data()
-    except RecursionError as exc:
-        raise _too_deep(name) from exc
-    finally:
-        loader.dispose()
-
-
-def compose_yaml(text: str, name: str = "flow.dag.yaml") -> yaml.Node | None:
-    """`yaml.compose` (the tree with line marks) without anchors or aliases."""
-    loader = _loader(text, name)
-    try:
-        return loader.get_single_node()
-    except RecursionError as exc:
-        raise _too_deep(name) from exc
-    finally:
-        loader.dispose()
-
-
-def _too_deep(name: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"{name} is nested too deeply to read; a flow's YAML is a few levels deep.",
-        param="flow",
-    )
 
 
 def find_dag_file(folder: Path) -> Path:
@@ -165,17 +132,14 @@ def load_dag(folder: Path) -> Dag:
     if not isinstance(data, dict):
         raise InvalidRequest(f"{path.name} must be a mapping with inputs, outputs and nodes.")
     for key in sorted(set(data) - _FLOW_KEYS):
-        hint = (
-            " (variants are not supported; keep one version of each node)"
-            if key == "node_variables"
-            else ""
-        )
-        problems.add(key, f"unknown top-level field {key!r}{hint}")
+        hint = " (did you mean node_variants?)" if key == "node_variables" else ""
+        problems.warn(f"unknown top-level field {key!r} is ignored{hint}")
     inputs = _inputs(data.get("inputs") or {}, problems)
     raw_nodes = data.get("nodes") or []
     if not isinstance(raw_nodes, list) or not raw_nodes:
         problems.add("nodes", "nodes must be a non-empty list")
         raw_nodes = []
+    raw_nodes = apply_default_variants(raw_nodes, data.get("node_variants"), problems.add)
     nodes = [n for n in (_node(folder, i, raw, problems) for i, raw in enumerate(raw_nodes)) if n]
     names = [n.name for n in nodes]
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -188,13 +152,31 @@ def load_dag(folder: Path) -> Dag:
         _check_references(node, inputs, by_name, problems)
     outputs = _outputs(data.get("outputs") or {}, inputs, by_name, problems)
     _check_chat(inputs, outputs, problems)
-    env = _environment(data.get("environment_variables") or {}, problems)
-    ordered = _topological(nodes, problems)
+    dropped = tuple(
+        name
+        for name, spec in (data.get("outputs") or {}).items()
+        if isinstance(spec, dict)
+        and (ref := parse_dag_reference(spec.get("reference"))) is not None
+        and ref.root in by_name
+        and by_name[ref.root].aggregation
+    )
+    env = environment_variables(data.get("environment_variables") or {}, problems.add)
+    top = top_level(data, problems.add, problems.warn)
+    ordered = topological(nodes, lambda cycle: _cycle(cycle, problems))
     problems.raise_if_any()
     from lmfoundry.flows.prompty import prompty_connections  # .prompty files its code loads
 
-    prompties = prompty_connections(folder)
-    return Dag(folder, inputs, outputs, tuple(ordered), env, prompty_connections=prompties)
+    return Dag(
+        folder,
+        inputs,
+        outputs,
+        tuple(ordered),
+        env,
+        prompty_connections=prompty_connections(folder),
+        warnings=tuple(problems.warnings),
+        aggregation_outputs=dropped,
+        **top,
+    )
 
 
 def _flag(raw: dict[str, Any], key: str, where: str, problems: _Problems) -> bool:
@@ -248,9 +230,7 @@ def _node(folder: Path, index: int, raw: Any, problems: _Problems) -> Node | Non
     where = f"nodes.{name}"
     label = f"node {name!r}"
     for key in sorted(set(raw) - _NODE_KEYS):
-        problems.add(f"{where}.{key}", f"{label}: unknown field {key!r}")
-    if raw.get("use_variants"):
-        problems.add(f"{where}.use_variants", f"{label}: variants are not supported")
+        problems.warn(f"{label}: unknown field {key!r} is ignored")
     kind = raw.get("type")
     if kind not in NODE_TYPES:
         problems.add(
@@ -263,10 +243,10 @@ def _node(folder: Path, index: int, raw: Any, problems: _Problems) -> Node | Non
         problems.add(f"{where}.inputs", f"{label}: inputs must be a mapping")
         inputs = {}
     source = _source(folder, raw.get("source"), kind, where, label, problems)
-    activate = _activate(raw.get("activate"), where, label, problems)
-    aggregation = _flag(raw, "aggregation", label, problems)
-    if aggregation and activate is not None:
-        problems.add(f"{where}.activate", f"{label}: aggregation nodes cannot have activate")
+    activate = _activate(raw, where, label, problems)
+    aggregation = _flag(raw, "aggregation", label, problems) or _flag(
+        raw, "reduce", label, problems
+    )
     node = Node(
         name=name,
         type=kind,
@@ -274,6 +254,7 @@ def _node(folder: Path, index: int, raw: Any, problems: _Problems) -> Node | Non
         inputs={str(k): v for k, v in inputs.items()},
         activate=activate,
         aggregation=aggregation,
+        variant=raw.get("__variant__"),
     )
     if source is None:
         return node
@@ -308,17 +289,23 @@ def _source(
     return relative
 
 
-def _activate(raw: Any, where: str, label: str, problems: _Problems) -> Activate | None:
-    if raw is None:
+def _activate(node: dict[str, Any], where: str, label: str, problems: _Problems) -> Activate | None:
+    """`activate: {when, is}` in every form Prompt flow reads: `when` a reference to a node
+    (`${a.output}`, `${a}`, `${a.output.key}`) or an input (`${inputs.x}`, `${flow.x}`), or a
+    literal compared as it stands; `is` any value, null included."""
+    if "activate" not in node:
         return None
-    ref = parse_reference(raw.get("when")) if isinstance(raw, dict) else None
-    if ref is None or "is" not in raw:
+    raw = node["activate"]
+    if not isinstance(raw, dict) or "when" not in raw or "is" not in raw:
         problems.add(
             f"{where}.activate",
             f"{label}: activate needs `when: ${{node.output}}` (or ${{inputs.x}}) and `is: value`",
         )
         return None
-    return Activate(ref, raw["is"])
+    ref = parse_dag_reference(raw["when"])
+    if raw["when"] is None and raw["is"] is None:
+        problems.warn(f"{label}: activate has empty when and is, so the node always runs")
+    return Activate(ref, raw["is"], literal=None if ref is not None else raw["when"])
 
 
 def _python_node(folder: Path, node: Node, where: str, label: str, problems: _Problems) -> Node:
@@ -329,12 +316,7 @@ def _python_node(folder: Path, node: Node, where: str, label: str, problems: _Pr
         line = f" line {exc.lineno}" if isinstance(exc, SyntaxError) else ""
         problems.add(f"{where}.source.path", f"{label}: {node.source}{line} does not parse: {exc}")
         return node
-    tools = [
-        stmt
-        for stmt in tree.body
-        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef)
-        and any(_is_tool_decorator(d) for d in stmt.decorator_list)
-    ]
+    tools = find_tools(tree)
     if not tools:
         problems.add(
             f"{where}.source.path",
@@ -346,11 +328,23 @@ def _python_node(folder: Path, node: Node, where: str, label: str, problems: _Pr
         problems.add(
             f"{where}.source.path",
             f"{label}: {node.source} has more than one @tool function "
-            f"({', '.join(t.name for t in tools)}); keep one per file",
+            f"({', '.join(t.name for t, _ in tools)}); keep one per file",
         )
         return node
-    function = tools[0]
-    params, takes_kwargs = _params(function.args)
+    function, owner = tools[0]
+    params, takes_kwargs = params_of(function.args)
+    init_params: list[ToolParam] = []
+    if owner is not None:  # a class tool: the method's and __init__'s parameters, less self
+        params = params[1:]
+        init = next(
+            (s for s in owner.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"),
+            None,
+        )
+        if init is not None:
+            init_params, init_kwargs = params_of(init.args)
+            init_params = init_params[1:]
+            takes_kwargs = takes_kwargs or init_kwargs
+        params = [*init_params, *params]
     names = {p.name for p in params}
     connections = {}
     for key in node.inputs:
@@ -374,7 +368,7 @@ def _python_node(folder: Path, node: Node, where: str, label: str, problems: _Pr
                 )
             continue
         if param.is_connection:
-            if not isinstance(value, str) or parse_reference(value) is not None or not value:
+            if not isinstance(value, str) or parse_dag_reference(value) is not None or not value:
                 problems.add(
                     f"{where}.inputs.{param.name}",
                     f"{label} input {param.name!r} takes a connection: give its name "
@@ -392,28 +386,10 @@ def _python_node(folder: Path, node: Node, where: str, label: str, problems: _Pr
         function=function.name,
         params=tuple(params),
         connection_inputs=connections,
+        variant=node.variant,
+        tool_class=owner.name if owner is not None else None,
+        init_params=tuple(init_params),
     )
-
-
-def _is_tool_decorator(decorator: ast.expr) -> bool:
-    target = decorator.func if isinstance(decorator, ast.Call) else decorator
-    if isinstance(target, ast.Name):
-        return target.id == "tool"
-    return isinstance(target, ast.Attribute) and target.attr == "tool"
-
-
-def _params(args: ast.arguments) -> tuple[list[ToolParam], bool]:
-    positional = [*args.posonlyargs, *args.args]
-    first_default = len(positional) - len(args.defaults)
-    params = [
-        ToolParam(a.arg, ast.unparse(a.annotation) if a.annotation else None, i >= first_default)
-        for i, a in enumerate(positional)
-    ]
-    params += [
-        ToolParam(a.arg, ast.unparse(a.annotation) if a.annotation else None, d is not None)
-        for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
-    ]
-    return params, args.kwarg is not None
 
 
 def _template_node(
@@ -438,7 +414,7 @@ def _template_node(
             f"{where}.api",
             f"{label}: api {raw.get('api')!r} is not supported; llm nodes use api: chat",
         )
-    if not isinstance(connection, str) or not connection or parse_reference(connection):
+    if not isinstance(connection, str) or not connection or parse_dag_reference(connection):
         problems.add(
             f"{where}.connection",
             f"{label}: an llm node names its connection (`connection: my_connection`), an "
@@ -453,6 +429,7 @@ def _template_node(
         activate=node.activate,
         aggregation=node.aggregation,
         connection=connection,
+        variant=node.variant,
     )
 
 
@@ -489,7 +466,7 @@ def _check_references(
 ) -> None:
     label = f"node {node.name!r}"
     for key, value in node.inputs.items():
-        ref = parse_reference(value)
+        ref = parse_dag_reference(value)
         if ref is None:
             continue
         where = f"nodes.{node.name}.inputs.{key}"
@@ -501,9 +478,17 @@ def _check_references(
                 f"{label} input {key!r} refers to aggregation node {ref.root!r}; only "
                 "other aggregation nodes can use its output",
             )
-    if node.activate is not None:
+    if node.activate is not None and node.activate.when is not None:
+        when = node.activate.when
         where = f"nodes.{node.name}.activate.when"
-        _check_reference(node.activate.when, where, f"{label} activate", inputs, nodes, problems)
+        _check_reference(when, where, f"{label} activate", inputs, nodes, problems)
+        target = nodes.get(when.root)
+        if node.aggregation and target is not None and not target.aggregation:
+            problems.add(
+                where,
+                f"{label} is an aggregation node whose activate refers to {when.root!r}, a "
+                "line node; an aggregation node's activate refers to inputs or aggregation nodes",
+            )
 
 
 def _outputs(
@@ -521,7 +506,7 @@ def _outputs(
             continue
         for key in sorted(set(spec) - _OUTPUT_KEYS):
             problems.add(f"{where}.{key}", f"{label}: unknown field {key!r}")
-        ref = parse_reference(spec.get("reference"))
+        ref = parse_dag_reference(spec.get("reference"))
         if ref is None:
             problems.add(
                 f"{where}.reference", f"{label} needs `reference: ${{node.output}}` or an input"
@@ -529,11 +514,11 @@ def _outputs(
             continue
         _check_reference(ref, f"{where}.reference", label, inputs, nodes, problems)
         if ref.root in nodes and nodes[ref.root].aggregation:
-            problems.add(
-                f"{where}.reference",
-                f"{label} refers to aggregation node {ref.root!r}; an aggregation node's "
-                "results are run metrics, not line outputs",
+            problems.warn(
+                f"{label} refers to aggregation node {ref.root!r} and is left out of line "
+                "outputs, as in Prompt flow (an aggregation node's results are run metrics)"
             )
+            continue
         result[str(name)] = FlowOutput(
             name=str(name),
             type=str(spec.get("type", "string")),
@@ -567,57 +552,9 @@ def _check_chat(
             problems.add(f"inputs.{i.name}.type", f"chat history {i.name!r} has type list")
 
 
-def _environment(raw: Any, problems: _Problems) -> dict[str, str]:
-    if not isinstance(raw, dict):
-        problems.add("environment_variables", "environment_variables must be a mapping")
-        return {}
-    env = {}
-    for key, value in raw.items():
-        if isinstance(value, dict | list) or value is None:
-            problems.add(f"environment_variables.{key}", f"{key} must be a plain value")
-        elif isinstance(value, str) and "${" in value:
-            problems.add(
-                f"environment_variables.{key}",
-                f"{key} refers to {value}; secrets reach flow code through connection "
-                "inputs, not environment variables",
-            )
-        else:
-            env[str(key)] = str(value)
-    return env
-
-
-def _topological(nodes: Iterable[Node], problems: _Problems) -> list[Node]:
-    """Nodes ordered so each runs after its dependencies (file order among equals); a cycle
-    is reported with the nodes on it."""
-    nodes = list(nodes)
-    by_name = {n.name: n for n in nodes}
-    deps = {n.name: {d for d in n.dependencies if d in by_name} for n in nodes}
-    ordered: list[Node] = []
-    done: set[str] = set()
-    while len(done) < len(nodes):
-        ready = [n for n in nodes if n.name not in done and deps[n.name] <= done]
-        if not ready:
-            cycle = _find_cycle({k: v for k, v in deps.items() if k not in done})
-            problems.add(
-                f"nodes.{cycle[0]}",
-                f"nodes {' -> '.join(map(repr, cycle))} form a cycle; a node cannot depend "
-                "on its own output",
-            )
-            return ordered + [n for n in nodes if n.name not in done]
-        for node in ready:
-            ordered.append(node)
-            done.add(node.name)
-    return ordered
-
-
-def _find_cycle(deps: dict[str, set[str]]) -> list[str]:
-    start = sorted(deps)[0]
-    path = [start]
-    seen = {start: 0}
-    while True:
-        following = sorted(d for d in deps[path[-1]] if d in deps)
-        nxt = following[0]
-        if nxt in seen:
-            return [*path[seen[nxt] :], nxt]
-        seen[nxt] = len(path)
-        path.append(nxt)
+def _cycle(cycle: list[str], problems: _Problems) -> None:
+    problems.add(
+        f"nodes.{cycle[0]}",
+        f"nodes {' -> '.join(map(repr, cycle))} form a cycle; a node cannot depend "
+        "on its own output",
+    )

@@ -13,20 +13,19 @@ This module runs user code: it is imported only in the flow process (`process.py
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import json
 import re
-import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from lmfoundry.flows.models import Dag, Node, Reference, parse_reference
+from lmfoundry.flows.loading import defaults, literal_inputs, load_tool
+from lmfoundry.flows.models import Dag, Node, Reference, node_property, parse_dag_reference
 from lmfoundry.flows.tools import CustomConnection, collecting_metrics
 from lmfoundry.observability.tracing import LineTrace, outgoing_headers
 
@@ -96,6 +95,8 @@ class Executor:
             for name, c in connections.items()
         }
         self._functions: dict[str, Callable[..., Any]] = {}
+        self._literals: dict[str, dict[str, Any]] = {}  # python nodes' converted literals
+        self._defaults: dict[str, set[str]] = {}  # python nodes' parameters with a default
         self._templates: dict[str, jinja2.Template] = {}
         self._jinja = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True)
 
@@ -107,30 +108,18 @@ class Executor:
         for node in self.dag.nodes:
             try:
                 if node.type == "python":
-                    self._functions[node.name] = self._load_function(node)
+                    function = load_tool(self.dag.folder, node, self._node_connections(node))
+                    self._functions[node.name] = function
+                    self._literals[node.name] = literal_inputs(node, function)
+                    self._defaults[node.name] = defaults(function)
                 else:
                     text = (self.dag.folder / node.source).read_text(encoding="utf-8")
                     self._templates[node.name] = self._jinja.from_string(text)
             except Exception as exc:  # user code: report any import failure
                 raise NodeError(node.name, exc) from exc
 
-    def _load_function(self, node: Node) -> Callable[..., Any]:
-        path = self.dag.folder / node.source
-        module_name = ".".join(Path(node.source).with_suffix("").parts)
-        module = sys.modules.get(module_name)
-        if module is None or Path(getattr(module, "__file__", "") or "").resolve() != path:
-            if module is not None:  # the name is taken (a stdlib module, say): load beside it
-                module_name = f"_flow_{module_name}"
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            if spec is None or spec.loader is None:
-                raise ImportError(f"cannot load {node.source}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-        function = getattr(module, node.function or "", None)
-        if not callable(function):
-            raise ImportError(f"{node.source} has no function {node.function!r}")
-        return function  # type: ignore[no-any-return]
+    def _node_connections(self, node: Node) -> dict[str, Any]:
+        return {c: self.connections[c] for c in node.connection_inputs.values()}
 
     # -- one line ----------------------------------------------------------------------------
 
@@ -148,9 +137,17 @@ class Executor:
             flow_outputs: dict[str, Any] = {}
             stream_output = None
             for output in self.dag.outputs.values():
-                if output.reference.node in bypassed:
+                if output.reference.node in bypassed and len(output.reference.path) == 1:
                     flow_outputs[output.name] = None
                     continue
+                if output.reference.node in bypassed:  # a field of None: Prompt flow fails
+                    raise NodeError(
+                        output.reference.root,
+                        KeyError(
+                            f"output {output.name!r} reads {output.reference.text}, but node "
+                            f"{output.reference.root!r} was bypassed, so its output is None"
+                        ),
+                    )
                 value = self._value(output.reference, inputs, outputs)
                 if isinstance(value, Iterator) and not isinstance(value, str):
                     wanted = stream and stream_output is None
@@ -169,6 +166,8 @@ class Executor:
     ) -> bool:
         if node.activate is not None:
             when = node.activate.when
+            if when is None:  # a literal `when`, compared as it stands
+                return bool(node.activate.literal != node.activate.value)
             if when.node in bypassed:
                 return True
             value = self._materialized(when, inputs, outputs)
@@ -177,20 +176,36 @@ class Executor:
         return bool(depends) and all(d in bypassed for d in depends)
 
     def _run_node(
-        self, node: Node, inputs: dict[str, Any], outputs: dict[str, Any], bypassed: set[str]
+        self,
+        node: Node,
+        inputs: dict[str, Any],
+        outputs: dict[str, Any],
+        bypassed: set[str],
+        given: dict[str, Any] | None = None,  # aggregation: the lists gathered from lines
     ) -> Any:
         kwargs: dict[str, Any] = {}
-        defaults = {p.name for p in node.params if p.has_default}
+        with_default = self._defaults.get(node.name, set())
+        literals = self._literals.get(node.name)
+        init = {p.name for p in node.init_params}
         try:
             for key, raw in node.inputs.items():
+                if key in init:
+                    continue  # given to the class tool's __init__ at load
                 if key in node.connection_inputs:
                     kwargs[key] = self.connections[node.connection_inputs[key]]
                     continue
-                ref = parse_reference(raw)
+                if given is not None and key in given:
+                    kwargs[key] = given[key]
+                    continue
+                ref = parse_dag_reference(raw)
                 if ref is None:
-                    kwargs[key] = raw
+                    if literals is None:
+                        kwargs[key] = raw
+                    elif key in literals:
+                        kwargs[key] = literals[key]
                 elif ref.node in bypassed:
-                    if key not in defaults:
+                    # Prompt flow: the parameter's default, else None
+                    if key not in with_default:
                         kwargs[key] = None
                 else:
                     kwargs[key] = self._materialized(ref, inputs, outputs)
@@ -212,26 +227,23 @@ class Executor:
         result = function(**kwargs)
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
+        if isinstance(result, AsyncIterator):
+            result = _drain(result)
         return result
 
     def _value(self, ref: Reference, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
         if ref.root == "inputs":
             return inputs[ref.path[0]]
         value = outputs[ref.root]
-        for part in ref.path[1:]:
-            value = self._join(ref, value, outputs) if isinstance(value, Iterator) else value
-            if isinstance(value, dict):
-                if part not in value:
-                    raise NodeError(
-                        ref.root,
-                        KeyError(f"{ref.text}: the output has no field {part!r}"),
-                    )
-                value = value[part]
-            elif isinstance(value, list | tuple) and part.isdigit():
-                value = value[int(part)]
-            else:
-                value = getattr(value, part)
-        return value
+        if len(ref.path) > 1 and isinstance(value, Iterator):
+            value = self._join(ref, value, outputs)
+        try:
+            return node_property(value, ref.path[1:])
+        except (KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise NodeError(
+                ref.root,
+                KeyError(f"{ref.text}: the output {_shape(value)} has no {'.'.join(ref.path[1:])}"),
+            ) from exc
 
     def _materialized(self, ref: Reference, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
         value = self._value(ref, inputs, outputs)
@@ -258,7 +270,7 @@ class Executor:
         line_nodes = {n.name for n in self.dag.line_nodes}
         for node in self.dag.aggregation_nodes:
             for key, raw in node.inputs.items():
-                ref = parse_reference(raw)
+                ref = parse_dag_reference(raw)
                 if ref is None or (ref.node is not None and ref.node not in line_nodes):
                     continue
                 value = None if ref.node in bypassed else self._materialized(ref, inputs, outputs)
@@ -268,31 +280,25 @@ class Executor:
     # -- aggregation -------------------------------------------------------------------------
 
     def aggregate(self, lists: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
-        """Run the aggregation nodes once with the per-line values gathered by the caller."""
+        """Run the aggregation nodes once with the per-line values gathered by the caller.
+        Among themselves they follow the line rules: activate, bypass, defaults."""
         outputs: dict[str, Any] = {}
+        bypassed: set[str] = set()
+        aggregation = {n.name for n in self.dag.aggregation_nodes}
         try:
             with collecting_metrics() as metrics:
                 for node in self.dag.aggregation_nodes:
-                    kwargs: dict[str, Any] = {}
-                    for key, raw in node.inputs.items():
-                        ref = parse_reference(raw)
-                        if key in node.connection_inputs:
-                            kwargs[key] = self.connections[node.connection_inputs[key]]
-                        elif ref is None:
-                            kwargs[key] = raw
-                        elif ref.node is not None and ref.node in outputs:
-                            kwargs[key] = self._value(ref, {}, outputs)
-                        else:
-                            kwargs[key] = lists.get(node.name, {}).get(key, [])
-                    try:
-                        if node.type == "python":
-                            outputs[node.name] = self._call(self._functions[node.name], kwargs)
-                        elif node.type == "prompt":
-                            outputs[node.name] = self._templates[node.name].render(**kwargs)
-                        else:
-                            outputs[node.name] = self._llm(node, kwargs)
-                    except Exception as exc:  # user code
-                        raise NodeError(node.name, exc) from exc
+                    if self._bypass(node, {}, outputs, bypassed):
+                        bypassed.add(node.name)
+                        continue
+                    per_line = lists.get(node.name, {})
+                    line_inputs = {
+                        k: per_line.get(k, [])
+                        for k, raw in node.inputs.items()
+                        if (ref := parse_dag_reference(raw)) is not None
+                        and ref.root not in aggregation
+                    }
+                    outputs[node.name] = self._run_node(node, {}, outputs, bypassed, line_inputs)
                 return {"status": "completed", "metrics": dict(metrics), "outputs": outputs}
         except NodeError as exc:
             return {"status": "failed", "error": describe(exc), "metrics": {}, "outputs": {}}
@@ -310,6 +316,27 @@ class Executor:
         messages = parse_chat(self._templates[node.name].render(**kwargs))
         connection = self.connections[node.connection or ""]
         return chat_completion(connection, messages, params)
+
+
+def _drain(chunks: AsyncIterator[Any]) -> Iterator[Any]:
+    """An async generator's items as a plain generator (an event loop of its own), so it
+    streams and joins like a generator output, as in Prompt flow."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(chunks.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"(a dict with keys {', '.join(map(repr, list(value)[:8])) or 'none'})"
+    return f"(a {type(value).__name__})"
 
 
 def parse_chat(text: str) -> list[dict[str, str]]:

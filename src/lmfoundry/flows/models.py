@@ -35,7 +35,8 @@ class Reference:
 
 
 def parse_reference(value: Any) -> Reference | None:
-    """The reference in `value`, or None for a literal."""
+    """The reference in `value`, or None for a literal: `${root.a.b}` split on dots (column
+    mappings' `${data.x}` and `${run.outputs.x}`). Flow files use `parse_dag_reference`."""
     if not isinstance(value, str):
         return None
     match = _REFERENCE.match(value.strip())
@@ -43,6 +44,55 @@ def parse_reference(value: Any) -> Reference | None:
         return None
     root, *path = match.group(1).strip().split(".")
     return Reference(value.strip(), root, tuple(path))
+
+
+# A property after `${node.output.`, as Prompt flow splits it: names, ['quoted keys'], [0].
+_PROPERTY_PART = re.compile(r"(\w+)|(\['.*?'\])|(\[\d+\])")
+
+
+def parse_dag_reference(value: Any) -> Reference | None:
+    """A reference in flow.dag.yaml as Prompt flow reads it, or None for a literal.
+
+    `${inputs.x}` and `${flow.x}` are flow inputs (root "inputs", path ("x",)); `${node}` is
+    `${node.output}`; `${node.output.a['b c'][0]}` has the path ("output", "a", "['b c']",
+    "[0]"), bracketed parts kept as written (`node_property` reads them)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if len(text) < 4 or not text.startswith("${") or not text.endswith("}"):
+        return None
+    body = text[2:-1].strip()
+    if not body or "{" in body or "}" in body:
+        return None
+    for prefix in ("inputs.", "flow."):
+        if body.startswith(prefix):
+            return Reference(text, "inputs", (body[len(prefix) :],))
+    if "." not in body:
+        return Reference(text, body, ("output",))
+    node, port = body.split(".", 1)
+    if "." not in port:
+        return Reference(text, node, (port,))
+    section, prop = port.split(".", 1)
+    parts = [next(p for p in found if p) for found in _PROPERTY_PART.findall(prop)]
+    return Reference(text, node, (section, *parts))
+
+
+def node_property(value: Any, parts: tuple[str, ...]) -> Any:
+    """`value` followed along `parts` (from `parse_dag_reference`) as Prompt flow does: a
+    `[0]` indexes, a `['key']` looks up a key, a name looks up a dict key or an attribute."""
+    for part in parts:
+        if part.startswith("[") and part.endswith("]"):
+            index: Any = part[1:-1]
+            if len(index) >= 2 and index[0] == index[-1] and index[0] in "'\"":
+                index = index[1:-1]
+            elif index.isdigit():
+                index = int(index)
+            value = value[index]
+        elif isinstance(value, dict):
+            value = value[part]
+        else:
+            value = getattr(value, part)
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,8 +130,12 @@ class ToolParam:
 
 @dataclass(frozen=True)
 class Activate:
-    when: Reference
+    """`activate: {when: ..., is: ...}`. `when` is a reference, or None when the file gives a
+    literal (`literal`), which Prompt flow compares with `is` as it stands."""
+
+    when: Reference | None
     value: Any
+    literal: Any = None
 
 
 @dataclass(frozen=True)
@@ -96,10 +150,15 @@ class Node:
     function: str | None = None  # python nodes: the @tool function
     params: tuple[ToolParam, ...] = ()
     connection_inputs: dict[str, str] = field(default_factory=dict)  # input -> connection
+    # a class tool (a ToolProvider subclass): its name and its __init__ parameters, which
+    # take node inputs of those names; `function` is then the @tool method
+    tool_class: str | None = None
+    init_params: tuple[ToolParam, ...] = ()
+    variant: str | None = None  # the node_variants entry this node is (use_variants: true)
 
     def references(self) -> list[Reference]:
-        refs = [r for r in map(parse_reference, self.inputs.values()) if r is not None]
-        if self.activate is not None:
+        refs = [r for r in map(parse_dag_reference, self.inputs.values()) if r is not None]
+        if self.activate is not None and self.activate.when is not None:
             refs.append(self.activate.when)
         return refs
 
@@ -117,6 +176,13 @@ class Dag:
     environment_variables: dict[str, str]
     # (file, connection) for .prompty files in the folder that name one: flow code loads them
     prompty_connections: tuple[tuple[str, str], ...] = ()
+    name: str | None = None  # the file's top-level `name`
+    environment: dict[str, Any] = field(default_factory=dict)  # `environment:` as written
+    additional_includes: tuple[str, ...] = ()
+    # what lmfoundry reads differently from Prompt flow, or ignores, said once per flow
+    warnings: tuple[str, ...] = ()
+    # outputs that refer to aggregation nodes: not line outputs (Prompt flow leaves them out)
+    aggregation_outputs: tuple[str, ...] = ()
 
     @property
     def chat_input(self) -> str | None:
@@ -184,6 +250,7 @@ class Dag:
                 {"name": n.name, "type": n.type, "aggregation": n.aggregation} for n in self.nodes
             ],
             "connections": self.connection_names,
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
     def resolve_inputs(self, given: Mapping[str, Any], strict: bool = True) -> dict[str, Any]:

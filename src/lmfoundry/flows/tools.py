@@ -96,6 +96,38 @@ class CustomConnection:
         return f"CustomConnection(name={self.name!r}, configs={self.configs!r}, secrets={masked!r})"
 
 
+class ToolProvider:
+    """Base of Prompt flow's class tools: a subclass's `__init__` takes the node's init
+    inputs and a method decorated with `@tool` is what the node calls."""
+
+    def __init__(self) -> None:
+        pass
+
+    @classmethod
+    def get_initialize_inputs(cls) -> dict[str, Any]:
+        import inspect
+
+        return {k: v for k, v in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+
+    @classmethod
+    def get_required_initialize_inputs(cls) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in cls.get_initialize_inputs().items()
+            if v.default is v.empty and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)
+        }
+
+
+def trace(func: F | None = None, **_: Any) -> Any:
+    """Prompt flow's `@trace`: tracing is lmfoundry's business, so the function is returned
+    unchanged (bare `@trace` and `@trace(...)` both)."""
+
+    def mark(f: F) -> F:
+        return f
+
+    return mark(func) if func is not None else mark
+
+
 _metrics: dict[str, Any] | None = None
 
 

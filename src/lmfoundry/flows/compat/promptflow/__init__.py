@@ -1,5 +1,5 @@
 """Prompt flow compatibility: `from promptflow import tool, log_metric` in flow code."""
 
-from lmfoundry.flows.tools import log_metric, tool
+from lmfoundry.flows.tools import ToolProvider, log_metric, tool, trace
 
-__all__ = ["log_metric", "tool"]
+__all__ = ["ToolProvider", "log_metric", "tool", "trace"]

@@ -1,17 +1,18 @@
-"""Prompt flow compatibility: `from promptflow.core import tool, log_metric`, and
-`Prompty` with the model configurations (flows/prompty_run.py)."""
+"""Prompt flow compatibility: `from promptflow.core import tool, log_metric, ToolProvider`,
+and `Prompty` with the model configurations (flows/prompty_run.py)."""
 
 from lmfoundry.flows.prompty_run import (
     AzureOpenAIModelConfiguration,
     OpenAIModelConfiguration,
     Prompty,
 )
-from lmfoundry.flows.tools import log_metric, tool
+from lmfoundry.flows.tools import ToolProvider, log_metric, tool
 
 __all__ = [
     "AzureOpenAIModelConfiguration",
     "OpenAIModelConfiguration",
     "Prompty",
+    "ToolProvider",
     "log_metric",
     "tool",
 ]

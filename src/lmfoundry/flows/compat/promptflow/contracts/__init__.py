@@ -1,0 +1,1 @@
+"""Prompt flow compatibility: `promptflow.contracts`."""

@@ -1,0 +1,53 @@
+"""flow.dag.yaml's top-level fields beside inputs, outputs and nodes: `name`, `environment`,
+`additional_includes` and `environment_variables`, read as Prompt flow reads them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+Problem = Callable[[str, str], None]  # (field path, message): the flow is refused
+Warn = Callable[[str], None]  # the flow runs; the message is shown
+
+
+def environment_variables(raw: Any, problem: Problem) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        problem("environment_variables", "environment_variables must be a mapping")
+        return {}
+    env = {}
+    for key, value in raw.items():
+        # Prompt flow's conversion: lists and dicts as JSON, anything else as str()
+        if isinstance(value, dict | list):
+            env[str(key)] = json.dumps(value)
+        elif isinstance(value, str) and "${" in value:
+            problem(
+                f"environment_variables.{key}",
+                f"{key} refers to {value}; secrets reach flow code through connection "
+                "inputs, not environment variables",
+            )
+        else:
+            env[str(key)] = str(value)
+    return env
+
+
+def top_level(data: dict[str, Any], problem: Problem, warn: Warn) -> dict[str, Any]:
+    """`name`, `environment` and `additional_includes`, checked for shape."""
+    name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        problem("name", "name must be a string")
+        name = None
+    environment = data.get("environment") or {}
+    if not isinstance(environment, dict):
+        problem("environment", "environment must be a mapping (python_requirements_txt, image)")
+        environment = {}
+    if environment:
+        warn(
+            "environment is not installed by lmfoundry: the flow runs with the packages of "
+            "the server's flow runtime"
+        )
+    includes = data.get("additional_includes") or []
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        problem("additional_includes", "additional_includes must be a list of paths")
+        includes = []
+    return {"name": name, "environment": environment, "additional_includes": tuple(includes)}

@@ -1,0 +1,118 @@
+"""Runs a flow with real Prompt flow 1.18.5 (in .venv-promptflow, never in lmfoundry's venv).
+
+    .venv-promptflow/bin/python tests/flows/parity/pf_runner.py < request.json
+
+The request is {"flow": DIR, "runs": [[{input: value}, ...], ...]}: one or more runs, each a
+list of lines, all with one executor. The answer (stdout, one JSON list, one entry a run, NaN
+and Infinity as Python's json writes them) has for each run
+
+    {"load": null or {"type", "message"},
+     "lines": [{"status", "outputs", "error"}, ...],
+     "aggregation": null or {"status", "metrics", "error"}}
+
+as Prompt flow's executor runs it: each line with `exec_line` (inputs validated, defaults
+applied, generators joined), then the aggregation nodes once over the lines that completed,
+as `pf run` does (and `pf flow test` over its one line). The flow's environment_variables are
+set first, as `pf flow test` sets them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _error(exc: BaseException | dict[str, Any] | None) -> dict[str, Any] | None:
+    if exc is None:
+        return None
+    if isinstance(exc, dict):
+        inner = exc
+        while inner.get("innerError"):
+            inner = inner["innerError"]
+        return {"type": str(exc.get("code", "")), "message": str(exc.get("message", ""))}
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def _outputs(outputs: Any) -> dict[str, Any]:
+    """A line's outputs without the `line_number` Prompt flow adds to batch lines."""
+    return {k: v for k, v in dict(outputs or {}).items() if k != "line_number"}
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.read())
+    from promptflow._sdk._utilities.general_utils import (
+        _merge_local_code_and_additional_includes as snapshot_of,
+    )
+
+    try:
+        with snapshot_of(Path(request["flow"]).resolve()) as snapshot:
+            answers = _runs(Path(snapshot), request["runs"])
+    except Exception as exc:  # noqa: BLE001 - an include that is missing, say
+        refused = {"load": _error(exc), "lines": [], "aggregation": None}
+        answers = [refused for _ in request["runs"]]
+    print(json.dumps(answers, default=repr))
+
+
+def _runs(flow_dir: Path, runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The flow's snapshot (its additional includes added, as `pf flow test` makes it), run."""
+    flow_file = next(
+        flow_dir / n for n in ("flow.dag.yaml", "flow.dag.yml") if (flow_dir / n).is_file()
+    )
+    os.chdir(flow_dir)
+    try:
+        from promptflow.contracts.flow import Flow
+        from promptflow.executor import FlowExecutor
+
+        flow = Flow.from_yaml(flow_file, working_dir=flow_dir)
+        os.environ.update(flow.get_environment_variables_with_overrides())
+        executor = FlowExecutor.create(flow_file, {}, working_dir=flow_dir, raise_ex=False)
+    except Exception as exc:  # noqa: BLE001 - whatever Prompt flow refuses, reported
+        return [{"load": _error(exc), "lines": [], "aggregation": None} for _ in runs]
+    return [_run(executor, lines) for lines in runs]
+
+
+def _run(executor: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    answer: dict[str, Any] = {"load": None, "lines": [], "aggregation": None}
+    completed: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for index, inputs in enumerate(lines):
+        try:
+            result = executor.exec_line(inputs, index=index)
+        except Exception as exc:  # noqa: BLE001 - a refused input, say
+            answer["lines"].append({"status": "failed", "outputs": None, "error": _error(exc)})
+            continue
+        status = result.run_info.status.value.lower()
+        ok = status == "completed"
+        answer["lines"].append(
+            {
+                "status": "completed" if ok else "failed",
+                "outputs": _outputs(result.output) if ok else None,
+                "error": None if ok else _error(result.run_info.error),
+            }
+        )
+        if ok:
+            completed.append((result.run_info.inputs or inputs, result.aggregation_inputs or {}))
+    if executor.has_aggregation_node and completed:
+        names = {k for inputs, _ in completed for k in inputs}
+        flow_inputs = {k: [inputs.get(k) for inputs, _ in completed] for k in names}
+        keys = {k for _, agg in completed for k in agg}
+        lists = {k: [agg.get(k) for _, agg in completed] for k in keys}
+        try:
+            aggregated = executor.exec_aggregation(flow_inputs, lists)
+            failed = [
+                r for r in aggregated.node_run_infos.values() if r.status.value.lower() == "failed"
+            ]
+            answer["aggregation"] = {
+                "status": "failed" if failed else "completed",
+                "metrics": dict(aggregated.metrics or {}),
+                "error": _error(failed[0].error) if failed else None,
+            }
+        except Exception as exc:  # noqa: BLE001
+            answer["aggregation"] = {"status": "failed", "metrics": {}, "error": _error(exc)}
+    return answer
+
+
+if __name__ == "__main__":
+    main()
