@@ -206,3 +206,22 @@ def test_runs_and_deployments_keep_their_init_arguments(api: Api) -> None:
     scored = api.client.post("/flows/scorer/score", json={"word": "hey"}, headers={"api-key": key})
     assert scored.status_code == 200, scored.text
     assert scored.json() == {"word": "hey pts", "score": 4, "region": "eu-west"}
+
+
+def test_a_generator_entry_streams_and_is_joined_otherwise(api: Api, tmp_path: Path) -> None:
+    from tests.flows.test_execution import stream
+
+    folder = tmp_path / "words"
+    folder.mkdir()
+    (folder / "flow.flex.yaml").write_text("entry: words:say\n")
+    (folder / "words.py").write_text(
+        "async def say(text: str):\n"
+        "    for word in text.split():\n"
+        "        yield word.upper() + ' '\n"
+    )
+    upload(api, folder, "words")
+    assert run_once(api, "words", text="a bc d")["outputs"] == {"output": "A BC D "}
+    events = stream(api, f"{FLOWS}/words/test", json={"inputs": {"text": "a bc"}})
+    assert events[0] == {"event": "outputs", "index": 0, "outputs": {}, "stream": "output"}
+    assert [e["text"] for e in events if e["event"] == "chunk"] == ["A ", "BC "]
+    assert events[-1]["outputs"] == {"output": "A BC "}

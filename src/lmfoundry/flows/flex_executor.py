@@ -101,7 +101,7 @@ class FlexExecutor:
             for name, c in connections.items()
         }
         self.init_kwargs = dict(init_kwargs or {})
-        self._entry: Callable[..., Any] | None = None
+        self._entry: Any = None  # a function, a built class entry or a Prompty
         self._aggregate: Callable[..., Any] | None = None
 
     @property
@@ -148,8 +148,6 @@ class FlexExecutor:
         return getattr(module, self.dag.function)
 
     def _init_arguments(self) -> dict[str, Any]:
-        from lmfoundry.flows.prompty_run import MODEL_CONFIGURATIONS
-
         values = dict(self.init_kwargs)
         for name, value in self.init_kwargs.items():
             param = self.dag.init.get(name)
@@ -158,18 +156,29 @@ class FlexExecutor:
             if param.kind == "connection":
                 values[name] = self.connections[value]
             elif param.kind in MODEL_CONFIGS:
-                config_class = MODEL_CONFIGURATIONS[param.kind]
-                config = config_class(**value)
-                if config.connection:
-                    connection = self.connections[config.connection]
-                    deployment = getattr(config, "azure_deployment", None)
-                    config = (
-                        config_class.from_connection(connection, deployment)  # type: ignore[attr-defined]
-                        if deployment is not None
-                        else config_class.from_connection(connection, config.model)  # type: ignore[attr-defined]
-                    )
-                values[name] = config
+                values[name] = self._model_configuration(param.kind, value)
         return values
+
+    def _model_configuration(self, kind: str, value: dict[str, Any]) -> Any:
+        """A model configuration from its JSON; with `connection`, built from that
+        connection's endpoint and key (Prompt flow's `from_connection`)."""
+        from lmfoundry.flows.prompty_run import (
+            AzureOpenAIModelConfiguration,
+            OpenAIModelConfiguration,
+        )
+
+        if kind == "AzureOpenAIModelConfiguration":
+            azure = AzureOpenAIModelConfiguration(**value)
+            if not azure.connection:
+                return azure
+            connection = self.connections[azure.connection]
+            return AzureOpenAIModelConfiguration.from_connection(connection, azure.azure_deployment)
+        openai = OpenAIModelConfiguration(**value)
+        if not openai.connection:
+            return openai
+        return OpenAIModelConfiguration.from_connection(
+            self.connections[openai.connection], openai.model
+        )
 
     # -- one line ----------------------------------------------------------------------------
 

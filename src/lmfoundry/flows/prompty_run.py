@@ -111,12 +111,6 @@ class OpenAIModelConfiguration:
         )
 
 
-MODEL_CONFIGURATIONS = {
-    "AzureOpenAIModelConfiguration": AzureOpenAIModelConfiguration,
-    "OpenAIModelConfiguration": OpenAIModelConfiguration,
-}
-
-
 def _base_of(connection: CustomConnection) -> str:
     return str(chat_url(connection)).removesuffix("/chat/completions")
 
