@@ -147,6 +147,34 @@ def test_activate_bypass_and_aggregation_give_lmfoundrys_outputs(api: Api, tmp_p
     assert bypassed["merged"].startswith("(no question) | ")  # the parameter's default
 
 
+HISTORY = [{"inputs": {"question": "hi"}, "outputs": {"answer": "turn 1: you said hi"}}]
+
+
+@pytest.mark.parametrize(
+    ("flow", "lines"),
+    [
+        ("numbers", [{"number": 4}, {"number": 13}, {"number": 7}]),  # 13 fails in square.py
+        ("router", [{"text": "Is it raining?"}, {"text": "It rains."}]),
+        ("stream_chat", [{"question": "hello"}, {"question": "again", "chat_history": HISTORY}]),
+    ],
+)
+def test_the_other_test_flows_give_the_same_outputs(
+    api: Api, tmp_path: Path, flow: str, lines: list[dict[str, Any]]
+) -> None:
+    out = tmp_path / flow
+    export_flow(DATA / flow, "agent-framework", out)
+    upload(api, DATA / flow, flow.replace("_", "-"))
+    for inputs in lines:
+        expected = run_once(api, flow.replace("_", "-"), **inputs)
+        done = run_program(out, "--json", "--inputs-json", json.dumps(inputs))
+        got = json.loads(done.stdout)
+        assert got["status"] == expected["status"], (done.stdout, done.stderr)
+        if expected["status"] == "completed":
+            assert (got["outputs"], got["metrics"]) == (expected["outputs"], expected["metrics"])
+        else:
+            assert got["error"]["message"] == expected["error"]["message"]
+
+
 def test_flows_it_cannot_translate_are_refused_naming_the_node(tmp_path: Path) -> None:
     flow = write_flow(
         tmp_path / "flow",

@@ -294,7 +294,7 @@ def program(dag: Dag) -> str:
         """The executors that report node `name`: itself, and its bypass when it has one."""
         return [names(name)] + ([names(f"{name} bypassed")] if name in gated else [])
 
-    out: list[str] = [_header(dag, imports)]
+    out: list[str] = [""]  # the header, once the body says which runtime names it uses
     out.append("INPUTS = {")
     for spec in dag.inputs.values():
         args = [repr(spec.name), repr(spec.type)]
@@ -372,6 +372,9 @@ def program(dag: Dag) -> str:
         "    sys.exit(main(FLOW))",
         "",
     ]
+    body = "\n".join(out[1:])
+    used = [n for n in _RUNTIME_NAMES if re.search(rf"\b{n}\b", body)]
+    out[0] = _header(dag, imports, used)
     return "\n".join(out)
 
 
@@ -402,7 +405,7 @@ def _batch(dag: Dag, names: _Names) -> list[str]:
 
 
 def dag_name(dag: Dag) -> str:
-    return dag.folder.name
+    return str(getattr(dag, "name", None) or dag.folder.name)
 
 
 def _connection_env(name: str) -> str:
@@ -433,7 +436,7 @@ _RUNTIME_NAMES = (
 )
 
 
-def _header(dag: Dag, imports: list[tuple[str, str, str]]) -> str:
+def _header(dag: Dag, imports: list[tuple[str, str, str]], used: list[str]) -> str:
     connections = dag.connection_names
     env = "".join(
         f"  {_connection_env(c)}_ENDPOINT, {_connection_env(c)}_KEY   connection {c!r}: the "
@@ -444,8 +447,7 @@ def _header(dag: Dag, imports: list[tuple[str, str, str]]) -> str:
         f"from {m} import {f}\n" if f == a else f"from {m} import {f} as {a}\n"
         for m, f, a in sorted(imports)
     )
-    used = sorted(n for n in _RUNTIME_NAMES if not n.startswith("Workflow") and n != "ClassTool")
-    has_class = any(getattr(n, "tool_class", None) for n in dag.nodes)
+    runtime = sorted(n for n in used if not n.startswith("Workflow") and n != "ClassTool")
     environment = ""
     if dag.environment_variables:  # set before the tools are imported, as Prompt flow does
         environment = (
@@ -467,8 +469,8 @@ def _header(dag: Dag, imports: list[tuple[str, str, str]]) -> str:
         + "import sys\n\n"
         "from agent_framework import Workflow, WorkflowBuilder\n"
         "from flow_cli import main\n"
-        + ("from flow_tools import ClassTool\n" if has_class else "")
-        + f"from flow_runtime import {', '.join(used)}\n"
+        + ("from flow_tools import ClassTool\n" if "ClassTool" in used else "")
+        + f"from flow_runtime import {', '.join(runtime)}\n"
         + environment
         + (f"\n{lines}" if lines else "")
         + "\n"
