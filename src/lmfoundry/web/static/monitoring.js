@@ -122,7 +122,8 @@ async function poll() {
     live.className = "badge bad";
     live.textContent = `not updating: ${exc.message}`;
   }
-  timer = setTimeout(poll, pollMs);
+  // a day's view reads a day of records: asked for less often
+  timer = setTimeout(poll, windowName === "day" ? pollMs * 6 : pollMs);
 }
 
 document.querySelectorAll("[data-window]").forEach((button) => {
