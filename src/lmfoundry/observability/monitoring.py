@@ -299,7 +299,7 @@ class Monitoring:
             UsageRecord.at >= start,
         )
         with self.db.session() as s:
-            return [(r[0], r[1], _Row(*r[2:])) for r in s.execute(query).all()]
+            return [(r[0], r[1], _Row(*tuple(r)[2:])) for r in s.execute(query).all()]
 
     # -- instances ----------------------------------------------------------------------------
 
