@@ -162,3 +162,37 @@ def test_a_python_node_loads_a_prompty_that_names_a_connection(server: LiveServe
     result = json.loads(answer)
     assert result["status"] == "completed", result
     assert result["outputs"] == {"answer": "Node asks: hi"}
+
+
+def test_a_prompty_flow_answers_with_the_bundled_model(server: LiveServer) -> None:
+    """SmolLM2 on llama.cpp, greedy: the prompty flow's answer is the deployment's own answer
+    to the messages the prompty renders (the same request, sent straight)."""
+    import httpx
+
+    from lmfoundry.flows.prompty import split
+    from lmfoundry.flows.prompty_run import render_messages
+
+    with server.client() as api:
+        # `lmfoundry up` deploys the bundled SmolLM2 in the default project
+        deployments = api.get("/api/v1/projects/default/serverless-deployments").json()
+        smol = next(d for d in deployments if d["model"] == "SmolLM2-135M-Instruct")
+        keys = f"/api/v1/projects/default/serverless-deployments/{smol['name']}/keys"
+        key = api.get(keys).json()["primary_key"]
+    cli(server, "connections", "create", "smol", "--serverless", smol["name"])
+    parameters = {"temperature": 0, "max_tokens": 24}
+    model = {"configuration": {"connection": "smol"}, "parameters": parameters}
+    inputs = {"first_name": "Ann", "question": "What is the capital of France?"}
+    pairs = [f"{k}={v}" for k, v in inputs.items()]
+    answer = cli(server, "flow", "test", str(CHAT), *pairs, "--init", f"model={json.dumps(model)}")
+    assert answer.strip()  # the model said something
+
+    _, template = split(CHAT.read_text(), CHAT.name)
+    messages = render_messages(template, {**inputs, "chat_history": []})
+    direct = httpx.post(
+        smol["target_url"] + "chat/completions",
+        json={"messages": messages, **parameters},
+        headers={"api-key": key},
+        timeout=300,
+    )
+    assert direct.status_code == 200, direct.text
+    assert answer.rstrip("\n") == direct.json()["choices"][0]["message"]["content"]
