@@ -141,7 +141,8 @@ def test_activate_bypass_and_aggregation_give_lmfoundrys_outputs(api: Api, tmp_p
         if theirs["status"] == "completed":
             assert mine["outputs"] == theirs["outputs"]
         else:
-            assert mine["error"] == theirs["error"]["message"]
+            assert mine["error"]["message"] == theirs["error"]["message"]
+            assert mine["error"]["node"] == theirs["error"]["node"] == "on_question"
     bypassed = batch["lines"][1]["outputs"]
     assert bypassed["question"] is None and bypassed["after_question"] is None
     assert bypassed["merged"].startswith("(no question) | ")  # the parameter's default

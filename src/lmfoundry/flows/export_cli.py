@@ -159,7 +159,7 @@ def main(flow: Flow, argv: list[str] | None = None) -> int:
                 "line_number": r.index,
                 "status": r.status,
                 "outputs": r.outputs,
-                "error": r.error["message"] if r.error else None,
+                "error": r.error,
             }
             for r in batch.lines
         ]
