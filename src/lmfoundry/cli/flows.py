@@ -155,7 +155,7 @@ def validate(folder: Path, json_: JsonOpt = False) -> None:
         return
     interface = dag.interface()
     console.print(
-        f"[green]Valid[/] {interface['kind']} flow: {len(dag.nodes)} node(s), inputs "
+        f"[green]Valid[/] {interface['kind']} flow: {len(interface['nodes'])} node(s), inputs "
         f"{', '.join(dag.inputs) or 'none'}, outputs {', '.join(dag.outputs) or 'none'}"
         + (f", connections {', '.join(dag.connection_names)}" if dag.connection_names else ""),
         highlight=False,
