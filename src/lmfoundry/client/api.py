@@ -458,7 +458,8 @@ class Client:
         binds node inputs to connections ({node.input: name}); `init` gives a flex flow's
         init arguments."""
         path, request = self._test_request(flow, inputs, project, connections, init)
-        return self._call("POST", path, **request)
+        # a line may run up to the server's flow line timeout (600 s by default)
+        return self._call("POST", path, **request, timeout=httpx.Timeout(None, connect=10.0))
 
     def stream_test_flow(
         self,
