@@ -209,6 +209,29 @@ def test_flows_it_cannot_translate_are_refused_naming_the_node(tmp_path: Path) -
         export_flow(DATA / "export_branch", "agent-framework", tmp_path / "busy")
     assert "not an empty folder" in busy.value.message
 
+    prompty = write_flow(
+        tmp_path / "prompty",
+        """
+        inputs: {x: {type: string}}
+        outputs: {y: {type: string, reference: "${ask.output}"}}
+        nodes:
+        - name: ask
+          type: python
+          source: {type: code, path: ask.py}
+          inputs: {x: "${inputs.x}"}
+        """,
+        {
+            "ask.py": "from promptflow import tool\nfrom promptflow.core import Prompty\n\n"
+            "@tool\ndef ask(x):\n    return Prompty.load('a.prompty')(x=x)\n"
+        },
+    )
+    with pytest.raises(InvalidRequest) as lacking:
+        export_flow(prompty, "agent-framework", tmp_path / "out3")
+    assert (
+        "node 'ask': ask.py has `from promptflow.core import Prompty`, which the exported "
+        "program does not provide" in lacking.value.message
+    )
+
     taken = write_flow(
         tmp_path / "taken",
         """

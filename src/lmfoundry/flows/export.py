@@ -18,6 +18,7 @@ the reason. Nothing here imports or runs the flow's code.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import keyword
@@ -141,6 +142,11 @@ def _untranslatable(dag: Dag, node: Node) -> str | None:
         return "a .prompty source is not translated yet; use an llm node with a jinja2 template"
     if node.type == "python" and not node.function:
         return f"{node.source} has no top-level @tool function to call"
+    if node.type == "python" and (missing := _missing_imports(dag, node)):
+        return (
+            f"{node.source} has `{missing}`, which the exported program does not provide "
+            "(it gives tool, log_metric, ToolProvider, trace and the connection classes)"
+        )
     if node.type == "llm" and not node.connection:
         return "an llm node needs its connection named"
     if node.aggregation and node.activate is not None:
@@ -150,6 +156,39 @@ def _untranslatable(dag: Dag, node: Node) -> str | None:
             return f"input {key!r} is a {type(value).__name__}, not a JSON value"
     if node.activate is not None and not _is_plain(node.activate.value):
         return "its activate `is:` value is not a JSON value"
+    return None
+
+
+# What the `promptflow` folder written beside main.py provides, module by module.
+_SHIM_NAMES = {
+    "promptflow": {"CustomConnection", "ToolProvider", "log_metric", "tool", "trace"},
+    "promptflow.core": {"ToolProvider", "log_metric", "tool"},
+    "promptflow.connections": {
+        "AzureOpenAIConnection",
+        "CustomConnection",
+        "CustomStrongTypeConnection",
+        "OpenAIConnection",
+        "ServerlessConnection",
+    },
+    "promptflow.tracing": {"trace"},
+}
+
+
+def _missing_imports(dag: Dag, node: Node) -> str | None:
+    """The first `from promptflow... import NAME` in the node's file that the shim lacks."""
+    try:
+        tree = ast.parse((dag.folder / node.source).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None  # load_dag has said what is wrong with the file
+    for stmt in ast.walk(tree):
+        if not isinstance(stmt, ast.ImportFrom) or not stmt.module:
+            continue
+        if stmt.module.split(".")[0] != "promptflow":
+            continue
+        provided = _SHIM_NAMES.get(stmt.module, set())
+        for alias in stmt.names:
+            if alias.name not in provided:
+                return f"from {stmt.module} import {alias.name}"
     return None
 
 
