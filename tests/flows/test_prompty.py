@@ -62,6 +62,10 @@ def test_a_prompty_folder_is_a_flow(tmp_path: Path) -> None:
     }
 
     folder = shutil.copytree(DATA / "prompty_chat", tmp_path / "two")
+    text = CHAT.read_text().replace("sample:\n  first_name: John\n", "sample: ${file:s.json}\n#")
+    (folder / "chat.prompty").write_text(text)
+    (folder / "s.json").write_text('{"first_name": "Jo", "question": "Why?"}')
+    assert load_dag(folder).resolve_inputs({})["first_name"] == "Jo"  # a sample file
     (folder / "other.prompty").write_text(CHAT.read_text())
     with pytest.raises(InvalidRequest, match=r"more than one \.prompty"):
         load_dag(folder)

@@ -168,6 +168,21 @@ def _type(spec: Any) -> str:
     return kind if kind in INPUT_TYPES else ANY
 
 
+def _sample(raw: Any, folder: Path, name: str) -> Any:
+    """`sample:` inline, or a JSON file beside the prompty (`sample.json` or
+    `${file:sample.json}`), as Prompt flow reads it."""
+    if not isinstance(raw, str):
+        return raw
+    target = raw[len("${file:") : -1] if raw.startswith("${file:") and raw.endswith("}") else raw
+    path = (folder / target).resolve()
+    if path.suffix != ".json" or not path.is_relative_to(folder) or not path.is_file():
+        raise InvalidRequest(f"{name}: sample {raw!r} is not a JSON file in the flow folder.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{name}: sample file {target} is not JSON: {exc}") from exc
+
+
 def load_prompty_flow(folder: Path) -> PromptyFlow:
     """The folder's one .prompty as a flow: its inputs (or the sample's names), its outputs
     (`outputs:` of a JSON answer, else `output`)."""
@@ -176,7 +191,7 @@ def load_prompty_flow(folder: Path) -> PromptyFlow:
     config, template = split(path.read_text(encoding="utf-8"), path.name)
     check(config, template, path.name)
     raw_inputs = config.get("inputs") or {}
-    sample = config.get("sample")
+    sample = _sample(config.get("sample"), folder, path.name)
     if not raw_inputs and isinstance(sample, dict):  # Prompt flow types them by the sample
         raw_inputs = {k: {"type": ANY} for k in sample}
     inputs = {
