@@ -200,3 +200,31 @@ def test_a_prompty_flow_answers_with_the_bundled_model(server: LiveServer) -> No
     )
     assert direct.status_code == 200, direct.text
     assert answer.rstrip("\n") == direct.json()["choices"][0]["message"]["content"]
+
+
+def test_answers_are_shaped_as_prompt_flow_shapes_them(tmp_path: Path) -> None:
+    """What a prompty returns for each kind of chat/completions answer (the answers are
+    written here: this checks the shaping, not a model)."""
+    path = tmp_path / "json.prompty"
+    path.write_text(
+        "---\nmodel:\n  configuration: {type: openai, connection: model}\n"
+        "  parameters: {response_format: {type: json_object}}\n"
+        "outputs:\n  answer: {type: string}\n---\nuser:\nhi\n"
+    )
+    body = {"response_format": {"type": "json_object"}}
+
+    def answer(content: str, finish: str = "stop") -> dict:
+        message = {"role": "assistant", "content": content}
+        return {"choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+
+    prompty = Prompty(path)
+    assert prompty._answer(answer('{"answer": "Paris", "name": "x"}'), body) == {"answer": "Paris"}
+    with pytest.raises(KeyError, match="Cannot find answer"):
+        prompty._answer(answer('{"name": "x"}'), body)
+    assert Prompty(CHAT)._answer(answer("Paris."), {}) == "Paris."
+    call = answer("")
+    call["choices"][0]["message"]["tool_calls"] = [{"id": "c1", "type": "function"}]
+    call["choices"][0]["finish_reason"] = "tool_calls"
+    assert Prompty(CHAT)._answer(call, {})["tool_calls"] == [{"id": "c1", "type": "function"}]
+    whole = Prompty(CHAT, model={"response": "all"})
+    assert whole._answer(answer("Paris."), {}) == answer("Paris.")
