@@ -157,6 +157,8 @@ HISTORY = [{"inputs": {"question": "hi"}, "outputs": {"answer": "turn 1: you sai
         ("numbers", [{"number": 4}, {"number": 13}, {"number": 7}]),  # 13 fails in square.py
         ("router", [{"text": "Is it raining?"}, {"text": "It rains."}]),
         ("stream_chat", [{"question": "hello"}, {"question": "again", "chat_history": HISTORY}]),
+        # a class tool, literals converted to annotations, ${node} and ${flow.x}, .words[0]
+        ("export_tools", [{"text": "Bob and Alice"}, {"text": "Hi"}]),
     ],
 )
 def test_the_other_test_flows_give_the_same_outputs(
