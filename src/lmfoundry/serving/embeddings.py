@@ -32,10 +32,11 @@ from lmfoundry.metering.service import Usage
 from lmfoundry.observability import logs, tracing
 from lmfoundry.quotas.service import rate_limit_headers
 from lmfoundry.runtime.backend import Group
+from lmfoundry.serving.checks import context_chars, extra_mode, status_of
 from lmfoundry.serving.endpoint import EndpointRouter
 from lmfoundry.serving.endpoint import _target as endpoint_target
 from lmfoundry.serving.endpoint import _timed_out as timed_out
-from lmfoundry.serving.gateway import Gateway, _status_of, context_chars, extra_mode
+from lmfoundry.serving.gateway import Gateway
 from lmfoundry.serving.wire import (
     IGNORED_HEADER,
     ExtraMode,
@@ -202,7 +203,7 @@ class EmbeddingsService:
                 vectors = await group.embed(admitted.inputs)
             used = admitted.tokens
         except BaseException as exc:
-            status = _status_of(exc)
+            status = status_of(exc)
             if isinstance(exc, LmfError):
                 exc.headers = {**admitted.headers, **exc.headers}
             raise

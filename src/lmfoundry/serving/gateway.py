@@ -36,21 +36,23 @@ from lmfoundry.metering.service import MeteringService, Usage
 from lmfoundry.observability import logs, tracing
 from lmfoundry.observability.metrics import Metrics, Scope
 from lmfoundry.quotas.service import QuotaService, rate_limit_headers
-from lmfoundry.quotas.window import Decision, Limits
+from lmfoundry.quotas.window import Decision
 from lmfoundry.runtime.backend import Backend, Group
 from lmfoundry.runtime.spec import InstanceSpec
 from lmfoundry.serving import wire
 from lmfoundry.serving.answers import DONE, Answer, Choice, event, usage
-from lmfoundry.serving.completions import CompletionsRequest
+from lmfoundry.serving.checks import (
+    APIS,
+    ChatResult,
+    InferenceRequest,
+    check_characters,
+    context_chars,
+    extra_mode,
+    requests_only,
+    status_of,
+    tokens_only,
+)
 from lmfoundry.storage.db import Database
-
-InferenceRequest = wire.ChatCompletionsRequest | CompletionsRequest
-# The generating APIs, by the name the routers give: each request class parses its body and
-# makes its answer; admission, quota, the run and metering are the same for all.
-APIS: dict[str, type[InferenceRequest]] = {
-    "chat": wire.ChatCompletionsRequest,
-    "completions": CompletionsRequest,
-}
 
 
 @dataclass
@@ -229,12 +231,12 @@ class Gateway:
         if not mirrored:
             with tracing.span("quota", **{"lmfoundry.quota.limit": "requests"}):
                 counted = await self.quotas.reserve(
-                    self._requests_key(target), 0, _requests_only(limits), claim=claim
+                    self._requests_key(target), 0, requests_only(limits), claim=claim
                 )
             if not counted.allowed:  # chat() adds the x-ratelimit-* headers
                 raise await self.over_quota(target, counted, {}, "requests")
         context = tokenizer.context_length
-        _check_characters(request, model, context)
+        check_characters(request, model, context)
         prompt = await self._prompt(request, tokenizer)
         if len(prompt) >= context:
             raise InvalidRequest(
@@ -273,7 +275,7 @@ class Gateway:
         else:
             with tracing.span("quota", **{"lmfoundry.quota.limit": "tokens"}):
                 decision = await self.quotas.reserve(
-                    self._quota_key(target), reserve, _tokens_only(limits), claim=claim
+                    self._quota_key(target), reserve, tokens_only(limits), claim=claim
                 )
             remaining_requests = min(counted.remaining_requests, decision.remaining_requests)
         headers = rate_limit_headers(limits, decision.remaining_tokens, remaining_requests)
@@ -507,7 +509,7 @@ class Gateway:
                 )
                 raise
             except BaseException as exc:
-                await self._finish(admitted, record, 0, _tokens(choices), _status_of(exc), False)
+                await self._finish(admitted, record, 0, _tokens(choices), status_of(exc), False)
                 raise
         completion = _tokens(choices)
         await self._finish(admitted, record, admitted.prompt_tokens, completion, 200, False)
@@ -541,7 +543,7 @@ class Gateway:
             status = exc.status_code
             yield event(exc.to_body())
         except BaseException as exc:  # client gone (cancelled) or anything unexpected
-            status = _status_of(exc)
+            status = status_of(exc)
             raise
         finally:
             await deltas.aclose()
@@ -589,62 +591,5 @@ class Gateway:
                 )
 
 
-# A token is rarely more than 16 characters (the longest merges are runs of spaces or
-# symbols); a prompt with more than this many per token of context cannot fit it.
-MAX_CHARS_PER_TOKEN = 64
-UNLIMITED = 2**31 - 1
-
-
-def context_chars(context: int) -> int:
-    """Characters past which a prompt cannot fit `context` tokens."""
-    return context * MAX_CHARS_PER_TOKEN
-
-
-def _check_characters(request: InferenceRequest, model: ResolvedModel, context: int) -> None:
-    chars = request.prompt_chars()
-    if chars > context_chars(context):
-        raise InvalidRequest(
-            f"messages: the prompt is {chars:,} characters, more than {model.card.id} can "
-            f"read in its context of {context} tokens (at most {context_chars(context):,} "
-            "characters); shorten the messages.",
-            param="messages",
-        )
-
-
-def _requests_only(limits: Limits) -> Limits:
-    return Limits(tokens_per_minute=UNLIMITED, requests_per_minute=limits.requests_per_minute)
-
-
-def _tokens_only(limits: Limits) -> Limits:
-    return Limits(tokens_per_minute=limits.tokens_per_minute, requests_per_minute=UNLIMITED)
-
-
 def _tokens(choices: list[Choice]) -> int:
     return sum(c.tokens for c in choices)
-
-
-def _status_of(exc: BaseException) -> int:
-    if isinstance(exc, LmfError):
-        return exc.status_code
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return 499  # client closed the request
-    return 500
-
-
-@dataclass
-class ChatResult:
-    """A finished body, or a stream of server-sent events, and the headers to send."""
-
-    headers: dict[str, str]
-    body: dict[str, Any] | None = None
-    stream: AsyncIterator[bytes] | None = None
-
-
-def extra_mode(header: str | None) -> wire.ExtraMode:
-    value = (header or "error").strip().lower()
-    if value not in ("error", "drop", "pass-through"):
-        raise InvalidRequest(
-            f"extra-parameters header must be error, drop or pass-through, not {header!r}.",
-            param="extra-parameters",
-        )
-    return value  # type: ignore[return-value]
