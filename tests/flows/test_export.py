@@ -95,6 +95,7 @@ def test_activate_bypass_and_aggregation_give_lmfoundrys_outputs(api: Api, tmp_p
     program = (out / "main.py").read_text()
     assert "condition=ACTIVATE_ON_QUESTION.holds" in program
     assert "builder.add_fan_in_edges(lines, stats)" in program
+    assert "# asked: left out, it reads an aggregation node" in program
 
     upload(api, DATA / "export_branch", "branch")
     # one line, as `lmfoundry flow test` runs it (aggregation over that line included)

@@ -350,9 +350,9 @@ def program(dag: Dag) -> str:
         if output.reference.node not in aggregation_nodes and output.name not in dropped:
             out.append(f"    {output.name!r}: {output.reference.text!r},")
         else:  # as Prompt flow does
-            out.append(
-                f"    # {output.name}: dropped, it reads aggregation node {output.reference.node}"
-            )
+            dropped.add(output.name)
+    for name in sorted(dropped):
+        out.append(f"    # {name}: left out, it reads an aggregation node (as in Prompt flow)")
     out.append("}")
     out.append("NODES = {")
     out += [_spec(node, tools) for node in dag.nodes]
