@@ -204,7 +204,31 @@ class Span:
         return f"{context.trace_id:032x}" if context.is_valid else ""
 
 
-OFF = Span(None)
+class _Off(Span):
+    """The span handed out while tracing is off: every method does nothing, at once."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def set(self, **attributes: Attribute | None) -> None:
+        return None
+
+    def event(self, name: str, **attributes: Attribute | None) -> None:
+        return None
+
+    def first_token(self, ms: float) -> None:
+        return None
+
+    def end(self, status: int | None = None) -> None:
+        return None
+
+
+OFF: Span = _Off(None)
 
 
 def span(name: str, **attributes: Attribute | None) -> Span:
