@@ -114,6 +114,38 @@ def test_a_request_with_a_traceparent_shows_its_path(
         assert secret not in text
 
 
+def test_an_endpoint_s_spans_name_the_deployment_that_answered(
+    api: Api, spans: InMemorySpanExporter
+) -> None:
+    endpoints = "/api/v1/projects/default/online-endpoints"
+    assert api.post(endpoints, json={"name": "ep"}).status_code == 201
+    assert api.put(f"{endpoints}/ep/deployments/blue", json={"model": "echo"}).status_code == 200
+    deadline = time.monotonic() + 60
+    while api.get(f"{endpoints}/ep/deployments/blue").json()["provisioning_state"] != "succeeded":
+        assert time.monotonic() < deadline, "blue did not start"
+        time.sleep(0.2)
+    assert api.put(f"{endpoints}/ep/traffic", json={"blue": 100}).status_code == 200
+    key = api.get(f"{endpoints}/ep/keys").json()["primary_key"]
+    spans.clear()
+    scored = api.client.post(
+        "/endpoints/ep/score",
+        json={"input_data": {"input_string": [{"role": "user", "content": "hi"}]}},
+        headers={"Authorization": f"Bearer {key}", "traceparent": TRACEPARENT},
+    )
+    assert scored.status_code == 200, scored.text
+    named = by_name(spans.get_finished_spans())
+    [request] = named["POST /endpoints/{name}/score"]
+    assert parent_of(request) == int(PARENT_ID, 16)
+    assert request.attributes["lmfoundry.target.kind"] == "endpoint"
+    assert request.attributes["lmfoundry.target.name"] == "ep"
+    assert request.attributes["lmfoundry.deployment"] == "blue"
+    assert request.attributes["lmfoundry.deployment"] == scored.headers["azureml-model-deployment"]
+    assert {parent_of(named[n][0]) for n in ("admission", "instance", "settlement")} == {
+        request.context.span_id
+    }
+    assert key not in attribute_values(spans.get_finished_spans())
+
+
 def test_a_refused_request_marks_its_admission_failed(
     api: Api, spans: InMemorySpanExporter
 ) -> None:
