@@ -179,6 +179,32 @@ def test_the_other_test_flows_give_the_same_outputs(
             assert got["error"]["message"] == expected["error"]["message"]
 
 
+def test_additional_includes_are_copied_beside_the_flow(tmp_path: Path) -> None:
+    """As in Prompt flow's snapshot: `../shared/polite.py` is `polite.py` beside main.py."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "polite.py").write_text(
+        "from promptflow import tool\n\n\n@tool\ndef polite(x: str) -> str:\n"
+        '    return f"please, {x}"\n'
+    )
+    flow = write_flow(
+        tmp_path / "flow",
+        """
+        additional_includes: [../shared/polite.py]
+        inputs: {x: {type: string}}
+        outputs: {y: {type: string, reference: "${ask.output}"}}
+        nodes:
+        - name: ask
+          type: python
+          source: {type: code, path: polite.py}
+          inputs: {x: "${inputs.x}"}
+        """,
+    )
+    written = export_flow(flow, "agent-framework", tmp_path / "out")
+    assert "polite.py" in written and not (flow / "polite.py").exists()
+    done = run_program(tmp_path / "out", "x=sit down")
+    assert (done.returncode, done.stdout) == (0, "please, sit down\n"), done.stderr
+
+
 def test_flows_it_cannot_translate_are_refused_naming_the_node(tmp_path: Path) -> None:
     flow = write_flow(
         tmp_path / "flow",

@@ -25,11 +25,13 @@ import keyword
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from lmfoundry.errors import InvalidRequest
 from lmfoundry.flows.dag import find_dag_file, load_dag
+from lmfoundry.flows.includes import included_files, with_includes
 from lmfoundry.flows.models import Dag, Node, parse_reference
 
 TARGETS = ("agent-framework",)
@@ -79,14 +81,21 @@ def export_flow(folder: Path, target: str, out: Path) -> list[str]:
             param="to",
         )
     folder = folder.expanduser().resolve()
+    if included_files(folder):  # as Prompt flow's snapshot: the includes beside the flow's files
+        with tempfile.TemporaryDirectory(prefix="lmfoundry-export-") as staging:
+            snapshot = with_includes(folder, Path(staging) / folder.name)
+            return _export(snapshot, out.expanduser().resolve(), folder)
+    return _export(folder, out.expanduser().resolve(), folder)
+
+
+def _export(folder: Path, out: Path, original: Path) -> list[str]:
     dag = load_dag(folder)
     check_translatable(dag)
-    out = out.expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidRequest(
             f"{out} is not an empty folder; give a new folder to export into.", param="out"
         )
-    if out.is_relative_to(folder):
+    if out.is_relative_to(original):
         raise InvalidRequest(
             f"{out} is inside the flow folder; export to a folder outside it.", param="out"
         )
@@ -111,14 +120,6 @@ def export_flow(folder: Path, target: str, out: Path) -> list[str]:
 def check_translatable(dag: Dag) -> None:
     """InvalidRequest naming every node the exporter cannot translate, and why."""
     problems = []
-    if getattr(dag, "additional_includes", ()):
-        problems.append(
-            {
-                "field": "additional_includes",
-                "message": "additional_includes is not exported yet; copy those files into "
-                "the flow folder",
-            }
-        )
     for node in dag.nodes:
         why = _untranslatable(dag, node)
         if why:
