@@ -10,7 +10,6 @@ requests move to it, and the old one stops once its last request is done.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from lmfoundry.deployments.endpoints import DeploymentState, EndpointService
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.errors import LmfError, RateLimited, Unavailable
 from lmfoundry.runtime.backend import Backend, Group
+from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.runtime.spec import InstanceSpec
 
 log = logging.getLogger("lmfoundry.fleet")
@@ -64,34 +64,22 @@ class Fleet:
     spec_for: Callable[[ResolvedModel], InstanceSpec]  # the gateway's instance_spec
     owner: bool = True  # the supervisor owns instances; a gateway's fleet only routes
     running: dict[int, Running] = field(default_factory=dict)
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task[None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def __post_init__(self) -> None:
+        self._loop = Periodic(
+            "reconciling endpoint deployments", RECONCILE_SECONDS, self.reconcile, log
+        )
+
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     def changed(self) -> None:
         """Called after a change to deployments: reconcile now rather than at the next tick."""
-        self._wake.set()
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("reconciling endpoint deployments failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_SECONDS)
-            self._wake.clear()
+        self._loop.wake()
 
     async def reconcile(self) -> None:
         async with self._lock:

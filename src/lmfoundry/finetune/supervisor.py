@@ -34,6 +34,7 @@ from sqlalchemy import select, update
 from lmfoundry.errors import LmfError
 from lmfoundry.finetune.events import JobEvents
 from lmfoundry.runtime.environment import child_environment
+from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import FineTuningJob, utcnow
 
@@ -156,46 +157,36 @@ class JobSupervisor:
         self.threads = threads or max(1, (os.cpu_count() or 1) // max_concurrent)
         self.processes: dict[str, JobProcess] = {}
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("supervising fine-tuning jobs", POLL_SECONDS, self._pass, log)
+        self._recovered = False  # jobs a stopped server left running: resumed on the first pass
+        self._queue_read = 0.0
         self._queued = False  # a job was queued through this server: read the queue next pass
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
+        self._loop.start()
 
     def queued(self) -> None:
         """A job was just queued here (from any thread): start it on the next pass rather
         than at the next read of the queue."""
         self._queued = True
 
-    async def _run(self) -> None:
-        recovered = False
-        queue_read = 0.0
-        while True:
-            try:
-                if not recovered:
-                    async with self._lock:
-                        await self._recover()
-                    recovered = True
-                due = self._queued or time.monotonic() - queue_read >= QUEUE_POLL_SECONDS
-                self._queued = False
-                if due:
-                    queue_read = time.monotonic()
-                await self.reconcile(queue=due)
-            except Exception:  # keep supervising whatever one pass hit
-                log.exception("supervising fine-tuning jobs failed")
-            await asyncio.sleep(POLL_SECONDS)
+    async def _pass(self) -> None:
+        if not self._recovered:
+            async with self._lock:
+                await self._recover()
+            self._recovered = True
+        due = self._queued or time.monotonic() - self._queue_read >= QUEUE_POLL_SECONDS
+        self._queued = False
+        if due:
+            self._queue_read = time.monotonic()
+        await self.reconcile(queue=due)
 
     async def stop(self) -> None:
         """Stop supervising and stop the job processes; their jobs stay `running` so the next
         start resumes them."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         with self.db.session() as s:
             interrupted = s.scalars(
                 select(FineTuningJob.id).where(

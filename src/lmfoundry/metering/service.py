@@ -8,7 +8,6 @@ sent always has its record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
@@ -18,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, func, select
 
+from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import UsageRecord
 
@@ -108,7 +108,7 @@ class MeteringService:
         self.enabled = enabled
         self._pending: list[Usage] = []
         self._flush_lock = threading.Lock()  # the flusher task and report requests both flush
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("writing usage records", FLUSH_SECONDS, self._flush_due, log)
         self._journal = _RedisJournal(redis_url) if redis_url else None
 
     async def record(self, usage: Usage) -> None:
@@ -128,18 +128,13 @@ class MeteringService:
         return Backlog(len(pending), pending[0].at if pending else None)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush_forever())
+        self._loop.start()
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            if self._journal is None and not self._pending:
-                continue  # nothing to write: no trip to a thread
-            try:
-                await asyncio.to_thread(self.flush)
-            except Exception:  # keep the batch and try again next tick
-                log.exception("writing usage records failed; will retry")
+    async def _flush_due(self) -> None:
+        """A tick of the loop; a batch that fails to write stays queued for the next."""
+        if self._journal is None and not self._pending:
+            return  # nothing to write: no trip to a thread
+        await asyncio.to_thread(self.flush)
 
     def flush(self) -> int:
         """Write every queued record; on failure they stay queued."""
@@ -172,18 +167,12 @@ class MeteringService:
         # One statement executed for many rows (compiled once and cached), rather than a
         # multi-row VALUES compiled anew for every batch size.
         table = cast(Table, UsageRecord.__table__)  # typed as a FromClause
-        statement = insert(table).on_conflict_do_nothing(
-            index_elements=["request_id"]
-        )
+        statement = insert(table).on_conflict_do_nothing(index_elements=["request_id"])
         with self.db.session() as s:
             s.execute(statement, values)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         await asyncio.to_thread(self.flush)
         if self._journal is not None:
             await self._journal.aclose()

@@ -12,7 +12,6 @@ gateway started with --no-supervisor sees the published instances but not their 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ from lmfoundry.errors import InvalidRequest
 from lmfoundry.metering.service import MeteringService
 from lmfoundry.runtime.backend import Backend
 from lmfoundry.runtime.local import InstanceInfo
+from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import UsageRecord
 
@@ -211,7 +211,7 @@ class Monitoring:
         self.backend = backend
         self._samples: dict[str, _Samples] = {}
         self._engine: dict[str, dict[str, float]] = {}  # llama-server's gauges, last asked
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("sampling instances", SAMPLE_SECONDS, self.sample, log)
 
     # -- the ledger ---------------------------------------------------------------------------
 
@@ -351,23 +351,10 @@ class Monitoring:
         return [merged[at] for at in sorted(merged)]
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._sample_forever())
-
-    async def _sample_forever(self) -> None:
-        while True:
-            try:
-                await self.sample()
-            except Exception:  # an instance going away mid-scrape: the next tick retries
-                log.exception("sampling instances failed; will retry")
-            await asyncio.sleep(SAMPLE_SECONDS)
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
 
 _COLUMNS = (

@@ -27,6 +27,7 @@ from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.client import InstanceClient, InstanceLost
 from lmfoundry.runtime.environment import child_environment
 from lmfoundry.runtime.lifeline import parent_death_signal
+from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.runtime.registry import STALE_SECONDS, InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
 
@@ -485,7 +486,7 @@ class LocalBackend:
         self.start_timeout = start_timeout
         self.idle_seconds = idle_seconds
         self.groups: dict[str, InstanceGroup] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("supervising instances", SUPERVISE_SECONDS, self._supervise, log)
         self._starting: set[asyncio.Task[Any]] = set()
         self._published: list[Published] | None = None
         self._published_at = 0.0
@@ -520,25 +521,22 @@ class LocalBackend:
         await group.stop()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._supervise_forever())
+        self._loop.start()
 
     def supervising(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._loop.running()
 
-    async def _supervise_forever(self) -> None:
-        while True:
-            await asyncio.sleep(SUPERVISE_SECONDS)
-            if self.registry is not None:
-                try:
-                    await self._share()
-                except Exception:  # the database may be briefly unavailable: next tick
-                    log.exception("publishing instances failed")
-            for group in list(self.groups.values()):
-                try:
-                    await group.supervise(self.idle_seconds)
-                except Exception:
-                    log.exception("supervising %s failed", group.name)
+    async def _supervise(self) -> None:
+        if self.registry is not None:
+            try:
+                await self._share()
+            except Exception:  # the database may be briefly unavailable: next tick
+                log.exception("publishing instances failed")
+        for group in list(self.groups.values()):
+            try:
+                await group.supervise(self.idle_seconds)
+            except Exception:  # one group's trouble does not stop the others' supervision
+                log.exception("supervising %s failed", group.name)
 
     async def _share(self) -> None:
         """Publish this supervisor's instances and start groups gateways asked for."""
@@ -587,11 +585,7 @@ class LocalBackend:
         return registry.demands(self.idle_seconds)
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
         if self.registry is not None:
             with contextlib.suppress(Exception):

@@ -35,6 +35,7 @@ import httpx
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
 from lmfoundry.runtime.local import InstanceInfo
+from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.runtime.registry import InstanceRegistry
 from lmfoundry.runtime.spec import InstanceSpec
 
@@ -376,7 +377,9 @@ class RayBackend:
         self._apply_lock = asyncio.Lock()
         self._refreshed = 0.0
         self._refreshing: asyncio.Lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "supervising Ray Serve applications", SUPERVISE_SECONDS, self._supervise_pass, log
+        )
 
     def group(
         self,
@@ -435,27 +438,22 @@ class RayBackend:
     # -- supervision -------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._supervise_forever())
+        self._loop.start()
 
     def supervising(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._loop.running()
 
     async def engine_metrics(self) -> dict[str, dict[str, float]]:
         return {}  # replicas are Ray actors: Ray's own metrics cover them
 
-    async def _supervise_forever(self) -> None:
-        while True:
-            try:
-                await self.cluster.connect()
-                await self.refresh()
-                if self.owner:
-                    await self._supervise()
-            except Unavailable as exc:
-                log.warning("%s", exc.message)
-            except Exception:
-                log.exception("supervising Ray Serve applications failed")
-            await asyncio.sleep(SUPERVISE_SECONDS)
+    async def _supervise_pass(self) -> None:
+        try:
+            await self.cluster.connect()
+            await self.refresh()
+            if self.owner:
+                await self._supervise()
+        except Unavailable as exc:  # the cluster is away: its own message, no traceback
+            log.warning("%s", exc.message)
 
     async def _supervise(self) -> None:
         """Scale idle serverless groups to zero; deploy the groups gateways asked for."""
@@ -487,11 +485,7 @@ class RayBackend:
             await self.apply()
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         if self.owner and self.groups:
             # like local instances, replicas do not outlive the supervisor that owns them
             for group in self.groups.values():
