@@ -86,6 +86,17 @@ def test_a_class_entry_takes_init_arguments_and_a_connection(api: Api) -> None:
     assert no_such.status_code == 400 and "nope" in no_such.json()["error"]["message"]
 
 
+def test_a_key_in_a_model_configuration_is_refused(tmp_path: Path) -> None:
+    flow = load_dag(DATA / "flex_prompty")
+    assert isinstance(flow, FlexFlow)
+    config = {"azure_deployment": "d", "azure_endpoint": "http://x", "api_key": "k-123"}
+    with pytest.raises(InvalidRequest, match="keys go into a connection") as refused:
+        flow.with_init({"model_config": config})
+    assert "k-123" not in refused.value.message
+    named = flow.with_init({"model_config": '{"connection": "smol", "azure_deployment": "d"}'})
+    assert named.connection_names == ["smol"]
+
+
 def test_aggregate_turns_a_batch_run_into_metrics(api: Api, tmp_path: Path) -> None:
     folder = shutil.copytree(DATA / "flex_class", tmp_path / "scorer")
     with open(folder / "flow.flex.yaml", "a") as file:  # runs take sample.init

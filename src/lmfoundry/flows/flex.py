@@ -25,6 +25,7 @@ import yaml
 
 from lmfoundry.errors import InvalidRequest
 from lmfoundry.flows.dag import load_yaml
+from lmfoundry.flows.flex_init import MODEL_CONFIGS, InitParam, init_value
 from lmfoundry.flows.models import (
     DAG_FILES,
     INPUT_TYPES,
@@ -39,7 +40,6 @@ from lmfoundry.flows.models import (
 FLEX_FILES = ("flow.flex.yaml", "flow.flex.yml")
 PROMPTY_SUFFIX = ".prompty"
 AGGREGATE = "__aggregate__"  # the pseudo node that stands for a class entry's __aggregate__
-MODEL_CONFIGS = ("AzureOpenAIModelConfiguration", "OpenAIModelConfiguration")
 _FLEX_KEYS = {
     "$schema",
     "entry",
@@ -120,16 +120,6 @@ def load_other_flow(folder: Path) -> Dag | None:
 
         return load_prompty_flow(folder)
     return None
-
-
-@dataclass(frozen=True)
-class InitParam:
-    """One `__init__` parameter of a class entry."""
-
-    name: str
-    kind: str  # "connection", a model configuration class name, an input type, or ANY
-    has_default: bool
-    default: Any = None
 
 
 @dataclass(frozen=True)
@@ -237,7 +227,7 @@ class FlexFlow(Dag):
         values: dict[str, Any] = {}
         for param in self.init.values():
             if param.name in given:
-                values[param.name] = _init_value(param, given[param.name])
+                values[param.name] = init_value(param, given[param.name])
             elif param.has_default and param.default is not _CODE_DEFAULT:
                 values[param.name] = param.default
             elif not param.has_default:
@@ -289,36 +279,6 @@ class _CodeDefault:
 
 
 _CODE_DEFAULT: Any = _CodeDefault()
-
-
-def _init_value(param: InitParam, value: Any) -> Any:
-    if param.kind == "connection":
-        if not isinstance(value, str) or not value:
-            raise InvalidRequest(
-                f"Init argument {param.name!r} takes a connection: give its name.",
-                param=f"init.{param.name}",
-            )
-        return value
-    if param.kind in MODEL_CONFIGS:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                value = None
-        if not isinstance(value, dict):
-            raise InvalidRequest(
-                f"Init argument {param.name!r} is a {param.kind}: give it as a JSON object, "
-                'for example {"connection": "my_connection", "azure_deployment": "NAME"}.',
-                param=f"init.{param.name}",
-            )
-        return value
-    if param.kind in INPUT_TYPES:
-        spec = FlowInput(param.name, param.kind, None, False, False, False)
-        try:
-            return convert_input(spec, value)
-        except InvalidRequest as exc:
-            raise InvalidRequest(exc.message.replace("Input", "Init argument", 1)) from exc
-    return value
 
 
 # -- loading --------------------------------------------------------------------------------

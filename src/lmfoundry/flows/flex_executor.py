@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from lmfoundry.flows.executor import LineResult, NodeError, describe
-from lmfoundry.flows.flex import AGGREGATE, MODEL_CONFIGS, FlexFlow
+from lmfoundry.flows.flex import AGGREGATE, FlexFlow
+from lmfoundry.flows.flex_init import MODEL_CONFIGS
 from lmfoundry.flows.prompty import PromptyFlow
 from lmfoundry.flows.tools import CustomConnection, collecting_metrics, log_metric
 

@@ -34,6 +34,7 @@ from lmfoundry.flows.flex import (
     FlexFlow,
     environment_variables,
 )
+from lmfoundry.flows.flex_init import refuse_key
 from lmfoundry.flows.models import INPUT_TYPES, FlowInput, FlowOutput, Reference
 
 # Prompt flow's split: the front matter runs from the first `---` line to the last one.
@@ -160,6 +161,9 @@ class PromptyFlow(FlexFlow):
                 'Init argument model is a JSON object, e.g. {"parameters": {"max_tokens": 64}}.',
                 param="init.model",
             )
+        configuration = (model or {}).get("configuration")
+        if isinstance(configuration, dict):
+            refuse_key(configuration, "init.model.configuration")
         return replace(self, init_kwargs={"model": model} if model else {})
 
 
