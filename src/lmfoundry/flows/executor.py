@@ -4,8 +4,10 @@ Semantics follow Prompt flow: a node whose `activate` condition is not met is by
 output is None); a node without `activate` is bypassed when every node it refers to was; an
 input that refers to a bypassed node is left out when the tool parameter has a default and is
 None otherwise. Aggregation nodes run once after all lines, with one list per input. A python
-node that yields makes a generator output, streamed when the caller asked for a stream and
-joined into a string otherwise (and whenever another node reads it).
+node that yields (or an async generator) makes a generator output: a node that reads it gets
+the generator itself, and as a flow output it is streamed when the caller asked for a stream
+and joined into a string otherwise (what is left of it, if a node consumed it), as in Prompt
+flow. Literal inputs take the tool parameter's type (`loading.py`).
 
 This module runs user code: it is imported only in the flow process (`process.py`).
 """
@@ -42,6 +44,7 @@ LLM_PARAMETERS = (
 )
 # Prompt flow names the Azure OpenAI deployment in the node; a connection fixes it here.
 LLM_IGNORED = ("deployment_name", "model", "logit_bias", "user", "n")
+_LMFOUNDRY_PATH = re.compile(r"[^\s'\"(]*/lmfoundry/flows/compat/([^\s'\")]*)")
 _ROLE_LINE = re.compile(r"^\s*#?\s*(system|user|assistant)\s*:\s*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -65,7 +68,8 @@ def describe(exc: BaseException) -> dict[str, Any]:
         if Path(frame.filename).is_relative_to(here):
             frame.filename = str(Path(frame.filename).relative_to(here))
     trace = "".join(traceback.format_list(user_frames))
-    message = f"{type(inner).__name__}: {inner}"
+    # an ImportError names the module's file: the compatibility package's, not lmfoundry's
+    message = _LMFOUNDRY_PATH.sub(r"\1", f"{type(inner).__name__}: {inner}")
     return {
         "type": type(inner).__name__,
         "message": (f"Node {node!r} failed: {message}" if node else message),
@@ -170,7 +174,7 @@ class Executor:
                 return bool(node.activate.literal != node.activate.value)
             if when.node in bypassed:
                 return True
-            value = self._materialized(when, inputs, outputs)
+            value = self._value(when, inputs, outputs)  # a generator is compared as one
             return bool(value != node.activate.value)
         depends = [r.node for r in node.references() if r.node is not None]
         return bool(depends) and all(d in bypassed for d in depends)
@@ -208,7 +212,8 @@ class Executor:
                     if key not in with_default:
                         kwargs[key] = None
                 else:
-                    kwargs[key] = self._materialized(ref, inputs, outputs)
+                    # a generator output is passed on as the generator, as in Prompt flow
+                    kwargs[key] = self._value(ref, inputs, outputs)
         except NodeError:
             raise
         except Exception as exc:  # a reference into user data failed
@@ -285,8 +290,8 @@ class Executor:
         outputs: dict[str, Any] = {}
         bypassed: set[str] = set()
         aggregation = {n.name for n in self.dag.aggregation_nodes}
-        try:
-            with collecting_metrics() as metrics:
+        with collecting_metrics() as metrics:
+            try:
                 for node in self.dag.aggregation_nodes:
                     if self._bypass(node, {}, outputs, bypassed):
                         bypassed.add(node.name)
@@ -299,9 +304,11 @@ class Executor:
                         and ref.root not in aggregation
                     }
                     outputs[node.name] = self._run_node(node, {}, outputs, bypassed, line_inputs)
-                return {"status": "completed", "metrics": dict(metrics), "outputs": outputs}
-        except NodeError as exc:
-            return {"status": "failed", "error": describe(exc), "metrics": {}, "outputs": {}}
+            except NodeError as exc:
+                # the metrics logged before the failure stay, as in Prompt flow
+                failed = {"status": "failed", "error": describe(exc), "outputs": {}}
+                return {**failed, "metrics": dict(metrics)}
+            return {"status": "completed", "metrics": dict(metrics), "outputs": outputs}
 
     # -- llm nodes ---------------------------------------------------------------------------
 

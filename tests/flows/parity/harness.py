@@ -45,15 +45,16 @@ def have_promptflow() -> bool:
     return PF_PYTHON.is_file()
 
 
-def run_promptflow(flow: Path, lines: list[dict[str, Any]], timeout: float = 300) -> dict[str, Any]:
+def run_promptflow(flow: Path, lines: list[dict[str, Any]], timeout: int = 300) -> dict[str, Any]:
     """The flow's answers from real Prompt flow, in a snapshot of its folder and a fresh HOME."""
     return run_promptflow_many(flow, [lines], timeout)[0]
 
 
 def run_promptflow_many(
-    flow: Path, runs: list[list[dict[str, Any]]], timeout: float = 300
+    flow: Path, runs: list[list[dict[str, Any]]], timeout: int = 300
 ) -> list[dict[str, Any]]:
-    """`run_promptflow` for several runs of one flow, with one Prompt flow process."""
+    """`run_promptflow` for several runs of one flow, with one Prompt flow process; `timeout`
+    is each line's limit (as lmfoundry's), the process gets enough for every line."""
     with tempfile.TemporaryDirectory(prefix="pf-parity-") as tmp:
         # No trace service (pf would start one on the fixed port 23333) and no telemetry.
         (Path(tmp) / ".promptflow").mkdir()
@@ -72,12 +73,12 @@ def run_promptflow_many(
         )
         done = subprocess.run(
             [str(PF_PYTHON), str(PF_RUNNER)],
-            input=json.dumps({"flow": str(flow.resolve()), "runs": runs}),
+            input=json.dumps({"flow": str(flow.resolve()), "runs": runs, "line_timeout": timeout}),
             capture_output=True,
             text=True,
             env=env,
             cwd=tmp,
-            timeout=timeout,
+            timeout=120 + timeout * sum(map(len, runs)),
         )
     last = done.stdout.strip().splitlines()[-1:] or [""]
     try:
@@ -87,13 +88,13 @@ def run_promptflow_many(
         raise RuntimeError(f"pf_runner gave no answer ({why})") from None
 
 
-def run_lmfoundry(flow: Path, lines: list[dict[str, Any]], timeout: float = 120) -> dict[str, Any]:
+def run_lmfoundry(flow: Path, lines: list[dict[str, Any]], timeout: int = 300) -> dict[str, Any]:
     """The flow's answers from lmfoundry: checked as an upload is, run by a flow process."""
     return run_lmfoundry_many(flow, [lines], timeout)[0]
 
 
 def run_lmfoundry_many(
-    flow: Path, runs: list[list[dict[str, Any]]], timeout: float = 120
+    flow: Path, runs: list[list[dict[str, Any]]], timeout: int = 300
 ) -> list[dict[str, Any]]:
     """`run_lmfoundry` for several runs of one flow, each with a flow process of its own."""
     with tempfile.TemporaryDirectory(prefix="lmf-snapshot-") as tmp:
@@ -125,6 +126,9 @@ async def _run_lmfoundry(dag: Dag, lines: list[dict[str, Any]], timeout: float) 
                     error = {"type": type(exc).__name__, "message": exc.message}
                     answer["lines"].append({"status": "failed", "outputs": None, "error": error})
                     continue
+                if not process.alive:  # a line timed out: a new process, as a run's worker
+                    process = FlowProcess(dag, {}, timeout, Path(tmp) / "flow.log", settings)
+                    await process.start()
                 line = await process.run_line(index, inputs)
                 ok = line["status"] == "completed"
                 answer["lines"].append(

@@ -2,9 +2,9 @@
 
     .venv-promptflow/bin/python tests/flows/parity/pf_runner.py < request.json
 
-The request is {"flow": DIR, "runs": [[{input: value}, ...], ...]}: one or more runs, each a
-list of lines, all with one executor. The answer (stdout, one JSON list, one entry a run, NaN
-and Infinity as Python's json writes them) has for each run
+The request is {"flow": DIR, "runs": [[{input: value}, ...], ...], "line_timeout": SECONDS}:
+one or more runs, each a list of lines, all with one executor. The answer (stdout, one JSON
+list, one entry a run, NaN and Infinity as Python's json writes them) has for each run
 
     {"load": null or {"type", "message"},
      "lines": [{"status", "outputs", "error"}, ...],
@@ -49,14 +49,16 @@ def main() -> None:
 
     try:
         with snapshot_of(Path(request["flow"]).resolve()) as snapshot:
-            answers = _runs(Path(snapshot), request["runs"])
+            answers = _runs(Path(snapshot), request["runs"], request.get("line_timeout"))
     except Exception as exc:  # noqa: BLE001 - an include that is missing, say
         refused = {"load": _error(exc), "lines": [], "aggregation": None}
         answers = [refused for _ in request["runs"]]
     print(json.dumps(answers, default=repr))
 
 
-def _runs(flow_dir: Path, runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def _runs(
+    flow_dir: Path, runs: list[list[dict[str, Any]]], timeout: int | None
+) -> list[dict[str, Any]]:
     """The flow's snapshot (its additional includes added, as `pf flow test` makes it), run."""
     flow_file = next(
         flow_dir / n for n in ("flow.dag.yaml", "flow.dag.yml") if (flow_dir / n).is_file()
@@ -71,15 +73,15 @@ def _runs(flow_dir: Path, runs: list[list[dict[str, Any]]]) -> list[dict[str, An
         executor = FlowExecutor.create(flow_file, {}, working_dir=flow_dir, raise_ex=False)
     except Exception as exc:  # noqa: BLE001 - whatever Prompt flow refuses, reported
         return [{"load": _error(exc), "lines": [], "aggregation": None} for _ in runs]
-    return [_run(executor, lines) for lines in runs]
+    return [_run(executor, lines, timeout) for lines in runs]
 
 
-def _run(executor: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:
+def _run(executor: Any, lines: list[dict[str, Any]], timeout: int | None) -> dict[str, Any]:
     answer: dict[str, Any] = {"load": None, "lines": [], "aggregation": None}
     completed: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for index, inputs in enumerate(lines):
         try:
-            result = executor.exec_line(inputs, index=index)
+            result = executor.exec_line(inputs, index=index, line_timeout_sec=timeout)
         except Exception as exc:  # noqa: BLE001 - a refused input, say
             answer["lines"].append({"status": "failed", "outputs": None, "error": _error(exc)})
             continue
