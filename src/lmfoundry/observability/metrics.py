@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 
 from lmfoundry.metering.service import Backlog, Usage
-from lmfoundry.runtime.local import InstanceInfo
+from lmfoundry.runtime.backend import InstanceInfo
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import FineTuningJob, FlowRun, Project
 

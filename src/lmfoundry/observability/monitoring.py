@@ -26,8 +26,7 @@ from sqlalchemy import select
 
 from lmfoundry.errors import InvalidRequest
 from lmfoundry.metering.service import MeteringService
-from lmfoundry.runtime.backend import Backend
-from lmfoundry.runtime.local import InstanceInfo
+from lmfoundry.runtime.backend import Backend, InstanceInfo
 from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import UsageRecord

@@ -4,11 +4,27 @@ instances another process supervises (`remote`, for gateway processes), or Ray (
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from lmfoundry.engines.base import Delta, GenerationRequest
-from lmfoundry.runtime.local import InstanceInfo
 from lmfoundry.runtime.spec import InstanceSpec
+
+
+@dataclass
+class InstanceInfo:
+    """One instance as listings show it (the cluster page, `lmfoundry status`, /metrics),
+    whichever backend runs it."""
+
+    id: str
+    group: str
+    state: str
+    pid: int | None
+    active: int
+    restarts: int
+    started_at: float | None
+    last_error: str | None
+    slots: int | None = None  # requests it decodes at once (llama-server's --parallel)
 
 
 class Instance(Protocol):

@@ -34,7 +34,7 @@ import httpx
 
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
-from lmfoundry.runtime.local import InstanceInfo
+from lmfoundry.runtime.backend import InstanceInfo
 from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.runtime.registry import InstanceRegistry
 from lmfoundry.runtime.spec import InstanceSpec

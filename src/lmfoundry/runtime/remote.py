@@ -13,9 +13,10 @@ from collections.abc import AsyncGenerator, Sequence
 
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
+from lmfoundry.runtime.backend import InstanceInfo
 from lmfoundry.runtime.client import InstanceLost
+from lmfoundry.runtime.instance import Client, instance_client
 from lmfoundry.runtime.llama_server import LlamaServerClient
-from lmfoundry.runtime.local import Client, InstanceInfo, instance_client
 from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec
 
