@@ -171,7 +171,9 @@ class Gateway:
         """`resolve` off the event loop when it is not cached: the first resolution of an
         adapter converts it to GGUF (seconds, in a child process)."""
         cached = self._cached(project_id, ref)
-        return cached or await asyncio.to_thread(self.resolve, project_id, ref)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self.resolve, project_id, ref)
 
     async def tokenizer(self, model: ResolvedModel) -> Tokenizer:
         key = f"{model.instance_key}:{model.card.context_length}:{model.card.chat_template}"
