@@ -146,13 +146,25 @@ from promptflow.executor import FlowExecutor
 
 request = json.loads(sys.stdin.read())
 folder = Path(request["flow"])
-executor = FlowExecutor.create(folder / "flow.flex.yaml", {}, working_dir=folder)
-lines = []
+executor = FlowExecutor.create(
+    folder / "flow.flex.yaml", {}, working_dir=folder, init_kwargs=request.get("init")
+)
+lines, completed = [], []
 for index, inputs in enumerate(request["lines"]):
     result = executor.exec_line(inputs, index=index)
+    if result.run_info.status.value != "Completed":
+        lines.append({"error": result.run_info.error["message"]})
+        continue
     outputs = convert_eager_flow_output_to_dict(result.output)
     lines.append({k: v for k, v in (outputs or {}).items() if k != "line_number"})
-print(json.dumps(lines))
+    completed.append(result.output)
+if not request.get("aggregate"):
+    print(json.dumps(lines))
+    raise SystemExit
+# the batch engine's rule: each completed line's output, a dict with attribute access
+from promptflow.contracts.types import AttrDict
+results = [AttrDict(o) if isinstance(o, dict) else o for o in completed]
+print(json.dumps({"lines": lines, "metrics": executor.exec_aggregation({}, results).metrics}))
 """
 
 
@@ -236,3 +248,39 @@ def test_a_generator_entry_streams_and_is_joined_otherwise(api: Api, tmp_path: P
     assert events[0] == {"event": "outputs", "index": 0, "outputs": {}, "stream": "output"}
     assert [e["text"] for e in events if e["event"] == "chunk"] == ["A ", "BC "]
     assert events[-1]["outputs"] == {"output": "A BC "}
+
+
+JUDGE = """
+class Judge:
+    def __init__(self, unit: str, bonus: int = 1):
+        self.unit, self.bonus = unit, bonus
+
+    async def __call__(self, word: str) -> dict:
+        if word == "bad":
+            raise ValueError("bad word")
+        return {"word": f"{word} {self.unit}", "score": len(word) + self.bonus}
+
+    def __aggregate__(self, results: list) -> dict:
+        total = sum(r.score for r in results)
+        return {"lines": len(results), "total": total, "first": results[0]["word"]}
+"""
+
+
+@needs_promptflow
+def test_prompt_flow_gives_the_same_class_outputs_and_metrics(api: Api, tmp_path: Path) -> None:
+    folder = tmp_path / "judge"
+    folder.mkdir()
+    (folder / "flow.flex.yaml").write_text("entry: judge:Judge\n")
+    (folder / "judge.py").write_text(JUDGE)
+    lines = [{"word": "ab"}, {"word": "bad"}, {"word": "xyz"}]
+    init = {"unit": "pts", "bonus": 2}
+    request = {"flow": str(folder), "lines": lines, "init": init, "aggregate": True}
+    expected = run_promptflow(PF_SCRIPT, request, tmp_path)
+    upload(api, folder, "judge")
+    form = {"column_mapping": json.dumps({"word": "${data.word}"}), "init": json.dumps(init)}
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    created = api.post(f"{FLOWS}/judge/runs", data=form, files={"data": ("d.jsonl", data)})
+    run = wait_run(api, created.json()["id"])
+    ours = [line["outputs"] or {"error": line["error"]["message"]} for line in run["lines"]]
+    assert ours == expected["lines"]  # the failed line's message too
+    assert run["metrics"] == expected["metrics"]

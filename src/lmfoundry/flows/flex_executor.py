@@ -104,6 +104,7 @@ class FlexExecutor:
         self.init_kwargs = dict(init_kwargs or {})
         self._entry: Any = None  # a function, a built class entry or a Prompty
         self._aggregate: Callable[..., Any] | None = None
+        self._is_async = False
 
     @property
     def name(self) -> str:
@@ -121,6 +122,8 @@ class FlexExecutor:
                 self._entry = prompty_run.Prompty(path, **self.init_kwargs)
                 return
             target = self._import()
+            call = vars(target).get("__call__") if inspect.isclass(target) else target
+            self._is_async = inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
             if inspect.isclass(target):
                 instance = target(**self._init_arguments())
                 self._entry = instance
@@ -184,9 +187,15 @@ class FlexExecutor:
     # -- one line ----------------------------------------------------------------------------
 
     def _error(self, exc: BaseException) -> dict[str, Any]:
-        """Prompt flow's message for a failed line, with the user's frames."""
+        """Prompt flow's message for a failed line, with the user's frames: an async entry's
+        error as it stands, a plain one's as "Execution failure in 'f': (Type) message" (the
+        two paths of its script executor)."""
         error = describe(NodeError(self.name, exc))
-        error["message"] = f"Execution failure in {self.name!r}: ({type(exc).__name__}) {exc}"
+        if self._is_async:
+            error["message"] = str(exc) or type(exc).__name__
+        else:
+            where = f"{self.name}.__call__" if self.dag.is_class else self.name
+            error["message"] = f"Execution failure in {where!r}: ({type(exc).__name__}) {exc}"
         return error
 
     def run_line(self, inputs: dict[str, Any], stream: bool = False) -> LineResult:
