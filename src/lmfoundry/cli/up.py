@@ -55,7 +55,7 @@ def up(
     """Start lmfoundry: API, inference gateway, instance supervisor and studio."""
     if log_format not in (None, "text", "json"):
         raise typer.BadParameter(f"--log-format must be text or json, not {log_format!r}.")
-    options = {"host": host, "port": port, "log_format": log_format}
+    options: dict[str, Any] = {"host": host, "port": port, "log_format": log_format}
     overrides = {k: v for k, v in options.items() if v is not None}
     if not supervisor:
         overrides["supervisor"] = False
