@@ -93,7 +93,7 @@ def test_activate_bypass_and_aggregation_give_lmfoundrys_outputs(api: Api, tmp_p
         assert (out / name).read_bytes() == (DATA / "export_branch" / name).read_bytes()
     assert (out / "requirements.txt").read_text().split() == list(REQUIREMENTS)
     program = (out / "main.py").read_text()
-    assert "condition=ACTIVATE_ON_QUESTION.holds" in program
+    assert "condition=ACTIVATE['on_question'].holds" in program
     assert "builder.add_fan_in_edges(lines, stats)" in program
     assert "# asked: left out, it reads an aggregation node" in program
 

@@ -284,7 +284,7 @@ def _init_params(node: Node) -> tuple[Any, ...]:
 def _spec(node: Node, tools: dict[str, str]) -> str:
     init = {p.name for p in _init_params(node)}
     inputs = {k: v for k, v in node.inputs.items() if k not in init}
-    args = [repr(node.name), _tool_expression(node, tools), _literal(inputs)]
+    args = [repr(node.name), _tool_expression(node, tools), repr(inputs)]
     defaults = sorted(p.name for p in node.params if p.has_default and p.name not in init)
     if defaults:
         args.append(f"defaults=frozenset({defaults!r})")
@@ -294,10 +294,6 @@ def _spec(node: Node, tools: dict[str, str]) -> str:
     return f"    {node.name!r}: Spec({', '.join(args)}),"
 
 
-def _literal(value: Any) -> str:
-    return repr(value)
-
-
 def _reads(dag: Dag, node: Node) -> tuple[str, ...]:
     line = {n.name for n in dag.line_nodes}
     return tuple(sorted(d for d in node.dependencies if d in line))
@@ -305,8 +301,8 @@ def _reads(dag: Dag, node: Node) -> tuple[str, ...]:
 
 def program(dag: Dag) -> str:
     """The text of main.py."""
-    # module-level names: `from classify import classify as classify_tool`, per python node
-    aliases = _Names({*_RUNTIME_NAMES, "INPUTS", "OUTPUTS", "NODES", "FLOW", "main", "sys"})
+    # module-level names: `from classify import classify` (`as ...` when the name is taken)
+    aliases = _Names({*_RUNTIME_NAMES, "INPUTS", "OUTPUTS", "NODES", "FLOW", "main", "sys", "os"})
     imports: list[tuple[str, str, str]] = []  # (module, function, alias)
     tools: dict[str, str] = {}
     for node in dag.nodes:
@@ -358,14 +354,19 @@ def program(dag: Dag) -> str:
     out.append("NODES = {")
     out += [_spec(node, tools) for node in dag.nodes]
     out.append("}")
+    conditions = []
     for node in line_nodes:
-        if node.activate is not None:
-            flag, when = f"ACTIVATE_{names(node.name).upper()}", node.activate
-            if when.when is not None:
-                out.append(f"{flag} = Activate({when.when.text!r}, {when.value!r})")
-            else:  # a literal `when`
-                literal = getattr(when, "literal", None)
-                out.append(f"{flag} = Activate(None, {when.value!r}, literal={literal!r})")
+        when = node.activate
+        if when is None:
+            continue
+        if when.when is not None:
+            condition = f"Activate({when.when.text!r}, {when.value!r})"
+        else:  # a literal `when`
+            literal = getattr(when, "literal", None)
+            condition = f"Activate(None, {when.value!r}, literal={literal!r})"
+        conditions.append(f"    {node.name!r}: {condition},")
+    if conditions:
+        out += ["ACTIVATE = {  # node -> its activate condition", *conditions, "}"]
     out += ["", "", "def line_workflow() -> Workflow:"]
     out.append('    """One line: an executor per node, an edge per reference."""')
     out.append('    start = Start(id="(inputs)")')
@@ -389,7 +390,7 @@ def program(dag: Dag) -> str:
         for source in sources:
             out.append(f"    builder.add_edge({source}, {entry})")
         if node.activate is not None:
-            flag = f"ACTIVATE_{names(node.name).upper()}"
+            flag = f"ACTIVATE[{node.name!r}]"
             when_text = node.activate.when.text if node.activate.when else "its literal"
             out.append(
                 f"    # activate: {node.name} runs when {when_text} is "
