@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 from typer.core import TyperCommand
 
 from lmfoundry.cli._output import err_console
@@ -47,7 +46,8 @@ def spread(args: list[str]) -> list[str]:
 class PfCommand(TyperCommand):
     """A command that reads pf's multi-value flags."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # ctx: Typer's own (vendored) Click context
         return super().parse_args(ctx, spread(list(args)))
 
 

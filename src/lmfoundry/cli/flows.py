@@ -507,7 +507,7 @@ def _follow(lmf: Client, run_id: str) -> dict[str, Any]:
             if line["status"] == "completed":
                 shown = json.dumps(line["outputs"], default=str)
             else:
-                shown = (line["error"] or {}).get("message")
+                shown = str((line["error"] or {}).get("message"))
             console.print(
                 f"line {line['line_number']}: {line['status']} {shown}",
                 highlight=False,
