@@ -281,3 +281,22 @@ def test_flow_test_local_reads_connection_yaml(tmp_path: Path) -> None:
     )
     assert json.loads(chosen)["outputs"]["out"]["endpoint"] == "http://there.example/score"
     assert SECRET not in chosen
+
+
+def test_readers_cannot_bind_and_no_project_lends_its_connections(api: Api, tmp_path: Path) -> None:
+    upload(api, peek_flow(tmp_path / "peek"), "peek")
+    connection(api, "alpha")
+    token = api.post("/api/v1/users", json={"name": "rita"}).json()["token"]
+    api.put("/api/v1/projects/default/members/rita", json={"role": "reader"})
+    reader = {"Authorization": f"Bearer {token}"}
+    body = {"connections": {"peek.conn": "alpha"}}
+    put = api.client.put(f"{FLOWS}/peek/connections", json=body, headers=reader)
+    assert put.status_code == 403, put.text
+    assert api.get(f"{FLOWS}/peek").json()["connection_bindings"] == {}
+
+    # a connection of another project is not this project's to bind
+    assert api.post("/api/v1/projects", json={"name": "other"}).status_code == 201
+    theirs = {"configs": {"endpoint": "http://theirs.example"}, "secrets": {"key": "k" * 8}}
+    assert api.put("/api/v1/projects/other/connections/theirs", json=theirs).is_success
+    bad = {"connections": {"peek.conn": "theirs"}}
+    refused(api.post(f"{FLOWS}/peek/test", json=bad), "connections.peek.conn", "does not exist")
