@@ -12,7 +12,7 @@ import pytest
 
 from lmfoundry import errors
 from lmfoundry.client import Client
-from lmfoundry.client.api import load_credentials
+from lmfoundry.client.base import load_credentials
 from lmfoundry.config import reset_settings
 from tests.conftest import ADMIN_TOKEN, LiveServer, start_server, stop_server
 

@@ -9,7 +9,7 @@ import typer
 
 from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, print_json
 from lmfoundry.client import chat_stream
-from lmfoundry.client.api import raise_for
+from lmfoundry.client.base import raise_for
 from lmfoundry.config import get_settings
 
 

@@ -15,7 +15,7 @@ import uvicorn
 from lmfoundry.access.models import Role
 from lmfoundry.access.service import write_credentials
 from lmfoundry.cli._output import console
-from lmfoundry.client.api import load_credentials
+from lmfoundry.client.base import load_credentials
 from lmfoundry.config import Settings, forget_secret_variables, get_settings
 from lmfoundry.errors import NotFound
 from lmfoundry.observability import logs
