@@ -151,9 +151,13 @@ def main(flow: Flow, argv: list[str] | None = None) -> int:
         "--column-mapping", "-m", action="append", default=[], help="INPUT=${data.COLUMN}"
     )
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="lines of --data run at once (default 4)"
+    )
     args = parser.parse_args(argv)
     if args.data is not None:
-        batch = asyncio.run(run_batch(flow, _rows(flow, args.data, _pairs(args.column_mapping))))
+        rows = _rows(flow, args.data, _pairs(args.column_mapping))
+        batch = asyncio.run(run_batch(flow, rows, workers=args.workers))
         lines = [
             {
                 "line_number": r.index,

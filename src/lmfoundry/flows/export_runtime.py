@@ -19,6 +19,8 @@ shares, so that the generated `main.py` is only the flow: its nodes and its edge
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import os
 import re
@@ -471,7 +473,8 @@ class LineRunner(Executor):
     @handler
     async def run_line(self, rows: list[dict[str, Any]], ctx: WorkflowContext[LineResult]) -> None:
         try:
-            result = await self.flow.line_workflow().run(rows[self.index])
+            async with _line_slots.get():
+                result = await self.flow.line_workflow().run(rows[self.index])
             (line,) = result.get_outputs()
             outputs = {name: line.output(name, ref) for name, ref in self.flow.outputs.items()}
         except Exception as exc:  # noqa: BLE001 - a failed line is reported, the others go on
@@ -532,7 +535,14 @@ class Report(Executor):
         await ctx.yield_output(batch)
 
 
-async def run_batch(flow: Flow, rows: list[dict[str, Any]], single: bool = False) -> Batch:
+# How many lines run at once (`--workers`): the line executors all start in one superstep.
+_line_slots: contextvars.ContextVar[asyncio.Semaphore] = contextvars.ContextVar("line_slots")
+
+
+async def run_batch(
+    flow: Flow, rows: list[dict[str, Any]], single: bool = False, workers: int = 4
+) -> Batch:
+    _line_slots.set(asyncio.Semaphore(max(1, workers)))
     (batch,) = (await flow.batch_workflow(len(rows), single).run(rows)).get_outputs()
     return batch  # type: ignore[no-any-return]
 
