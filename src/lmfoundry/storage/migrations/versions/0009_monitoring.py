@@ -29,9 +29,7 @@ def upgrade() -> None:
         sa.Column(
             "started_at", lmfoundry.storage.models.UTCDateTime(timezone=True), nullable=False
         ),
-        sa.Column(
-            "seen_at", lmfoundry.storage.models.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("seen_at", lmfoundry.storage.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
 
