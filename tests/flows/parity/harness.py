@@ -22,6 +22,7 @@ import math
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,21 @@ def run_promptflow_many(
 ) -> list[dict[str, Any]]:
     """`run_promptflow` for several runs of one flow, with one Prompt flow process; `timeout`
     is each line's limit (as lmfoundry's), the process gets enough for every line."""
+    return run_promptflow_flows([(flow, runs)], timeout)[0]
+
+
+def run_promptflow_flows(
+    flows: list[tuple[Path, list[list[dict[str, Any]]]]],
+    timeout: int = 300,
+    process_timeout: float | None = None,
+) -> list[list[dict[str, Any]]]:
+    """`run_promptflow_many` for several flows in one Prompt flow process (each flow's
+    environment and modules undone after it): what a benchmark over many flows needs."""
+    request = {
+        "flows": [{"flow": str(flow.resolve()), "runs": runs} for flow, runs in flows],
+        "line_timeout": timeout,
+    }
+    lines = sum(len(run) for _, runs in flows for run in runs)
     with tempfile.TemporaryDirectory(prefix="pf-parity-") as tmp:
         # No trace service (pf would start one on the fixed port 23333) and no telemetry.
         (Path(tmp) / ".promptflow").mkdir()
@@ -65,7 +81,7 @@ def run_promptflow_many(
         env.update(
             {
                 "HOME": tmp,
-                "PF_DISABLE_TRACING": "true",  # else pf starts a trace service on :23333
+                "PF_DISABLE_TRACING": "true",
                 "PROMPTFLOW_DISABLE_TELEMETRY": "true",
                 "PF_LOGGING_LEVEL": "CRITICAL",
                 "PYTHONPATH": "",
@@ -73,12 +89,12 @@ def run_promptflow_many(
         )
         done = subprocess.run(
             [str(PF_PYTHON), str(PF_RUNNER)],
-            input=json.dumps({"flow": str(flow.resolve()), "runs": runs, "line_timeout": timeout}),
+            input=json.dumps(request),
             capture_output=True,
             text=True,
             env=env,
             cwd=tmp,
-            timeout=120 + timeout * sum(map(len, runs)),
+            timeout=process_timeout or 120 + 30 * len(flows) + timeout * lines,
         )
     last = done.stdout.strip().splitlines()[-1:] or [""]
     try:
@@ -96,7 +112,8 @@ def run_lmfoundry(flow: Path, lines: list[dict[str, Any]], timeout: int = 300) -
 def run_lmfoundry_many(
     flow: Path, runs: list[list[dict[str, Any]]], timeout: int = 300
 ) -> list[dict[str, Any]]:
-    """`run_lmfoundry` for several runs of one flow, each with a flow process of its own."""
+    """`run_lmfoundry` for several runs of one flow, one after the other in one flow process
+    (a new one after a line that timed out, as a run's worker starts)."""
     with tempfile.TemporaryDirectory(prefix="lmf-snapshot-") as tmp:
         try:
             # the folder as the CLI packs it: additional includes added under their names
@@ -104,54 +121,76 @@ def run_lmfoundry_many(
         except LmfError as exc:
             refused = {"type": type(exc).__name__, "message": exc.message}
             return [{"load": refused, "lines": [], "aggregation": None} for _ in runs]
-        return [asyncio.run(_run_lmfoundry(dag, lines, timeout)) for lines in runs]
+        return asyncio.run(_run_lmfoundry(dag, runs, timeout))
 
 
-async def _run_lmfoundry(dag: Dag, lines: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
-    answer: dict[str, Any] = {"load": None, "lines": [], "aggregation": None}
+async def _run_lmfoundry(
+    dag: Dag, runs: list[list[dict[str, Any]]], timeout: float
+) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="lmf-parity-") as tmp:
         settings = Settings(home=Path(tmp) / "home", flow_sandbox="off")
-        process = FlowProcess(dag, {}, timeout, Path(tmp) / "flow.log", settings)
+
+        def fresh() -> FlowProcess:
+            return FlowProcess(dag, {}, timeout, Path(tmp) / "flow.log", settings)
+
+        process = fresh()
         try:
             await process.start()
         except LmfError as exc:
-            answer["load"] = {"type": type(exc).__name__, "message": exc.message}
-            return answer
+            refused = {"type": type(exc).__name__, "message": exc.message}
+            return [{"load": refused, "lines": [], "aggregation": None} for _ in runs]
+        answers = []
         try:
-            gathered: dict[str, dict[str, list[Any]]] = {}
-            for index, given in enumerate(lines):
-                try:
-                    inputs = dag.resolve_inputs(given)
-                except LmfError as exc:
-                    error = {"type": type(exc).__name__, "message": exc.message}
-                    answer["lines"].append({"status": "failed", "outputs": None, "error": error})
-                    continue
-                if not process.alive:  # a line timed out: a new process, as a run's worker
-                    process = FlowProcess(dag, {}, timeout, Path(tmp) / "flow.log", settings)
-                    await process.start()
-                line = await process.run_line(index, inputs)
-                ok = line["status"] == "completed"
-                answer["lines"].append(
-                    {
-                        "status": line["status"],
-                        "outputs": line.get("outputs") if ok else None,
-                        "error": None if ok else line.get("error"),
-                    }
-                )
-                if ok:
-                    for node, values in (line.get("aggregation_inputs") or {}).items():
-                        for key, value in values.items():
-                            gathered.setdefault(node, {}).setdefault(key, []).append(value)
-            completed = any(line["status"] == "completed" for line in answer["lines"])
-            if dag.aggregation_nodes and completed and process.alive:
-                result = await process.aggregate(gathered)
-                answer["aggregation"] = {
-                    "status": result.get("status"),
-                    "metrics": result.get("metrics") or {},
-                    "error": result.get("error"),
-                }
+            for lines in runs:
+                answer = await _run(dag, process, lines, fresh)
+                process = answer.pop("process")
+                answers.append(answer)
         finally:
             await process.close()
+    return answers
+
+
+async def _run(
+    dag: Dag, process: FlowProcess, lines: list[dict[str, Any]], fresh: Callable[[], FlowProcess]
+) -> dict[str, Any]:
+    """One run's lines, then its aggregation; the answer carries the process it ended with."""
+    answer: dict[str, Any] = {"load": None, "lines": [], "aggregation": None}
+    gathered: dict[str, dict[str, list[Any]]] = {}
+    for index, given in enumerate(lines):
+        try:
+            inputs = dag.resolve_inputs(given)
+        except LmfError as exc:
+            error = {"type": type(exc).__name__, "message": exc.message}
+            answer["lines"].append({"status": "failed", "outputs": None, "error": error})
+            continue
+        if not process.alive:  # a line timed out: a new process, as a run's worker
+            process = fresh()
+            await process.start()
+        line = await process.run_line(index, inputs)
+        ok = line["status"] == "completed"
+        answer["lines"].append(
+            {
+                "status": line["status"],
+                "outputs": line.get("outputs") if ok else None,
+                "error": None if ok else line.get("error"),
+            }
+        )
+        if ok:
+            for node, values in (line.get("aggregation_inputs") or {}).items():
+                for key, value in values.items():
+                    gathered.setdefault(node, {}).setdefault(key, []).append(value)
+    completed = any(line["status"] == "completed" for line in answer["lines"])
+    if dag.aggregation_nodes and completed:
+        if not process.alive:
+            process = fresh()
+            await process.start()
+        result = await process.aggregate(gathered)
+        answer["aggregation"] = {
+            "status": result.get("status"),
+            "metrics": result.get("metrics") or {},
+            "error": result.get("error"),
+        }
+    answer["process"] = process
     return answer
 
 

@@ -3,8 +3,10 @@
     .venv-promptflow/bin/python tests/flows/parity/pf_runner.py < request.json
 
 The request is {"flow": DIR, "runs": [[{input: value}, ...], ...], "line_timeout": SECONDS}:
-one or more runs, each a list of lines, all with one executor. The answer (stdout, one JSON
-list, one entry a run, NaN and Infinity as Python's json writes them) has for each run
+one or more runs, each a list of lines, all with one executor; or {"flows": [{"flow",
+"runs"}, ...], "line_timeout"} for several flows in one process (a list of answers). The
+answer (stdout, one JSON list, one entry a run, NaN and Infinity as Python's json writes
+them) has for each run
 
     {"load": null or {"type", "message"},
      "lines": [{"status", "outputs", "error"}, ...],
@@ -43,17 +45,34 @@ def _outputs(outputs: Any) -> dict[str, Any]:
 
 def main() -> None:
     request = json.loads(sys.stdin.read())
+    flows = request.get("flows", [request])
+    answers = [_flow(f["flow"], f["runs"], request.get("line_timeout")) for f in flows]
+    print(json.dumps(answers if "flows" in request else answers[0], default=repr))
+
+
+def _flow(folder: str, runs: list[list[dict[str, Any]]], timeout: int | None) -> list[Any]:
+    """One flow's runs, leaving the process as it found it (environment, path, the flow's
+    own modules), so that many flows can share one Prompt flow process."""
     from promptflow._sdk._utilities.general_utils import (
         _merge_local_code_and_additional_includes as snapshot_of,
     )
 
+    environ, path, cwd = dict(os.environ), list(sys.path), os.getcwd()
     try:
-        with snapshot_of(Path(request["flow"]).resolve()) as snapshot:
-            answers = _runs(Path(snapshot), request["runs"], request.get("line_timeout"))
+        with snapshot_of(Path(folder).resolve()) as snapshot:
+            try:
+                return _runs(Path(snapshot), runs, timeout)
+            finally:
+                for name, module in list(sys.modules.items()):
+                    if str(getattr(module, "__file__", None) or "").startswith(str(snapshot)):
+                        del sys.modules[name]
     except Exception as exc:  # noqa: BLE001 - an include that is missing, say
-        refused = {"load": _error(exc), "lines": [], "aggregation": None}
-        answers = [refused for _ in request["runs"]]
-    print(json.dumps(answers, default=repr))
+        return [{"load": _error(exc), "lines": [], "aggregation": None} for _ in runs]
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.path[:] = path
+        os.chdir(cwd)
 
 
 def _runs(
