@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import yaml
 
 from lmfoundry.errors import InvalidRequest
@@ -396,7 +397,13 @@ def _template_node(
     folder: Path, node: Node, raw: dict[str, Any], where: str, label: str, problems: _Problems
 ) -> Node:
     try:
-        jinja2.Environment().parse((folder / node.source).read_text(encoding="utf-8"))
+        parsed = jinja2.Environment().parse((folder / node.source).read_text(encoding="utf-8"))
+        if node.type == "prompt" and "template" in jinja2.meta.find_undeclared_variables(parsed):
+            problems.add(  # Prompt flow's prompt tool takes the template itself as `template`
+                f"{where}.source.path",
+                f"{label}: template {node.source} uses the variable 'template', which is the "
+                "prompt tool's own parameter; rename the variable",
+            )
     except jinja2.TemplateSyntaxError as exc:
         problems.add(
             f"{where}.source.path",
