@@ -24,7 +24,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -309,7 +309,7 @@ class FlowProcess:
 
     async def _line(
         self, index: int, inputs: dict[str, Any], stream: bool, traceparent: str
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         self._busy = True

@@ -59,7 +59,7 @@ def load_tool(folder: Path, node: Node, connections: dict[str, Any]) -> Callable
                 f"but the node gives {raw}; init inputs are fixed when the flow loads"
             )
         elif raw is not None and raw != "":
-            init[param.name] = convert_literal(raw, _annotation(cls.__init__, param.name))
+            init[param.name] = convert_literal(raw, _annotation(cls.__init__, param.name))  # type: ignore[misc]
     return getattr(cls(**init), node.function or "")  # type: ignore[no-any-return]
 
 
