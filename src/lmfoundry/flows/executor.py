@@ -26,6 +26,7 @@ from typing import Any
 
 import jinja2
 
+from lmfoundry.flows import images
 from lmfoundry.flows.loading import defaults, literal_inputs, load_tool
 from lmfoundry.flows.models import Dag, Node, Reference, node_property, parse_dag_reference
 from lmfoundry.flows.tools import CustomConnection, collecting_metrics
@@ -131,6 +132,10 @@ class Executor:
         outputs: dict[str, Any] = {}
         bypassed: set[str] = set()
         try:
+            inputs = self._load_images(inputs)
+        except images.InvalidImage as exc:
+            return LineResult("failed", error=describe(exc))
+        try:
             for node in self.dag.line_nodes:
                 if self._bypass(node, inputs, outputs, bypassed):
                     bypassed.add(node.name)
@@ -160,10 +165,17 @@ class Executor:
                         stream_output = output.name
                     else:
                         value = self._join(output.reference, value, outputs)
-                flow_outputs[output.name] = value
+                flow_outputs[output.name] = images.serialise(value)
         except NodeError as exc:
             return LineResult("failed", error=describe(exc))
+        aggregation = images.serialise(aggregation)
         return LineResult("completed", flow_outputs, None, aggregation, stream_output)
+
+    def _load_images(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        types = {i.name: i.type for i in self.dag.inputs.values()}
+        if not any(t in ("image", "list", "object") for t in types.values()):
+            return inputs
+        return images.load_inputs(types, inputs, self.dag.folder)
 
     def _bypass(
         self, node: Node, inputs: dict[str, Any], outputs: dict[str, Any], bypassed: set[str]
@@ -298,7 +310,7 @@ class Executor:
                         continue
                     per_line = lists.get(node.name, {})
                     line_inputs = {
-                        k: per_line.get(k, [])
+                        k: images.load_nested(per_line.get(k, []), self.dag.folder)
                         for k, raw in node.inputs.items()
                         if (ref := parse_dag_reference(raw)) is not None
                         and ref.root not in aggregation

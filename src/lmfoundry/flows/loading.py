@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmfoundry.flows import images
 from lmfoundry.flows.models import Node, parse_dag_reference
 
 MODULE_NAME = "__pf_main__"  # what Prompt flow names a tool's module
@@ -109,6 +110,8 @@ def _annotation(function: Callable[..., Any], name: str) -> Any:
 
 def convert_literal(value: Any, annotation: Any) -> Any:
     """Prompt flow's `ValueType.parse` for the parameter's annotation."""
+    if isinstance(annotation, type) and issubclass(annotation, images.PFBytes):
+        return images.create_image(value, Path.cwd())  # the flow's folder
     if annotation is int:
         return int(value)
     if annotation is float:

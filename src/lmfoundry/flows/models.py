@@ -16,7 +16,7 @@ from typing import Any
 from lmfoundry.errors import InvalidRequest
 
 DAG_FILES = ("flow.dag.yaml", "flow.dag.yml")
-INPUT_TYPES = ("string", "int", "double", "bool", "list", "object")
+INPUT_TYPES = ("string", "int", "double", "bool", "list", "object", "image")
 NODE_TYPES = ("python", "llm", "prompt")
 _REFERENCE = re.compile(r"^\$\{([^{}]+)\}$")
 
@@ -327,6 +327,10 @@ def convert_input(spec: FlowInput, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         raise bad(" (use true or false)")
+    if kind == "image":  # read in the flow process (flows/images.py), never here
+        if isinstance(value, str | dict | list) and value != "":
+            return value
+        raise bad(' (give {"data:image/png;path": "FILE"} or ;base64 data)')
     expected = list if kind == "list" else dict
     if isinstance(value, str):
         try:

@@ -40,7 +40,11 @@ def _error(exc: BaseException | dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _outputs(outputs: Any) -> dict[str, Any]:
     """A line's outputs without the `line_number` Prompt flow adds to batch lines."""
-    return {k: v for k, v in dict(outputs or {}).items() if k != "line_number"}
+    from promptflow._utils.multimedia_utils import BasicMultimediaProcessor
+
+    # images as Prompt flow's own serving endpoint writes them: {"data:image/png;base64": ...}
+    outputs = BasicMultimediaProcessor.convert_multimedia_data_to_base64_dict(dict(outputs or {}))
+    return {k: v for k, v in outputs.items() if k != "line_number"}
 
 
 def main() -> None:
