@@ -552,8 +552,11 @@ def _check_chat(
         problems.add(
             "outputs", "a chat flow marks the output that answers with is_chat_output: true"
         )
-    if chat_output and not chat_input:
-        problems.add("inputs", "a chat flow marks the user's message with is_chat_input: true")
+    if chat_output and not chat_input:  # Prompt flow runs it; only chatting with it needs one
+        problems.warn(
+            "an output has is_chat_output: true but no input has is_chat_input: true; the flow "
+            "runs, but cannot be chatted with until one input is marked"
+        )
     for i in inputs.values():
         if i.is_chat_history and i.type != "list":
             problems.add(f"inputs.{i.name}.type", f"chat history {i.name!r} has type list")

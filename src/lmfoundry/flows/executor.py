@@ -165,17 +165,17 @@ class Executor:
                         stream_output = output.name
                     else:
                         value = self._join(output.reference, value, outputs)
-                flow_outputs[output.name] = images.serialise(value)
+                flow_outputs[output.name] = images.serialise(value, self.dag.message_format)
         except NodeError as exc:
             return LineResult("failed", error=describe(exc))
-        aggregation = images.serialise(aggregation)
+        aggregation = images.serialise(aggregation, self.dag.message_format)
         return LineResult("completed", flow_outputs, None, aggregation, stream_output)
 
     def _load_images(self, inputs: dict[str, Any]) -> dict[str, Any]:
         types = {i.name: i.type for i in self.dag.inputs.values()}
         if not any(t in ("image", "list", "object") for t in types.values()):
             return inputs
-        return images.load_inputs(types, inputs, self.dag.folder)
+        return images.load_inputs(types, inputs, self.dag.folder, self.dag.message_format)
 
     def _bypass(
         self, node: Node, inputs: dict[str, Any], outputs: dict[str, Any], bypassed: set[str]
@@ -310,7 +310,9 @@ class Executor:
                         continue
                     per_line = lists.get(node.name, {})
                     line_inputs = {
-                        k: images.load_nested(per_line.get(k, []), self.dag.folder)
+                        k: images.load_nested(
+                            per_line.get(k, []), self.dag.folder, self.dag.message_format
+                        )
                         for k, raw in node.inputs.items()
                         if (ref := parse_dag_reference(raw)) is not None
                         and ref.root not in aggregation

@@ -32,7 +32,7 @@ def environment_variables(raw: Any, problem: Problem) -> dict[str, str]:
 
 
 def top_level(data: dict[str, Any], problem: Problem, warn: Warn) -> dict[str, Any]:
-    """`name`, `environment` and `additional_includes`, checked for shape."""
+    """`name`, `environment`, `additional_includes` and `message_format`, checked for shape."""
     name = data.get("name")
     if name is not None and not isinstance(name, str):
         problem("name", "name must be a string")
@@ -50,4 +50,13 @@ def top_level(data: dict[str, Any], problem: Problem, warn: Warn) -> dict[str, A
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
         problem("additional_includes", "additional_includes must be a list of paths")
         includes = []
-    return {"name": name, "environment": environment, "additional_includes": tuple(includes)}
+    message_format = str(data.get("message_format") or "basic").lower()
+    if message_format not in ("basic", "openai-vision"):
+        problem("message_format", "message_format must be basic or openai-vision")
+        message_format = "basic"
+    return {
+        "name": name,
+        "environment": environment,
+        "additional_includes": tuple(includes),
+        "message_format": message_format,
+    }

@@ -74,8 +74,28 @@ def guess_mime(data: bytes) -> str:
     return next((mime for magic, mime in _MAGIC if data.startswith(magic)), "image/*")
 
 
-def is_image_dict(value: Any) -> bool:
+def is_image_dict(value: Any, message_format: str = "basic") -> bool:
+    if message_format == "openai-vision":
+        # {"type": "image_url", "image_url": {"url": ...}} or image_file with a path
+        if not isinstance(value, dict) or len(value) != 2:
+            return False
+        kind = value.get("type")
+        inner = value.get(kind) if isinstance(kind, str) else None
+        return isinstance(inner, dict) and (
+            (kind == "image_url" and "url" in inner) or (kind == "image_file" and "path" in inner)
+        )
     return isinstance(value, dict) and len(value) == 1 and bool(_KEY.match(str(next(iter(value)))))
+
+
+def _from_vision_dict(value: dict[str, Any], folder: Path) -> Image:
+    if value["type"] == "image_file":
+        return _from_path(str(value["image_file"]["path"]), folder)
+    url = str(value["image_url"]["url"])
+    if url.startswith("data:image/") and ";base64," in url:
+        return _from_base64(url)
+    if re.match(r"^(https?|ftp)://", url):
+        return _from_url(url)
+    raise InvalidImage(f"image url {url[:40]!r} is neither a url nor base64 data")
 
 
 def _checked(data: bytes) -> bytes:
@@ -111,10 +131,12 @@ def _from_base64(text: str, mime: str | None = None) -> Image:
     return Image(_checked(data), mime)
 
 
-def create_image(value: Any, folder: Path) -> Image:
+def create_image(value: Any, folder: Path, message_format: str = "basic") -> Image:
     """An image from what a flow input or a node's literal input holds."""
     if isinstance(value, PFBytes):
         return value if isinstance(value, Image) else Image(bytes(value), value._mime_type)
+    if message_format == "openai-vision" and is_image_dict(value, message_format):
+        return _from_vision_dict(value, folder)
     if isinstance(value, dict):
         if not is_image_dict(value):
             raise InvalidImage(
@@ -151,18 +173,20 @@ def _from_url(url: str) -> Image:
     )
 
 
-def load_nested(value: Any, folder: Path) -> Any:
+def load_nested(value: Any, folder: Path, message_format: str = "basic") -> Any:
     """Image dicts anywhere in a list / object input, as images."""
-    if is_image_dict(value):
-        return create_image(value, folder)
+    if is_image_dict(value, message_format):
+        return create_image(value, folder, message_format)
     if isinstance(value, list):
-        return [load_nested(v, folder) for v in value]
+        return [load_nested(v, folder, message_format) for v in value]
     if isinstance(value, dict):
-        return {k: load_nested(v, folder) for k, v in value.items()}
+        return {k: load_nested(v, folder, message_format) for k, v in value.items()}
     return value
 
 
-def load_inputs(types: dict[str, str], inputs: dict[str, Any], folder: Path) -> dict[str, Any]:
+def load_inputs(
+    types: dict[str, str], inputs: dict[str, Any], folder: Path, message_format: str = "basic"
+) -> dict[str, Any]:
     """A line's inputs with its images loaded, as Prompt flow's `load_multimedia_data`."""
     loaded = dict(inputs)
     for name, kind in types.items():
@@ -172,23 +196,26 @@ def load_inputs(types: dict[str, str], inputs: dict[str, Any], folder: Path) -> 
             if kind == "image":
                 value = loaded[name]
                 loaded[name] = (
-                    [create_image(v, folder) for v in value]
+                    [create_image(v, folder, message_format) for v in value]
                     if isinstance(value, list)
-                    else create_image(value, folder)
+                    else create_image(value, folder, message_format)
                 )
             elif kind in ("list", "object"):
-                loaded[name] = load_nested(loaded[name], folder)
+                loaded[name] = load_nested(loaded[name], folder, message_format)
         except InvalidImage as exc:
             raise InvalidImage(f"Failed to load image for input {name!r}: {exc}") from exc
     return loaded
 
 
-def serialise(value: Any) -> Any:
-    """Images anywhere in a value as `{"data:image/<type>;base64": ...}` dicts."""
+def serialise(value: Any, message_format: str = "basic") -> Any:
+    """Images anywhere in a value as `{"data:image/<type>;base64": ...}` dicts (openai-vision:
+    `{"type": "image_url", "image_url": {"url": "data:image/<type>;base64,..."}}`)."""
     if isinstance(value, PFBytes):
+        if message_format == "openai-vision":
+            return {"type": "image_url", "image_url": {"url": value.to_base64(with_type=True)}}
         return {f"data:{value._mime_type};base64": value.to_base64()}
     if isinstance(value, list | tuple):
-        return [serialise(v) for v in value]
+        return [serialise(v, message_format) for v in value]
     if isinstance(value, dict):
-        return {k: serialise(v) for k, v in value.items()}
+        return {k: serialise(v, message_format) for k, v in value.items()}
     return value

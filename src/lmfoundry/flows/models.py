@@ -179,6 +179,7 @@ class Dag:
     name: str | None = None  # the file's top-level `name`
     environment: dict[str, Any] = field(default_factory=dict)  # `environment:` as written
     additional_includes: tuple[str, ...] = ()
+    message_format: str = "basic"  # how images are written: "basic" or "openai-vision"
     # what lmfoundry reads differently from Prompt flow, or ignores, said once per flow
     warnings: tuple[str, ...] = ()
     # outputs that refer to aggregation nodes: not line outputs (Prompt flow leaves them out)

@@ -38,12 +38,10 @@ def _error(exc: BaseException | dict[str, Any] | None) -> dict[str, Any] | None:
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
-def _outputs(outputs: Any) -> dict[str, Any]:
+def _outputs(outputs: Any, processor: Any) -> dict[str, Any]:
     """A line's outputs without the `line_number` Prompt flow adds to batch lines."""
-    from promptflow._utils.multimedia_utils import BasicMultimediaProcessor
-
     # images as Prompt flow's own serving endpoint writes them: {"data:image/png;base64": ...}
-    outputs = BasicMultimediaProcessor.convert_multimedia_data_to_base64_dict(dict(outputs or {}))
+    outputs = processor.convert_multimedia_data_to_base64_dict(dict(outputs or {}))
     return {k: v for k, v in outputs.items() if k != "line_number"}
 
 
@@ -113,7 +111,7 @@ def _run(executor: Any, lines: list[dict[str, Any]], timeout: int | None) -> dic
         answer["lines"].append(
             {
                 "status": "completed" if ok else "failed",
-                "outputs": _outputs(result.output) if ok else None,
+                "outputs": _outputs(result.output, executor._multimedia_processor) if ok else None,
                 "error": None if ok else _error(result.run_info.error),
             }
         )

@@ -119,3 +119,42 @@ def test_bad_base64_and_missing_file_fail_the_line(tmp_path: Path) -> None:
     [answer] = both(flow, lines)
     assert [line["status"] for line in answer["lines"]] == ["failed", "failed"]
     assert "base64" in answer["lines"][0]["error"]["message"]
+
+
+def test_openai_vision_message_format(tmp_path: Path) -> None:
+    flow = write_flow(
+        tmp_path / "v",
+        """
+        message_format: openai-vision
+        inputs:
+          image: {type: image}
+          question: {type: list}
+        outputs:
+          picked: {type: image, reference: "${pick.output}", is_chat_output: true}
+        nodes:
+        - name: pick
+          type: python
+          source: {type: code, path: pick.py}
+          inputs: {image: "${inputs.image}", question: "${inputs.question}"}
+        """,
+        {
+            "pick.py": """
+            from promptflow import tool
+            from promptflow.contracts.multimedia import Image
+
+
+            @tool
+            def pick(image: Image, question: list) -> list:
+                return [image] + [q for q in question if isinstance(q, Image)]
+            """,
+        },
+    )
+    (flow / "a.png").write_bytes(tiny_png(7))
+    url = "data:image/png;base64," + base64.b64encode(tiny_png(70)).decode()
+    line = {
+        "image": {"type": "image_file", "image_file": {"path": "a.png"}},
+        "question": ["what is it?", {"type": "image_url", "image_url": {"url": url}}],
+    }
+    [answer] = both(flow, [line])
+    [result] = outputs(answer)
+    assert result["picked"][1] == {"type": "image_url", "image_url": {"url": url}}
