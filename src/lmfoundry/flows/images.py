@@ -98,12 +98,15 @@ def _from_vision_dict(value: dict[str, Any], folder: Path) -> Image:
     raise InvalidImage(f"image url {url[:40]!r} is neither a url nor base64 data")
 
 
+def _too_big(size: int) -> InvalidImage:
+    return InvalidImage(
+        f"image is {size} bytes; the limit is {MAX_IMAGE_BYTES} bytes (20 MiB): use a smaller image"
+    )
+
+
 def _checked(data: bytes) -> bytes:
     if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidImage(
-            f"image is {len(data)} bytes; the limit is {MAX_IMAGE_BYTES} bytes (20 MiB): "
-            "use a smaller image"
-        )
+        raise _too_big(len(data))
     return data
 
 
@@ -114,14 +117,14 @@ def _from_path(text: str, folder: Path, mime: str | None = None) -> Image:
     if not path.is_file():
         raise InvalidImage(f"image file {text!r} not found in the flow folder")
     if path.stat().st_size > MAX_IMAGE_BYTES:
-        _checked(b"\0" * (MAX_IMAGE_BYTES + 1))
+        raise _too_big(path.stat().st_size)
     return Image(path.read_bytes(), mime)
 
 
 def _from_base64(text: str, mime: str | None = None) -> Image:
     text = text.split(",")[-1]
-    if len(text) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-        _checked(b"\0" * (MAX_IMAGE_BYTES + 1))
+    if len(text) > MAX_IMAGE_BYTES * 4 // 3 + 4:  # base64 is 4 characters for 3 bytes
+        raise _too_big(len(text) * 3 // 4)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:

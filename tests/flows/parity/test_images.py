@@ -9,6 +9,8 @@ import struct
 import zlib
 from pathlib import Path
 
+import pytest
+
 from tests.flows.helpers import write_flow
 from tests.flows.parity.conftest import both, needs_promptflow, outputs
 
@@ -158,3 +160,18 @@ def test_openai_vision_message_format(tmp_path: Path) -> None:
     [answer] = both(flow, [line])
     [result] = outputs(answer)
     assert result["picked"][1] == {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_tenant_images_are_capped_and_kept_in_the_flow_folder(tmp_path: Path) -> None:
+    from lmfoundry.flows import images
+
+    (tmp_path / "big.png").write_bytes(tiny_png(1) + b"0" * images.MAX_IMAGE_BYTES)
+    cases = {
+        "20 MiB": {"data:image/png;path": "big.png"},
+        "base64": {"data:image/png;base64": "%%%"},
+        "without network": {"data:image/png;url": "http://example.com/a.png"},
+        "outside the flow folder": {"data:image/png;path": "../a.png"},
+    }
+    for message, value in cases.items():
+        with pytest.raises(images.InvalidImage, match=message):
+            images.create_image(value, tmp_path)
