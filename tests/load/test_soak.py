@@ -3,8 +3,8 @@ default 1,000 requests per minute, so some are refused). The deployment serves t
 engine in its own instance process: this soaks the server (keys, quotas, routing to the
 instance, metering), not a model, whose 2,000 answers would take this machine minutes. Every request
 gets a well-formed answer or a 429; the server's memory comes back to within 10% of where it
-was after warm-up; no file descriptor leaks; every answered request has exactly one usage
-record and no refused one has any."""
+was after warm-up; no file descriptor leaks; every request has exactly one usage record:
+answered ones billed, refused ones marked refused."""
 
 from __future__ import annotations
 
@@ -72,11 +72,14 @@ async def blast(url: str, key: str, n: int, tally: Counter[str], ids: list[str])
         await asyncio.gather(*(worker(http) for _ in range(CONCURRENCY)))
 
 
-def usage_records(home: Path) -> int:
+def usage_records(home: Path, refused: bool = False) -> int:
+    """Records of answered requests, or (`refused`) of those refused at admission: the
+    ledger keeps both, and bills only the first."""
     db = Database(database_url_for(home))
     try:
         with db.session() as s:
-            return int(s.scalar(select(func.count()).select_from(UsageRecord)) or 0)
+            query = select(func.count()).where(UsageRecord.refused.is_(refused))
+            return int(s.scalar(query) or 0)
     finally:
         db.dispose()
 
@@ -120,3 +123,4 @@ def test_soak(server: LiveServer) -> None:
     with server.client() as http:
         http.get("/api/v1/projects/default/usage")  # flushes the metering buffer
     assert usage_records(server.home) == warm["ok"] + tally["ok"]
+    assert usage_records(server.home, refused=True) == warm["refused"] + tally["refused"]
