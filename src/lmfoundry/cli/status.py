@@ -10,6 +10,7 @@ from rich.table import Table
 
 from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, print_json
 from lmfoundry.errors import Forbidden
+from lmfoundry.observability.monitoring import duration, mib
 
 
 def status(
@@ -49,9 +50,9 @@ def _instances(rows: list[dict[str, Any]]) -> Table | str:
             i["model"],
             i["state"],
             "-" if i["pid"] is None else str(i["pid"]),
-            _mib(i["rss_bytes"]),
+            mib(i["rss_bytes"]),
             f"{i['busy']}/{slots}",
-            _duration(i["uptime_seconds"]),
+            duration(i["uptime_seconds"]),
         )
     return out
 
@@ -75,17 +76,3 @@ def _targets(rows: list[dict[str, Any]], project: str, window: str) -> Table | s
             "-" if p50 is None else f"{p50:.0f}",
         )
     return out
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:,.0f} MiB"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

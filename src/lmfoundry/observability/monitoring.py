@@ -383,3 +383,20 @@ def _view(info: InstanceInfo, engine: dict[str, float], now: float) -> InstanceV
         uptime_seconds=round(now - info.started_at, 1) if info.started_at else None,
         restarts=info.restarts,
     )
+
+
+# How the studio's cluster page and `lmfoundry status` print an instance's memory and uptime.
+
+
+def mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

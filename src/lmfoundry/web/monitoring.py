@@ -9,24 +9,11 @@ from fastapi.responses import Response
 
 from lmfoundry.api.deps import PlatformDep, PrincipalDep, ProjectDep
 from lmfoundry.errors import Forbidden
+from lmfoundry.observability.monitoring import duration, mib
 from lmfoundry.web.render import StudioRoute, render, templates
 
 router = APIRouter(route_class=StudioRoute, include_in_schema=False)
 POLL_SECONDS = 5  # how often an open page asks for new numbers
-
-
-def mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:,.0f} MiB"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 templates.env.filters["mib"] = mib
