@@ -230,3 +230,81 @@ def test_a_line_over_the_time_limit_is_stopped(quick_api: Api, tmp_path: Path) -
     assert "longer than 2 s" in result["error"]["message"]
     assert result["duration_s"] < 10
     assert run_once(quick_api, "nap", seconds=0)["outputs"] == {"slept": 0.0}
+
+
+WAITERS = {
+    "sync_wait.py": """
+    import time
+    from promptflow import tool
+
+    @tool
+    def sync_wait(text: str, seconds: float) -> str:
+        time.sleep(seconds)
+        if text == "fail":
+            raise ValueError("asked to fail")
+        return "sync " + text
+    """,
+    "async_wait.py": """
+    import asyncio
+    from promptflow import tool
+
+    @tool
+    async def async_wait(text: str, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "async " + text
+    """,
+}
+
+
+def test_nodes_that_can_run_at_once_do(api: Api, tmp_path: Path) -> None:
+    """As in Prompt flow's schedulers: siblings run together, async and sync tools alike, so
+    three 1.5-second nodes after a common one take about 1.5 s, not 4.5."""
+    folder = write_flow(
+        tmp_path,
+        """
+        inputs:
+          text: {type: string}
+        outputs:
+          a: {type: string, reference: "${a.output}"}
+          b: {type: string, reference: "${b.output}"}
+          c: {type: string, reference: "${c.output}"}
+          joined: {type: string, reference: "${join.output}"}
+        nodes:
+        - name: first
+          type: python
+          source: {type: code, path: async_wait.py}
+          inputs: {text: "${inputs.text}", seconds: 0}
+        - name: a
+          type: python
+          source: {type: code, path: async_wait.py}
+          inputs: {text: "${first.output}", seconds: 1.5}
+        - name: b
+          type: python
+          source: {type: code, path: async_wait.py}
+          inputs: {text: "${first.output}", seconds: 1.5}
+        - name: c
+          type: python
+          source: {type: code, path: sync_wait.py}
+          inputs: {text: "${inputs.text}", seconds: 1.5}
+        - name: join
+          type: python
+          source: {type: code, path: sync_wait.py}
+          inputs: {text: "${a.output}", seconds: 0}
+        """,
+        WAITERS,
+    )
+    upload(api, folder, "siblings")
+    result = run_once(api, "siblings", text="x")
+    assert result["status"] == "completed", result
+    assert result["outputs"] == {
+        "a": "async async x",
+        "b": "async async x",
+        "c": "sync x",
+        "joined": "sync async async x",
+    }
+    assert result["duration_s"] < 3.5, result["duration_s"]  # sequential: 4.5 s and more
+
+    failing = run_once(api, "siblings", text="fail")
+    assert failing["status"] == "failed"
+    assert failing["error"]["node"] == "c"  # its siblings finished; the line fails at c
+    assert "asked to fail" in failing["error"]["message"]

@@ -15,6 +15,7 @@ This module runs user code: it is imported only in the flow process (`process.py
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import re
@@ -45,6 +46,8 @@ LLM_PARAMETERS = (
 )
 # Prompt flow names the Azure OpenAI deployment in the node; a connection fixes it here.
 LLM_IGNORED = ("deployment_name", "model", "logit_bias", "user", "n")
+# Nodes of one line that run at once (Prompt flow's default worker count is 16 as well).
+NODE_CONCURRENCY = 16
 _LMFOUNDRY_PATH = re.compile(r"[^\s'\"(]*/lmfoundry/flows/compat/([^\s'\")]*)")
 _ROLE_LINE = re.compile(r"^\s*#?\s*(system|user|assistant)\s*:\s*$", re.IGNORECASE | re.MULTILINE)
 
@@ -136,12 +139,7 @@ class Executor:
         except images.InvalidImage as exc:
             return LineResult("failed", error=describe(exc))
         try:
-            for node in self.dag.line_nodes:
-                if self._bypass(node, inputs, outputs, bypassed):
-                    bypassed.add(node.name)
-                    continue
-                with self.trace.node(node.name, node.type):
-                    outputs[node.name] = self._run_node(node, inputs, outputs, bypassed)
+            self._run_line_nodes(inputs, outputs, bypassed)
             aggregation = self._aggregation_inputs(inputs, outputs, bypassed)
             flow_outputs: dict[str, Any] = {}
             stream_output = None
@@ -170,6 +168,78 @@ class Executor:
             return LineResult("failed", error=describe(exc))
         aggregation = images.serialise(aggregation, self.dag.message_format)
         return LineResult("completed", flow_outputs, None, aggregation, stream_output)
+
+    def _run_line_nodes(
+        self, inputs: dict[str, Any], outputs: dict[str, Any], bypassed: set[str]
+    ) -> None:
+        """Run the line's nodes as Prompt flow's schedulers do: every node whose references are
+        done starts at once, so two 10-second tools that depend on the same node take 10 s,
+        not 20. A node starts in this thread when it is the only one that can run (a chain
+        runs as plain calls); with others running or ready it runs in a worker thread (an
+        async tool in an event loop of its own there). When a node fails, no further node
+        starts; the running ones are waited for and the first failure in flow order is the
+        line's error."""
+        nodes = self.dag.line_nodes
+        names = {n.name for n in nodes}
+        order = {n.name: i for i, n in enumerate(nodes)}
+        remaining = list(nodes)  # in flow order
+        done: set[str] = set()
+        running: dict[concurrent.futures.Future[Any], Node] = {}
+        pool: concurrent.futures.ThreadPoolExecutor | None = None
+        failure: NodeError | None = None
+        failed_at = len(nodes)  # the flow-order index of the node that failed first
+        try:
+            while remaining or running:
+                ready = []
+                for node in list(remaining):
+                    if failure is None and node.dependencies & names <= done:
+                        remaining.remove(node)
+                        if self._bypass(node, inputs, outputs, bypassed):
+                            bypassed.add(node.name)
+                            done.add(node.name)
+                        else:
+                            ready.append(node)
+                if not ready and not running:
+                    if failure is not None or not any(
+                        n.dependencies & names <= done for n in remaining
+                    ):
+                        break  # a failure stops the line (a cycle cannot pass validation)
+                    continue  # a bypass made more nodes ready
+                if len(ready) == 1 and not running:
+                    self._run_traced(ready[0], inputs, outputs, bypassed)
+                    done.add(ready[0].name)
+                    continue
+                if pool is None:
+                    pool = concurrent.futures.ThreadPoolExecutor(
+                        NODE_CONCURRENCY, thread_name_prefix="flow-node"
+                    )
+                for node in ready:
+                    future = pool.submit(self._run_traced, node, inputs, outputs, bypassed)
+                    running[future] = node
+                finished, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in sorted(finished, key=lambda f: order[running[f].name]):
+                    node = running.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        done.add(node.name)
+                    elif order[node.name] < failed_at:
+                        failed_at = order[node.name]
+                        failure = (
+                            error if isinstance(error, NodeError) else NodeError(node.name, error)
+                        )
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        if failure is not None:
+            raise failure
+
+    def _run_traced(
+        self, node: Node, inputs: dict[str, Any], outputs: dict[str, Any], bypassed: set[str]
+    ) -> None:
+        with self.trace.node(node.name, node.type):
+            outputs[node.name] = self._run_node(node, inputs, outputs, bypassed)
 
     def _load_images(self, inputs: dict[str, Any]) -> dict[str, Any]:
         types = {i.name: i.type for i in self.dag.inputs.values()}
