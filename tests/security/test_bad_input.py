@@ -333,10 +333,18 @@ def test_a_small_request_is_answered_while_others_send_huge_prompts(
         stop = threading.Event()
         refused: list[httpx.Response] = []
 
+        # encoded once: the four senders share this process (and its GIL) with the small
+        # request, so they should spend their time on the wire, not in json.dumps
+        body = json.dumps(
+            {"messages": [{"role": "user", "content": huge}], "max_tokens": 4}
+        ).encode()
+        headers = {"api-key": key, "content-type": "application/json"}
+
         def flood() -> None:
             with httpx.Client(timeout=120) as own:
                 while not stop.is_set():
-                    refused.append(_chat(own, url, key, huge))
+                    sent = own.post(url + "chat/completions", headers=headers, content=body)
+                    refused.append(sent)
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             floods = [pool.submit(flood) for _ in range(4)]
@@ -350,7 +358,9 @@ def test_a_small_request_is_answered_while_others_send_huge_prompts(
             for f in floods:
                 f.result()
     assert small.status_code == 200, small.text
-    assert seconds < 3.0, f"the small request took {seconds:.2f} s"
+    # Quiet, it takes 0.1-0.25 s (9.7 s before prompts were checked before they were read);
+    # on a 2-core CI machine running other suites beside this one, up to about 3 s.
+    assert seconds < 5.0, f"the small request took {seconds:.2f} s"
     assert refused and all(r.status_code == 400 for r in refused), refused[0].text
     message = refused[0].json()["error"]["message"]
     assert ("characters" if size > 1_000_000 else "tokens") in message and "context" in message
