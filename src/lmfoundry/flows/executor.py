@@ -200,11 +200,9 @@ class Executor:
                         else:
                             ready.append(node)
                 if not ready and not running:
-                    if failure is not None or not any(
-                        n.dependencies & names <= done for n in remaining
-                    ):
-                        break  # a failure stops the line (a cycle cannot pass validation)
-                    continue  # a bypass made more nodes ready
+                    # all done, or a failure stopped the line: the nodes are in topological
+                    # order (dag.py), so one pass above settles every bypass that cascades
+                    break
                 if len(ready) == 1 and not running:
                     self._run_traced(ready[0], inputs, outputs, bypassed)
                     done.add(ready[0].name)
