@@ -160,7 +160,7 @@ def create_image(value: Any, folder: Path, message_format: str = "basic") -> Ima
         return _from_path(data, folder, mime)  # the key's type, as Prompt flow takes it
     if isinstance(value, str):
         if not value:
-            raise InvalidImage("the image input is empty; give a path or base64 data")
+            raise InvalidImage("The image input should not be empty; give a path or base64 data")
         if value.startswith("data:image/") and ";base64," in value:
             return _from_base64(value)
         if re.match(r"^(https?|ftp)://", value):

@@ -328,8 +328,9 @@ def convert_input(spec: FlowInput, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         raise bad(" (use true or false)")
-    if kind == "image":  # read in the flow process (flows/images.py), never here
-        if isinstance(value, str | dict | list) and value != "":
+    if kind == "image":  # read in the flow process (flows/images.py), never here; an empty
+        # one fails the line there, as in Prompt flow, which loads a flow with a "" default
+        if isinstance(value, str | dict | list):
             return value
         raise bad(' (give {"data:image/png;path": "FILE"} or ;base64 data)')
     expected = list if kind == "list" else dict

@@ -123,6 +123,39 @@ def test_bad_base64_and_missing_file_fail_the_line(tmp_path: Path) -> None:
     assert "base64" in answer["lines"][0]["error"]["message"]
 
 
+def test_an_empty_image_default_loads_and_fails_only_the_lines_that_use_it(tmp_path: Path) -> None:
+    flow = write_flow(
+        tmp_path / "d",
+        """
+        inputs:
+          image: {type: image, default: ""}
+        outputs:
+          size: {type: int, reference: "${size.output}"}
+        nodes:
+        - name: size
+          type: python
+          source: {type: code, path: size.py}
+          inputs: {image: "${inputs.image}"}
+        """,
+        {
+            "size.py": """
+            from promptflow import tool
+            from promptflow.contracts.multimedia import Image
+
+
+            @tool
+            def size(image: Image) -> int:
+                return len(bytes(image))
+            """,
+        },
+    )
+    (flow / "a.png").write_bytes(tiny_png(3))
+    [answer] = both(flow, [{}, {"image": {"data:image/png;path": "a.png"}}])
+    assert [line["status"] for line in answer["lines"]] == ["failed", "completed"]
+    assert "should not be empty" in answer["lines"][0]["error"]["message"]
+    assert answer["lines"][1]["outputs"] == {"size": len(tiny_png(3))}
+
+
 def test_openai_vision_message_format(tmp_path: Path) -> None:
     flow = write_flow(
         tmp_path / "v",
