@@ -20,7 +20,11 @@ single case is the first line (with the aggregation nodes over it, as `pf flow t
 a batch case is up to five lines with the aggregation over the completed ones, as `pf run`.
 Each line may take 20 s in both.
 A case agrees when both refuse the flow, or both give each line the same status, every
-completed line the same outputs, and the aggregation the same status and metrics.
+completed line the same outputs, and the aggregation the same status and metrics. Each runner
+runs a copy of the flow folder (Prompt flow a snapshot, lmfoundry its flow process's folder),
+so a path into that copy in an output (`__file__`) is compared as "{flow}". Flows whose
+outputs are random (`random.choice` in their code) can differ between two runs of Prompt flow
+itself; they are counted like every other flow, and the difference says so.
 """
 
 from __future__ import annotations

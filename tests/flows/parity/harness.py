@@ -98,10 +98,16 @@ def run_promptflow_flows(
         )
     last = done.stdout.strip().splitlines()[-1:] or [""]
     try:
-        return list(json.loads(last[0]))
+        answers = list(json.loads(last[0]))
     except ValueError:
         why = f"exit {done.returncode}: {done.stderr[-2000:]}"
         raise RuntimeError(f"pf_runner gave no answer ({why})") from None
+    for flow_answers in answers:
+        for answer in flow_answers:
+            folder = answer.pop("folder", None)
+            for line in answer["lines"]:
+                line["outputs"] = _in_flow(line["outputs"], folder)
+    return answers
 
 
 def run_lmfoundry(flow: Path, lines: list[dict[str, Any]], timeout: int = 300) -> dict[str, Any]:
@@ -168,10 +174,13 @@ async def _run(
             await process.start()
         line = await process.run_line(index, inputs)
         ok = line["status"] == "completed"
+        # the folder the flow process runs its copy of the flow in (Prompt flow runs a
+        # snapshot too): paths into it are compared as "{flow}"
+        folder = str(process._workdir / "flow") if process._workdir else None
         answer["lines"].append(
             {
                 "status": line["status"],
-                "outputs": line.get("outputs") if ok else None,
+                "outputs": _in_flow(line.get("outputs"), folder) if ok else None,
                 "error": None if ok else line.get("error"),
             }
         )
@@ -192,6 +201,20 @@ async def _run(
         }
     answer["process"] = process
     return answer
+
+
+def _in_flow(value: Any, folder: str | None) -> Any:
+    """`value` with the runner's own copy of the flow folder written "{flow}": where each
+    runner keeps its copy is not part of what the flow answers (`__file__` in an output)."""
+    if folder is None:
+        return value
+    if isinstance(value, str):
+        return value.replace(folder, "{flow}")
+    if isinstance(value, list):
+        return [_in_flow(v, folder) for v in value]
+    if isinstance(value, dict):
+        return {k: _in_flow(v, folder) for k, v in value.items()}
+    return value
 
 
 def _same(a: Any, b: Any) -> bool:

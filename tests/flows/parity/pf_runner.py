@@ -94,10 +94,13 @@ def _runs(
         executor = FlowExecutor.create(flow_file, {}, working_dir=flow_dir, raise_ex=False)
     except Exception as exc:  # noqa: BLE001 - whatever Prompt flow refuses, reported
         return [{"load": _error(exc), "lines": [], "aggregation": None} for _ in runs]
-    return [_run(executor, lines, timeout) for lines in runs]
+    # where the snapshot was: the harness compares paths into it as "{flow}"
+    return [{**_run(executor, lines, timeout), "folder": str(flow_dir)} for lines in runs]
 
 
 def _run(executor: Any, lines: list[dict[str, Any]], timeout: int | None) -> dict[str, Any]:
+    from promptflow._utils.execution_utils import apply_default_value_for_input as with_defaults
+
     answer: dict[str, Any] = {"load": None, "lines": [], "aggregation": None}
     completed: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for index, inputs in enumerate(lines):
@@ -116,7 +119,11 @@ def _run(executor: Any, lines: list[dict[str, Any]], timeout: int | None) -> dic
             }
         )
         if ok:
-            completed.append((result.run_info.inputs or inputs, result.aggregation_inputs or {}))
+            # the line's inputs as Prompt flow's batch engine hands them to the aggregation:
+            # as given, defaults applied, images not loaded (run_info.inputs holds loaded ones)
+            completed.append(
+                (with_defaults(executor._flow.inputs, inputs), result.aggregation_inputs or {})
+            )
     if executor.has_aggregation_node and completed:
         names = {k for inputs, _ in completed for k in inputs}
         flow_inputs = {k: [inputs.get(k) for inputs, _ in completed] for k in names}
