@@ -284,3 +284,21 @@ def test_prompt_flow_gives_the_same_class_outputs_and_metrics(api: Api, tmp_path
     ours = [line["outputs"] or {"error": line["error"]["message"]} for line in run["lines"]]
     assert ours == expected["lines"]  # the failed line's message too
     assert run["metrics"] == expected["metrics"]
+
+
+def test_flow_test_local_takes_init_arguments(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tests.flows.helpers import cli
+
+    local = SimpleNamespace(home=tmp_path / "home")  # no server: only a home for the logs
+    folder = tmp_path / "judge"
+    folder.mkdir()
+    (folder / "flow.flex.yaml").write_text("entry: judge:Judge\n")
+    (folder / "judge.py").write_text(JUDGE)
+    args = ["flow", "test", str(folder), "--local", "word=abc", "--json"]
+    output = cli(local, *args, "--init", "unit=pts", "--init", "bonus=5")  # type: ignore[arg-type]
+    result = json.loads(output[output.index("{") :])
+    assert result["outputs"] == {"word": "abc pts", "score": 8}, result
+    refused = cli(local, *args, "--init", "colour=red", ok=False)  # type: ignore[arg-type]
+    assert "has no parameter 'colour'" in refused

@@ -214,7 +214,8 @@ def test(
             raise InvalidRequest(
                 "--local runs a flow folder once; give its folder, without --interactive."
             )
-        result = _run_local(Path(flow), values, connection_file or [], bound, stream and not json_)
+        files = connection_file or []
+        result = _run_local(Path(flow), values, files, bound, init, stream and not json_)
         _print_result(result, json_, streamed=stream and not json_, where="the connection files")
         return
     target: str | Path = Path(flow).expanduser() if _is_folder(flow) else flow
@@ -235,15 +236,20 @@ def test(
 
 
 def _run_local(
-    folder: Path, values: dict[str, Any], files: list[Path], bound: dict[str, str], stream: bool
+    folder: Path,
+    values: dict[str, Any],
+    files: list[Path],
+    bound: dict[str, str],
+    init: dict[str, Any] | None,
+    stream: bool,
 ) -> dict[str, Any]:
     settings = get_settings()
     if not stream:
-        return asyncio.run(local.test(folder, values, settings, files, bound))
+        return asyncio.run(local.test(folder, values, settings, files, bound, init))
 
     async def streamed() -> dict[str, Any]:
         result: dict[str, Any] = {}
-        async for event in local.stream(folder, values, settings, files, bound):
+        async for event in local.stream(folder, values, settings, files, bound, init):
             if event["event"] == "chunk":
                 console.print(event["text"], end="", highlight=False, markup=False)
             elif event["event"] == "result":

@@ -19,6 +19,7 @@ from lmfoundry.connections.models import ResolvedConnection, parse_connection_fi
 from lmfoundry.errors import InvalidRequest
 from lmfoundry.flows import bindings
 from lmfoundry.flows.dag import load_dag
+from lmfoundry.flows.flex import with_init
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.service import FlowCall
 
@@ -72,14 +73,16 @@ async def start(
     settings: Settings,
     files: Iterable[Path] = (),
     given: dict[str, str] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> FlowCall:
     """Start one line of the flow folder, its aggregation nodes run over that line (as `pf
-    flow test` does); the caller reads `result()` or `events()` from the call."""
+    flow test` does); the caller reads `result()` or `events()` from the call. `init` gives a
+    flex flow's init arguments (`--init`), a connection's by its name in the files."""
     folder = folder.expanduser().resolve()
     dag = load_dag(folder)
     known = read_connections(connection_files(folder, files))
     resolution = bindings.check(dag, given or {}, {n: c.type for n, c in known.items()})
-    dag = bindings.apply(dag, resolution.bindings)
+    dag = with_init(bindings.apply(dag, resolution.bindings), init)
     missing = [(n, i, c) for n, i, c in dag.connection_uses() if c not in known]
     if missing:
         node, field, name = missing[0]
@@ -105,9 +108,10 @@ async def test(
     settings: Settings,
     files: Iterable[Path] = (),
     given: dict[str, str] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One line, to the end: {status, outputs, error, metrics, duration_s, bindings}."""
-    call = await start(folder, inputs, settings, files, given)
+    call = await start(folder, inputs, settings, files, given, init)
     return await call.result()
 
 
@@ -117,8 +121,9 @@ async def stream(
     settings: Settings,
     files: Iterable[Path] = (),
     given: dict[str, str] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """One line, streamed: `outputs` and `chunk` events, then `result`."""
-    call = await start(folder, inputs, settings, files, given)
+    call = await start(folder, inputs, settings, files, given, init)
     async for event in call.events():
         yield event
