@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +16,15 @@ from fastapi.testclient import TestClient
 from lmfoundry.config import Settings
 from lmfoundry.flows.archive import pack
 from tests.conftest import ADMIN_TOKEN, Api
-from tests.flows.helpers import DATA, FLOWS, custom_connection, run_once, upload, write_flow
+from tests.flows.helpers import (
+    DATA,
+    FLOWS,
+    cli,
+    custom_connection,
+    run_once,
+    upload,
+    write_flow,
+)
 
 
 def test_python_nodes_outputs_and_aggregation_of_one_line(api: Api) -> None:
@@ -308,3 +317,37 @@ def test_nodes_that_can_run_at_once_do(api: Api, tmp_path: Path) -> None:
     assert failing["status"] == "failed"
     assert failing["error"]["node"] == "c"  # its siblings finished; the line fails at c
     assert "asked to fail" in failing["error"]["message"]
+
+
+def test_additional_includes_travel_with_an_upload_and_a_local_run(
+    api: Api, tmp_path: Path
+) -> None:
+    """`../shared/polite.py` and `../shared/words/` are `polite.py` and `words/` in the flow,
+    as in Prompt flow's snapshot: packed with the upload, and beside a --local run."""
+    shared = tmp_path / "shared"
+    (shared / "words").mkdir(parents=True)
+    (shared / "words" / "please.txt").write_text("please")
+    (shared / "polite.py").write_text(
+        "from pathlib import Path\n\nfrom promptflow import tool\n\n\n@tool\n"
+        "def polite(x: str) -> str:\n"
+        "    return Path('words/please.txt').read_text() + ', ' + x\n"
+    )
+    flow = write_flow(
+        tmp_path / "flow",
+        """
+        additional_includes: [../shared/polite.py, ../shared/words]
+        inputs: {x: {type: string}}
+        outputs: {y: {type: string, reference: "${ask.output}"}}
+        nodes:
+        - name: ask
+          type: python
+          source: {type: code, path: polite.py}
+          inputs: {x: "${inputs.x}"}
+        """,
+    )
+    upload(api, flow, "polite")
+    assert run_once(api, "polite", x="sit")["outputs"] == {"y": "please, sit"}
+    local = SimpleNamespace(home=tmp_path / "home")  # no server: only a home for the logs
+    output = cli(local, "flow", "test", str(flow), "--local", "x=stand", "--json")  # type: ignore[arg-type]
+    assert json.loads(output[output.index("{") :])["outputs"] == {"y": "please, stand"}
+    assert not (flow / "polite.py").exists()  # the user's folder is left as it was

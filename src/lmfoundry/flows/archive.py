@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from lmfoundry.errors import InvalidRequest, PayloadTooLarge
 from lmfoundry.flows.flex import is_flow_folder
+from lmfoundry.flows.includes import included_files
 
 # Never part of a flow: caches, virtual environments, version control, local run output.
 SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".promptflow", ".runs", "node_modules"}
@@ -30,7 +31,8 @@ CHUNK = 64 * 1024
 
 
 def pack(folder: Path, max_bytes: int | None = None) -> bytes:
-    """The flow folder as tar.gz, without caches and virtual environments."""
+    """The flow folder as tar.gz, without caches and virtual environments, with its
+    `additional_includes` added under their own names (as Prompt flow's snapshot)."""
     folder = folder.expanduser().resolve()
     if not is_flow_folder(folder):
         raise InvalidRequest(
@@ -41,20 +43,26 @@ def pack(folder: Path, max_bytes: int | None = None) -> bytes:
     buffer = io.BytesIO()
     total = 0
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder)
-            if any(part in SKIPPED for part in relative.parts) or path.suffix == ".pyc":
-                continue
-            if path.is_symlink() or not (path.is_file() or path.is_dir()):
-                continue
-            if path.is_file():
-                total += path.stat().st_size
-                if max_bytes is not None and total > max_bytes:
-                    raise PayloadTooLarge(
-                        f"{folder} holds more than {max_bytes:,} bytes; a flow is code and "
-                        "templates, keep data and models out of its folder."
-                    )
-            tar.add(path, arcname=relative.as_posix(), recursive=False)
+        roots = [(folder, PurePosixPath())] + [
+            (path, PurePosixPath(name)) for path, name in included_files(folder)
+        ]
+        for root, under in roots:
+            members = [root] if root.is_file() else sorted(root.rglob("*"))
+            for path in members:
+                relative = path.relative_to(root) if path != root else PurePosixPath()
+                if any(part in SKIPPED for part in relative.parts) or path.suffix == ".pyc":
+                    continue
+                if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                    continue
+                if path.is_file():
+                    total += path.stat().st_size
+                    if max_bytes is not None and total > max_bytes:
+                        raise PayloadTooLarge(
+                            f"{folder} holds more than {max_bytes:,} bytes; a flow is code and "
+                            "templates, keep data and models out of its folder."
+                        )
+                arcname = (under / relative).as_posix()
+                tar.add(path, arcname=arcname or ".", recursive=False)
     return buffer.getvalue()
 
 

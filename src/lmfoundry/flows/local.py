@@ -10,6 +10,7 @@ process answers or logs, as on the server.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from lmfoundry.errors import InvalidRequest
 from lmfoundry.flows import bindings
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.flex import with_init
+from lmfoundry.flows.includes import with_includes
 from lmfoundry.flows.launcher import FlowProcess
+from lmfoundry.flows.models import Dag
 from lmfoundry.flows.service import FlowCall
 
 FOUND = ("connection.yaml", "connection.yml")  # connection files looked for in the folder
@@ -79,7 +82,22 @@ async def start(
     flow test` does); the caller reads `result()` or `events()` from the call. `init` gives a
     flex flow's init arguments (`--init`), a connection's by its name in the files."""
     folder = folder.expanduser().resolve()
-    dag = load_dag(folder)
+    with tempfile.TemporaryDirectory(prefix="lmfoundry-local-") as staging:
+        # the flow process copies the folder when it starts, so the snapshot with the
+        # additional includes (as Prompt flow runs one) lives only until then
+        snapshot = with_includes(folder, Path(staging) / folder.name)
+        return await _start(folder, load_dag(snapshot), inputs, settings, files, given, init)
+
+
+async def _start(
+    folder: Path,
+    dag: Dag,
+    inputs: dict[str, Any],
+    settings: Settings,
+    files: Iterable[Path],
+    given: dict[str, str] | None,
+    init: dict[str, Any] | None,
+) -> FlowCall:
     known = read_connections(connection_files(folder, files))
     resolution = bindings.check(dag, given or {}, {n: c.type for n, c in known.items()})
     dag = with_init(bindings.apply(dag, resolution.bindings), init)
