@@ -300,3 +300,54 @@ def test_readers_cannot_bind_and_no_project_lends_its_connections(api: Api, tmp_
     assert api.put("/api/v1/projects/other/connections/theirs", json=theirs).is_success
     bad = {"connections": {"peek.conn": "theirs"}}
     refused(api.post(f"{FLOWS}/peek/test", json=bad), "connections.peek.conn", "does not exist")
+
+
+def test_environment_variables_read_connection_fields_as_prompt_flow_does(
+    api: Api, tmp_path: Path
+) -> None:
+    """`KEY: ${alpha.key}` is the connection's secret in the flow's environment (masked in
+    what the flow answers); `${alpha.endpoint}` a config; a missing field is a 400."""
+    connection(api, "alpha")
+    dag = """
+    environment_variables:
+      KEY: ${alpha.key}
+      URL: ${alpha.endpoint}
+      PLAIN: ${not a reference}
+    inputs: {}
+    outputs: {out: {type: object, reference: "${env.output}"}}
+    nodes:
+    - name: env
+      type: python
+      source: {type: code, path: env.py}
+      inputs: {}
+    """
+    code = """
+    import hashlib
+    import os
+
+    from promptflow import tool
+
+
+    @tool
+    def env() -> dict:
+        key = os.environ["KEY"]
+        return {"url": os.environ["URL"], "plain": os.environ["PLAIN"], "key": key,
+                "key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+    """
+    flow = write_flow(tmp_path / "env", dag, {"env.py": code})
+    assert load_dag(flow).connection_names == ["alpha"]
+    upload(api, flow, "env")
+    answer = api.post(f"{FLOWS}/env/test", json={"inputs": {}})
+    assert answer.status_code == 200, answer.text
+    out = answer.json()["outputs"]["out"]
+    assert out["url"] == "http://alpha.example/score" and out["plain"] == "${not a reference}"
+    assert out["key_sha256"] == hashlib.sha256((SECRET + "alpha").encode()).hexdigest()
+    assert SECRET not in answer.text  # the secret itself is masked
+
+    (flow / "flow.dag.yaml").write_text(
+        (flow / "flow.dag.yaml").read_text().replace("${alpha.endpoint}", "${alpha.url}")
+    )
+    upload(api, flow, "env2")
+    missing = api.post(f"{FLOWS}/env2/test", json={"inputs": {}})
+    refused(missing, "environment_variables.URL", "has no field 'url'", "endpoint, key")
+    assert SECRET not in missing.text

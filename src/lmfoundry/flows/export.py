@@ -31,6 +31,7 @@ from typing import Any
 
 from lmfoundry.errors import InvalidRequest
 from lmfoundry.flows.dag import find_dag_file, load_dag
+from lmfoundry.flows.fields import connection_references
 from lmfoundry.flows.includes import included_files, with_includes
 from lmfoundry.flows.models import Dag, Node, parse_reference
 
@@ -126,6 +127,15 @@ def check_translatable(dag: Dag) -> None:
             problems.append(
                 {"field": f"nodes.{node.name}", "message": f"node {node.name!r}: {why}"}
             )
+    for variable, (name, key) in connection_references(dag.environment_variables).items():
+        problems.append(
+            {
+                "field": f"environment_variables.{variable}",
+                "message": f"environment variable {variable} reads ${{{name}.{key}}}; the "
+                "exported program has no connection store, so set the variable in its "
+                "environment and drop it from environment_variables",
+            }
+        )
     if problems:
         first = problems[0]["message"]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,24 +12,34 @@ Problem = Callable[[str, str], None]  # (field path, message): the flow is refus
 Warn = Callable[[str], None]  # the flow runs; the message is shown
 
 
+# `${my_connection.api_key}`: the value of one field of a connection, as Prompt flow resolves
+# an environment variable when the flow starts
+CONNECTION_REFERENCE = re.compile(r"^\$\{([^.${}\s]+)\.([^${}\s]+)\}$")
+
+
 def environment_variables(raw: Any, problem: Problem) -> dict[str, str]:
+    """Prompt flow's conversion: lists and dicts as JSON, anything else as str(); a value
+    `${connection.field}` is kept as written and resolved when the flow process starts
+    (`connection_references`)."""
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         problem("environment_variables", "environment_variables must be a mapping")
         return {}
-    env = {}
-    for key, value in raw.items():
-        # Prompt flow's conversion: lists and dicts as JSON, anything else as str()
-        if isinstance(value, dict | list):
-            env[str(key)] = json.dumps(value)
-        elif isinstance(value, str) and "${" in value:
-            problem(
-                f"environment_variables.{key}",
-                f"{key} refers to {value}; secrets reach flow code through connection "
-                "inputs, not environment variables",
-            )
-        else:
-            env[str(key)] = str(value)
-    return env
+    return {
+        str(key): json.dumps(value) if isinstance(value, dict | list) else str(value)
+        for key, value in raw.items()
+    }
+
+
+def connection_references(env: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{variable: (connection, field)} for the variables that name a connection's field."""
+    found = {}
+    for key, value in env.items():
+        match = CONNECTION_REFERENCE.match(value.strip())
+        if match:
+            found[key] = (match.group(1), match.group(2))
+    return found
 
 
 def top_level(data: dict[str, Any], problem: Problem, warn: Warn) -> dict[str, Any]:

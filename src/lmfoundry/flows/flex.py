@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from lmfoundry.errors import InvalidRequest
+from lmfoundry.flows import fields
 from lmfoundry.flows.dag import load_yaml
 from lmfoundry.flows.flex_init import MODEL_CONFIGS, InitParam, init_value
 from lmfoundry.flows.models import (
@@ -538,20 +539,9 @@ def _outputs(
 
 
 def environment_variables(raw: Any, flow_file: str) -> dict[str, str]:
-    """Prompt flow's conversion (lists and dicts as JSON, other values as text); a
-    `${connection.field}` value is refused: secrets reach flow code through connections."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise _problem(flow_file, "environment_variables must be a mapping", "environment")
-    env = {}
-    for key, value in raw.items():
-        if isinstance(value, str) and "${" in value:
-            raise _problem(
-                flow_file,
-                f"environment variable {key} refers to {value}; secrets reach flow code through "
-                "connections (an init argument typed as a connection), not the environment",
-                f"environment_variables.{key}",
-            )
-        env[str(key)] = json.dumps(value) if isinstance(value, dict | list) else str(value)
-    return env
+    """As flow.dag.yaml's (`fields.environment_variables`), refusing with the flow file named."""
+
+    def problem(where: str, message: str) -> None:
+        raise _problem(flow_file, message, where)
+
+    return fields.environment_variables(raw, problem)

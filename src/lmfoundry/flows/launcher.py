@@ -30,8 +30,9 @@ from typing import Any
 
 from lmfoundry.config import Settings
 from lmfoundry.connections.models import ResolvedConnection
-from lmfoundry.errors import FlowFailed
+from lmfoundry.errors import FlowFailed, InvalidRequest
 from lmfoundry.flows.egress import EgressPolicy, EgressProxy
+from lmfoundry.flows.fields import connection_references
 from lmfoundry.flows.flex import FlexFlow
 from lmfoundry.flows.models import Dag
 from lmfoundry.flows.sandbox import INSIDE, Sandbox, missing, seccomp_fd
@@ -146,8 +147,26 @@ class FlowProcess:
         names = [n for n in INHERITED_ENV if not (self.sandboxed and n in PROXY_ENV)]
         env = {k: os.environ[k] for k in names if k in os.environ}  # not config
         env.update(self.dag.environment_variables)
+        env.update(self._referenced_fields())
         env.update({"HOME": str(workdir / "home"), "TMPDIR": str(workdir / "tmp")})
         return env
+
+    def _referenced_fields(self) -> dict[str, str]:
+        """The environment variables written `${connection.field}`, as that field's value
+        (a secret stays masked in everything the process answers); 400 naming a missing one."""
+        values = {}
+        for variable, (name, key) in connection_references(self.dag.environment_variables).items():
+            connection = self.connections.get(name)
+            fields = {} if connection is None else {**connection.configs, **connection.secrets}
+            if key not in fields:
+                known = ", ".join(sorted(fields)) or "none"
+                raise InvalidRequest(
+                    f"environment_variables.{variable} reads ${{{name}.{key}}}, but connection "
+                    f"{name!r} has no field {key!r} (its fields: {known}); fix the reference.",
+                    param=f"environment_variables.{variable}",
+                )
+            values[variable] = str(fields[key])
+        return values
 
     def _limits(self) -> dict[str, int]:
         limits = {

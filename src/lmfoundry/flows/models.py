@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfoundry.errors import InvalidRequest
+from lmfoundry.flows.fields import connection_references
 
 DAG_FILES = ("flow.dag.yaml", "flow.dag.yml")
 INPUT_TYPES = ("string", "int", "double", "bool", "list", "object", "image")
@@ -220,6 +221,8 @@ class Dag:
                 uses.append((node.name, "connection", node.connection))
             uses.extend((node.name, i, c) for i, c in node.connection_inputs.items())
         uses.extend((f, "model.configuration.connection", c) for f, c in self.prompty_connections)
+        references = connection_references(self.environment_variables)
+        uses.extend(("environment_variables", v, c) for v, (c, _) in references.items())
         return uses
 
     @property
