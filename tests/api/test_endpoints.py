@@ -121,7 +121,16 @@ def test_mirror_traffic_reaches_the_mirror_without_changing_answers(
     assert all(r["deployment"] == "green" for r in mirrored)
     assert 8 <= len(mirrored) <= 32  # about half of 40
     billed = api.get("/api/v1/projects/default/usage").json()
-    assert next(r for r in billed if r["deployment"] == "ep")["requests"] == 40
+    assert next(r for r in billed if r["target"] == "ep")["requests"] == 40
+    # by deployment: what answered (blue takes all the traffic; green's copies are not billed)
+    by_deployment = api.get(
+        "/api/v1/projects/default/usage", params={"group_by": "deployment", "target": "ep"}
+    ).json()
+    assert [(r["kind"], r["target"], r["deployment"], r["requests"]) for r in by_deployment] == [
+        ("endpoint", "ep", "blue", 40)
+    ]
+    only_green = api.get("/api/v1/projects/default/usage", params={"deployment": "green"})
+    assert only_green.json() == []
 
 
 @pytest.mark.parametrize(

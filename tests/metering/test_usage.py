@@ -75,7 +75,7 @@ def test_billed_usage_equals_what_clients_received(tmp_path: Path) -> None:
             received.append(reply.json()["usage"])
             received.append(stream_usage(url, key, body))
         rows = json.loads(cli(server, "usage", "--json", "--project", project))
-        billed = next(r for r in rows if r["deployment"] == "billed")
+        billed = next(r for r in rows if r["target"] == "billed")
         prompt = sum(u["prompt_tokens"] for u in received)
         completion = sum(u["completion_tokens"] for u in received)
         assert billed["requests"] == 8
@@ -139,6 +139,6 @@ def test_no_record_is_lost_when_the_server_is_stopped(tmp_path: Path) -> None:
     try:
         with again.client() as c:
             rows = c.get("/api/v1/projects/default/usage").json()
-        assert next(r for r in rows if r["deployment"] == "stopped")["requests"] == 200
+        assert next(r for r in rows if r["target"] == "stopped")["requests"] == 200
     finally:
         stop_server(again)

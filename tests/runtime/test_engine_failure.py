@@ -88,7 +88,7 @@ def instance_of(live: LiveServer) -> dict[str, Any]:
 def requests_metered(live: LiveServer) -> int:
     with live.client() as c:
         rows = c.get("/api/v1/projects/default/usage").json()
-    return sum(r["requests"] for r in rows if r["deployment"] == NAME)
+    return sum(r["requests"] for r in rows if r["target"] == NAME)
 
 
 def test_a_killed_instance_ends_every_request_with_503_and_is_restarted(

@@ -74,7 +74,7 @@ def test_gateways_share_instances_and_lose_no_usage_record(tmp_path: Path, redis
 
         with gateways[1].client() as c:  # a gateway answers the management API too
             rows = c.get("/api/v1/projects/default/usage").json()
-        recorded = next(r for r in rows if r["deployment"] == "shared")["requests"]
+        recorded = next(r for r in rows if r["target"] == "shared")["requests"]
         assert recorded >= len(received)  # every answered request has its record
         assert recorded <= len(received) + len(failed)
 

@@ -309,7 +309,7 @@ def test_usage_counts_tool_calls_choices_and_completions_exactly(server: LiveSer
             received.append(chunk.usage)
     received.append(client.completions.create(model="m", prompt="Once upon", max_tokens=5).usage)
     rows = json.loads(cli(server, "usage", "--json", "--project", "billing"))
-    billed = next(r for r in rows if r["deployment"] == "metered")
+    billed = next(r for r in rows if r["target"] == "metered")
     assert billed["requests"] == 4
     assert billed["prompt_tokens"] == sum(u.prompt_tokens for u in received if u)
     assert billed["completion_tokens"] == sum(u.completion_tokens for u in received if u)

@@ -628,7 +628,7 @@ def test_usage_report_equals_the_sum_of_the_responses_usage(server: LiveServer) 
     )
     assert all(u is not None for u in received) and len(received) == 4
     rows = json.loads(cli(server, "usage", "--json", "--project", "responses-billing"))
-    billed = next(r for r in rows if r["deployment"] == "metered")
+    billed = next(r for r in rows if r["target"] == "metered")
     assert billed["requests"] == 4
     assert billed["prompt_tokens"] == sum(u.input_tokens for u in received if u)
     assert billed["completion_tokens"] == sum(u.output_tokens for u in received if u)

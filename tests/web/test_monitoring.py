@@ -38,7 +38,7 @@ def test_counts_per_status_equal_what_callers_saw(api: Api) -> None:
     assert sum(b["requests"] for b in body["buckets"]) == sum(seen.values())
     assert len(body["buckets"]) == 60 and body["bucket_seconds"] == 60
     report = api.get("/api/v1/projects/default/usage").json()
-    (row,) = [r for r in report if r["deployment"] == "watched"]
+    (row,) = [r for r in report if r["target"] == "watched"]
     assert row["requests"] == seen["200"]  # refusals are not billed
     assert body["totals"]["completion_tokens"] == row["completion_tokens"]
     assert body["totals"]["prompt_tokens"] == row["prompt_tokens"]
@@ -168,4 +168,4 @@ def test_wrong_keys_count_as_errors_of_the_deployment(api: Api) -> None:
     for secret in (mine["primary_key"], theirs["primary_key"]):
         assert secret not in metrics
     (row,) = [r for r in api.get("/api/v1/projects/default/usage").json()]
-    assert row["deployment"] == "locked" and row["requests"] == 1  # refusals not billed
+    assert row["target"] == "locked" and row["requests"] == 1  # refusals not billed

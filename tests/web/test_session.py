@@ -285,8 +285,8 @@ def test_playground_streams_through_the_studio_and_usage_exports(
     csv = browser.get("/projects/default/usage.csv?group_by=deployment")
     assert csv.headers["content-type"].startswith("text/csv")
     lines = csv.text.strip().splitlines()
-    assert lines[0].startswith("kind,deployment,requests,prompt_tokens")
-    row = next(line for line in lines if ",echo-chat," in line)
+    assert lines[0].startswith("kind,target,deployment,requests,prompt_tokens")
+    row = next(line for line in lines if ",echo-chat,echo-chat," in line)  # serverless: itself
     assert int(row.split(",")[-2]) > 0  # total tokens
     page = browser.get("/projects/default/usage?start=2026-02-10&end=2026-02-01")
     assert re.search(r'id="end-error"[^>]*>end must be after start', page.text)

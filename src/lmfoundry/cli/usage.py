@@ -9,18 +9,17 @@ from typing import Annotated
 import typer
 
 from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, show
-
-GROUPS = {
-    "deployment": ["kind", "deployment"],
-    "key": ["kind", "deployment", "key"],
-    "day": ["day"],
-    "model": ["model"],
-}
-NUMBERS = ["requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"]
+from lmfoundry.metering.models import GROUPS, NUMBERS
 
 
 def usage(
-    group_by: Annotated[str, typer.Option(help="deployment, day, key or model")] = "deployment",
+    group_by: Annotated[
+        str,
+        typer.Option(
+            help="target (what requests were sent to), deployment (what answered them), key, "
+            "day or model"
+        ),
+    ] = "target",
     start: Annotated[str | None, typer.Option(help="From (ISO 8601, inclusive).")] = None,
     end: Annotated[str | None, typer.Option(help="To (ISO 8601, exclusive).")] = None,
     project: ProjectOpt = None,

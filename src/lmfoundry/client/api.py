@@ -287,7 +287,7 @@ class Client(FlowsClient):
 
     def usage(
         self,
-        group_by: str = "deployment",
+        group_by: str = "target",
         start: str | None = None,
         end: str | None = None,
         project: str | None = None,

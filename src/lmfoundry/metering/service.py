@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, func, select
 
+from lmfoundry.metering.models import GROUPS, UsageRow
 from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import UsageRecord
@@ -186,10 +187,15 @@ class MeteringService:
         start: datetime | None,
         end: datetime | None,
         target: str | None = None,
-    ) -> list[dict[str, Any]]:
+        deployment: str | None = None,
+    ) -> list[UsageRow]:
+        """Billed usage (not mirrored, not refused) grouped as `GROUPS[group_by]` names,
+        optionally only one target's or one deployment's."""
+        kind, on = UsageRecord.target_kind, UsageRecord.target
         columns = {
-            "deployment": (UsageRecord.target_kind, UsageRecord.target),
-            "key": (UsageRecord.target_kind, UsageRecord.target, UsageRecord.key_slot),
+            "target": (kind, on),
+            "deployment": (kind, on, UsageRecord.deployment),
+            "key": (kind, on, UsageRecord.key_slot),
             "day": (func.substr(func.cast(UsageRecord.at, _string()), 1, 10),),
             "model": (UsageRecord.model,),
         }[group_by]
@@ -210,13 +216,10 @@ class MeteringService:
             query = query.where(UsageRecord.at < end)
         if target is not None:
             query = query.where(UsageRecord.target == target)
+        if deployment is not None:
+            query = query.where(UsageRecord.deployment == deployment)
         query = query.group_by(*columns).order_by(*columns)
-        names = {
-            "deployment": ["kind", "deployment"],
-            "key": ["kind", "deployment", "key"],
-            "day": ["day"],
-            "model": ["model"],
-        }[group_by]
+        names = GROUPS[group_by]
         with self.db.session() as s:
             rows = s.execute(query).all()
         out = []
@@ -224,14 +227,14 @@ class MeteringService:
             keys = dict(zip(names, row[: len(names)], strict=True))
             requests, prompt, completion, cost = row[len(names) :]
             out.append(
-                {
+                UsageRow(
                     **keys,
-                    "requests": int(requests or 0),
-                    "prompt_tokens": int(prompt or 0),
-                    "completion_tokens": int(completion or 0),
-                    "total_tokens": int((prompt or 0) + (completion or 0)),
-                    "cost": round(float(cost or 0.0), 8),
-                }
+                    requests=int(requests or 0),
+                    prompt_tokens=int(prompt or 0),
+                    completion_tokens=int(completion or 0),
+                    total_tokens=int((prompt or 0) + (completion or 0)),
+                    cost=round(float(cost or 0.0), 8),
+                )
             )
         return out
 

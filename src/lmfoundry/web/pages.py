@@ -58,7 +58,7 @@ async def deployment(
     view = plat.serverless.get(access, name)
     target = plat.serverless.serving_target(name)
     remaining = await plat.gateway.remaining_headers(target)
-    daily = usage_report(access, plat, "day", None, None, name)
+    daily = [row.model_dump() for row in usage_report(access, plat, "day", None, None, name, None)]
     return render(
         request,
         "deployment.html",

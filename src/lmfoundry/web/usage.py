@@ -1,4 +1,5 @@
-"""The usage page and its CSV export: tokens, requests and cost by deployment, day, key, model."""
+"""The usage page and its CSV export: tokens, requests and cost by target, deployment, key,
+day or model."""
 
 from __future__ import annotations
 
@@ -15,18 +16,10 @@ from fastapi.responses import Response
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.api.usage import usage as usage_report
 from lmfoundry.errors import InvalidRequest
+from lmfoundry.metering.models import GROUPS, NUMBERS, UsageRow
 from lmfoundry.web.render import SECURITY_HEADERS, StudioRoute, render
 
 router = APIRouter(route_class=StudioRoute, include_in_schema=False)
-
-GROUPS = ("deployment", "day", "key", "model")
-COLUMNS = {
-    "deployment": ["kind", "deployment"],
-    "day": ["day"],
-    "key": ["kind", "deployment", "key"],
-    "model": ["model"],
-}
-NUMBERS = ["requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"]
 
 
 def _day(field: str, value: str | None, plus: int = 0) -> datetime | None:
@@ -42,13 +35,13 @@ def _day(field: str, value: str | None, plus: int = 0) -> datetime | None:
 
 def _report(
     access: Any, plat: Any, group_by: str, start: str | None, end: str | None
-) -> list[dict[str, Any]]:
+) -> list[UsageRow]:
     if group_by not in GROUPS:
         raise InvalidRequest(f"group_by must be one of {', '.join(GROUPS)}.", param="group_by")
     grouping: Any = group_by  # one of GROUPS, the API's Literal
     # The form's end date is inclusive; the API's `end` is exclusive.
     return usage_report(
-        access, plat, grouping, _day("start", start), _day("end", end, plus=1), None
+        access, plat, grouping, _day("start", start), _day("end", end, plus=1), None, None
     )
 
 
@@ -57,13 +50,13 @@ def usage_page(
     request: Request,
     access: ProjectDep,
     plat: PlatformDep,
-    group_by: str = "deployment",
+    group_by: str = "target",
     start: str | None = None,
     end: str | None = None,
 ) -> Response:
     errors: dict[str, str] = {}
-    rows: list[dict[str, Any]] = []
-    daily: list[dict[str, Any]] = []
+    rows: list[UsageRow] = []
+    daily: list[UsageRow] = []
     try:
         rows = _report(access, plat, group_by, start, end)
         daily = rows if group_by == "day" else _report(access, plat, "day", start, end)
@@ -79,11 +72,11 @@ def usage_page(
         "usage.html",
         access=access,
         section="usage",
-        rows=rows,
-        daily=daily,
+        rows=[row.model_dump() for row in rows],
+        daily=[row.model_dump() for row in daily],
         group_by=group_by,
         groups=GROUPS,
-        columns=COLUMNS.get(group_by, []),
+        columns=GROUPS.get(group_by, []),
         start=start or "",
         end=end or "",
         errors=errors,
@@ -97,16 +90,16 @@ def usage_page(
 def usage_csv(
     access: ProjectDep,
     plat: PlatformDep,
-    group_by: str = "deployment",
+    group_by: str = "target",
     start: str | None = None,
     end: str | None = None,
 ) -> Response:
     rows = _report(access, plat, group_by, start, end)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(COLUMNS[group_by] + NUMBERS)
+    writer.writerow(GROUPS[group_by] + NUMBERS)
     for row in rows:
-        writer.writerow([row.get(c) for c in COLUMNS[group_by] + NUMBERS])
+        writer.writerow([getattr(row, c) for c in GROUPS[group_by] + NUMBERS])
     name = f"usage-{access.project}-by-{group_by}.csv"
     return Response(
         out.getvalue(),

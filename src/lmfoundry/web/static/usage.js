@@ -3,7 +3,8 @@ import { barChart, legend } from "./chart.js";
 const rows = JSON.parse(document.getElementById("usage-rows").textContent);
 const daily = JSON.parse(document.getElementById("usage-daily").textContent);
 const group = document.getElementById("group-chart").dataset.group;
-const label = (r) => (group === "key" ? `${r.deployment} ${r.key}` : String(r[group] ?? ""));
+const label = (r) =>
+  group === "key" ? `${r.target} ${r.key}` : group === "deployment" ? `${r.target} ${r.deployment}` : String(r[group] ?? "");
 const names = ["prompt tokens", "completion tokens"];
 const series = (list) => [
   { name: names[0], values: list.map((r) => r.prompt_tokens) },
