@@ -124,16 +124,20 @@ def convert_literal(value: Any, annotation: Any) -> Any:
         raise ValueError(f"Invalid boolean value {value!r}")
     if annotation is str:
         return str(value)
+    # Image dicts anywhere in a list or object literal are images, as Prompt flow loads them
+    # (`load_multimedia_data_recursively` after parsing)
     if annotation is list:
         value = json.loads(value) if isinstance(value, str) else value
         if not isinstance(value, list):
             raise ValueError(f"Invalid list value {value!r}")
-        return value
+        return images.load_nested(value, Path.cwd())
     if isinstance(value, str) and not _is_connection(annotation):
         try:  # Prompt flow's "object": JSON text is read as JSON
-            return json.loads(value)
+            value = json.loads(value)
         except ValueError:
             return value  # it really is a string
+    if isinstance(value, list | dict) and not _is_connection(annotation):
+        return images.load_nested(value, Path.cwd())
     return value
 
 

@@ -208,3 +208,35 @@ def test_tenant_images_are_capped_and_kept_in_the_flow_folder(tmp_path: Path) ->
     for message, value in cases.items():
         with pytest.raises(images.InvalidImage, match=message):
             images.create_image(value, tmp_path)
+
+
+def test_image_dicts_in_list_and_object_literals_are_images(tmp_path: Path) -> None:
+    flow = write_flow(
+        tmp_path / "l",
+        """
+        inputs: {}
+        outputs:
+          kinds: {type: object, reference: "${kinds.output}"}
+        nodes:
+        - name: kinds
+          type: python
+          source: {type: code, path: kinds.py}
+          inputs:
+            many: [{"data:image/png;path": a.png}, 7]
+            named: {first: {"data:image/png;path": a.png}}
+        """,
+        {
+            "kinds.py": """
+            from promptflow import tool
+
+
+            @tool
+            def kinds(many: list, named: dict) -> dict:
+                return {"many": [type(v).__name__ for v in many],
+                        "named": type(named["first"]).__name__}
+            """,
+        },
+    )
+    (flow / "a.png").write_bytes(tiny_png(5))
+    [answer] = both(flow, [{}])
+    assert outputs(answer) == [{"kinds": {"many": ["Image", "int"], "named": "Image"}}]
