@@ -24,7 +24,8 @@ completed line the same outputs, and the aggregation the same status and metrics
 runs a copy of the flow folder (Prompt flow a snapshot, lmfoundry its flow process's folder),
 so a path into that copy in an output (`__file__`) is compared as "{flow}". Flows whose
 outputs are random (`random.choice` in their code) can differ between two runs of Prompt flow
-itself; they are counted like every other flow, and the difference says so.
+itself; they are counted like every other flow, and the report says how many of the
+differences are theirs.
 """
 
 from __future__ import annotations
@@ -200,6 +201,15 @@ def _promptflow(
     return answers
 
 
+def uses_random(folder: Path) -> bool:
+    """The flow's code draws at random (`random.choice`, a random failure): two runs of
+    Prompt flow itself can differ on it."""
+    return any(
+        re.search(r"^\s*(import random|from random import)", p.read_text(errors="replace"), re.M)
+        for p in folder.rglob("*.py")
+    )
+
+
 def report(configs: Path, args: argparse.Namespace) -> None:
     folders = sorted(
         p for group in ("flows", "wrong_flows") for p in (configs / group).iterdir() if p.is_dir()
@@ -212,6 +222,7 @@ def report(configs: Path, args: argparse.Namespace) -> None:
         "single": collections.Counter(),
         "batch": collections.Counter(),
     }
+    randomly = {"single": 0, "batch": 0}  # differences in flows whose code draws at random
     cases = []
     started = time.monotonic()
     todo = []
@@ -249,6 +260,7 @@ def report(configs: Path, args: argparse.Namespace) -> None:
             totals[mode][0] += not found
             for kind, _ in found[:1]:
                 kinds[mode][kind] += 1
+                randomly[mode] += uses_random(folder)
             name = f"{folder.parent.name}/{folder.name}"
             cases.append({"flow": name, "mode": mode, "inputs": given, "differences": found})
             if found and args.verbose:
@@ -262,6 +274,8 @@ def report(configs: Path, args: argparse.Namespace) -> None:
         print(f"  {mode:6}  {agree} / {total} cases agree ({share:.1f}%)")
         for kind, count in kinds[mode].most_common():
             print(f"          {count:3}  {kind}")
+        if randomly[mode]:
+            print(f"          ({randomly[mode]} of them in flows whose code uses `random`)")
     print("  left out: " + ", ".join(f"{n} {why}" for why, n in skipped.most_common()))
     if args.json:
         args.json.write_text(
