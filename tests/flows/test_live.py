@@ -128,7 +128,7 @@ def test_llm_node_through_an_lmfoundry_connection(server: LiveServer) -> None:
         }
     with server.client() as api:
         usage = api.get("/api/v1/projects/default/usage").json()
-    assert any(u.get("deployment") == "echo-dep" for u in usage), usage
+    assert any(u.get("target") == "echo-dep" for u in usage), usage
 
 
 def test_interactive_chat_keeps_the_history(server: LiveServer) -> None:
