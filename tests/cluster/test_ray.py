@@ -190,7 +190,7 @@ def test_an_endpoint_on_ray_serve_honours_the_split(cluster: Cluster, server: Li
 
     with server.client() as c:
         rows = c.get("/api/v1/projects/default/usage").json()
-        metered = sum(r["requests"] for r in rows if "rayep" in (r.get("deployment") or ""))
+        metered = sum(r["requests"] for r in rows if "rayep" in (r.get("target") or ""))
         assert metered == 200, rows  # one usage record per answered request
 
         # A new split and a resize of green: Serve keeps blue's replicas (same pids), and
