@@ -191,14 +191,16 @@ class MeteringService:
     ) -> list[UsageRow]:
         """Billed usage (not mirrored, not refused) grouped as `GROUPS[group_by]` names,
         optionally only one target's or one deployment's."""
-        kind, on = UsageRecord.target_kind, UsageRecord.target
-        columns = {
-            "target": (kind, on),
-            "deployment": (kind, on, UsageRecord.deployment),
-            "key": (kind, on, UsageRecord.key_slot),
-            "day": (func.substr(func.cast(UsageRecord.at, _string()), 1, 10),),
-            "model": (UsageRecord.model,),
-        }[group_by]
+        names = GROUPS[group_by]
+        column = {
+            "kind": UsageRecord.target_kind,
+            "target": UsageRecord.target,
+            "deployment": UsageRecord.deployment,
+            "key": UsageRecord.key_slot,
+            "day": func.substr(func.cast(UsageRecord.at, _string()), 1, 10),
+            "model": UsageRecord.model,
+        }
+        columns = [column[name] for name in names]
         query = select(
             *columns,
             func.count(UsageRecord.id),
@@ -219,7 +221,6 @@ class MeteringService:
         if deployment is not None:
             query = query.where(UsageRecord.deployment == deployment)
         query = query.group_by(*columns).order_by(*columns)
-        names = GROUPS[group_by]
         with self.db.session() as s:
             rows = s.execute(query).all()
         out = []
