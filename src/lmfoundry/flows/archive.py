@@ -49,7 +49,7 @@ def pack(folder: Path, max_bytes: int | None = None) -> bytes:
         for root, under in roots:
             members = [root] if root.is_file() else sorted(root.rglob("*"))
             for path in members:
-                relative = path.relative_to(root) if path != root else PurePosixPath()
+                relative = path.relative_to(root)  # "." for an included file itself
                 if any(part in SKIPPED for part in relative.parts) or path.suffix == ".pyc":
                     continue
                 if path.is_symlink() or not (path.is_file() or path.is_dir()):
@@ -61,8 +61,7 @@ def pack(folder: Path, max_bytes: int | None = None) -> bytes:
                             f"{folder} holds more than {max_bytes:,} bytes; a flow is code and "
                             "templates, keep data and models out of its folder."
                         )
-                arcname = (under / relative).as_posix()
-                tar.add(path, arcname=arcname or ".", recursive=False)
+                tar.add(path, arcname=(under / relative).as_posix(), recursive=False)
     return buffer.getvalue()
 
 

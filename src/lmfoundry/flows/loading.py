@@ -131,14 +131,14 @@ def convert_literal(value: Any, annotation: Any) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"Invalid list value {value!r}")
         return images.load_nested(value, Path.cwd())
-    if isinstance(value, str) and not _is_connection(annotation):
+    if _is_connection(annotation):
+        return value
+    if isinstance(value, str):
         try:  # Prompt flow's "object": JSON text is read as JSON
             value = json.loads(value)
         except ValueError:
             return value  # it really is a string
-    if isinstance(value, list | dict) and not _is_connection(annotation):
-        return images.load_nested(value, Path.cwd())
-    return value
+    return images.load_nested(value, Path.cwd())
 
 
 def _is_connection(annotation: Any) -> bool:

@@ -21,7 +21,7 @@ from lmfoundry.errors import InvalidRequest
 from lmfoundry.flows import bindings
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.flex import with_init
-from lmfoundry.flows.includes import with_includes
+from lmfoundry.flows.includes import included_files, with_includes
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
 from lmfoundry.flows.service import FlowCall
@@ -82,9 +82,11 @@ async def start(
     flow test` does); the caller reads `result()` or `events()` from the call. `init` gives a
     flex flow's init arguments (`--init`), a connection's by its name in the files."""
     folder = folder.expanduser().resolve()
+    if not included_files(folder):  # the flow process copies the folder itself
+        return await _start(folder, load_dag(folder), inputs, settings, files, given, init)
     with tempfile.TemporaryDirectory(prefix="lmfoundry-local-") as staging:
-        # the flow process copies the folder when it starts, so the snapshot with the
-        # additional includes (as Prompt flow runs one) lives only until then
+        # the snapshot with the additional includes (as Prompt flow runs one) lives only
+        # until the flow process has copied it
         snapshot = with_includes(folder, Path(staging) / folder.name)
         return await _start(folder, load_dag(snapshot), inputs, settings, files, given, init)
 
