@@ -12,8 +12,9 @@ from cachetools import TTLCache
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from lmfoundry.access.models import Keys
 from lmfoundry.access.secrets import SecretBox, new_key
-from lmfoundry.errors import InvalidRequest
+from lmfoundry.errors import InvalidRequest, NotFound
 from lmfoundry.storage.models import Key
 
 Slot = Literal["primary", "secondary"]
@@ -44,7 +45,7 @@ class KeyStore:
         with self._lock:
             self._matches.clear()
 
-    def create(self, s: Session, kind: str, target_id: int) -> dict[str, str]:
+    def create(self, s: Session, kind: str, target_id: int) -> Keys:
         self.forget()
         keys = {}
         for slot in SLOTS:
@@ -59,13 +60,22 @@ class KeyStore:
                 )
             )
             keys[f"{slot}_key"] = key
+        return Keys.model_validate(keys)
+
+    def read(self, s: Session, kind: str, target_id: int) -> Keys | None:
+        """The target's keys; None when it has none (a flow not deployed yet)."""
+        rows = s.scalars(select(Key).where(Key.target_kind == kind, Key.target_id == target_id))
+        keys = {f"{row.slot}_key": self.box.decrypt(row.secret) for row in rows}
+        return Keys.model_validate(keys) if keys else None
+
+    def read_existing(self, s: Session, kind: str, target_id: int) -> Keys:
+        """`read` for a target that has keys (every deployment and endpoint does)."""
+        keys = self.read(s, kind, target_id)
+        if keys is None:
+            raise NotFound(f"No keys for this {kind}; regenerate them.")
         return keys
 
-    def read(self, s: Session, kind: str, target_id: int) -> dict[str, str]:
-        rows = s.scalars(select(Key).where(Key.target_kind == kind, Key.target_id == target_id))
-        return {f"{row.slot}_key": self.box.decrypt(row.secret) for row in rows}
-
-    def regenerate(self, s: Session, kind: str, target_id: int, slot: str) -> dict[str, str]:
+    def regenerate(self, s: Session, kind: str, target_id: int, slot: str) -> Keys:
         if slot not in SLOTS:
             raise InvalidRequest(
                 f"key_type must be 'primary' or 'secondary', not {slot!r}.", param="key_type"
@@ -89,7 +99,7 @@ class KeyStore:
             row.digest = self.box.digest(key)
             row.secret = self.box.encrypt(key)
         s.flush()
-        return self.read(s, kind, target_id)
+        return self.read_existing(s, kind, target_id)
 
     def match(
         self, s: Session | Callable[[], AbstractContextManager[Session]], key: str

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from pydantic import BaseModel
+
 from lmfoundry.errors import Forbidden
 
 
@@ -118,3 +120,11 @@ class MemberView:
     user: str
     role: Role
     created_at: datetime
+
+
+class Keys(BaseModel):
+    """The two keys of a serverless deployment, an online endpoint or a deployed flow: either
+    opens it, so one can be regenerated while callers move to the other."""
+
+    primary_key: str
+    secondary_key: str

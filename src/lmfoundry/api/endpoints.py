@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmfoundry.access.models import Keys
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.api.inference import presented_key, render
+from lmfoundry.deployments.models import DeploymentView, EndpointView
 from lmfoundry.engines.registry import capabilities
 from lmfoundry.serving.wire import ModelInfoResponse
 
@@ -35,23 +36,6 @@ class EndpointUpdate(BaseModel):
     requests_per_minute: int | None = None
 
 
-class EndpointView(BaseModel):
-    name: str
-    project: str
-    auth_mode: str
-    description: str
-    scoring_uri: str
-    target_url: str
-    traffic: dict[str, int]
-    mirror_traffic: dict[str, int]
-    tokens_per_minute: int
-    requests_per_minute: int
-    provisioning_state: str
-    deployments: list[str]
-    created_by: str
-    created_at: datetime
-
-
 class RequestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_timeout_ms: int | None = None
@@ -65,25 +49,6 @@ class DeploymentPut(BaseModel):
     request_settings: RequestSettings | None = None
 
 
-class DeploymentView(BaseModel):
-    name: str
-    endpoint: str
-    model: str
-    instance_count: int
-    request_settings: dict[str, int]
-    provisioning_state: str
-    error: str | None
-    generation: int
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-
-
-class Keys(BaseModel):
-    primary_key: str
-    secondary_key: str
-
-
 class Regenerate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key_type: Literal["primary", "secondary"]
@@ -92,25 +57,23 @@ class Regenerate(BaseModel):
 P = "/projects/{project}/online-endpoints"
 
 
-@router.post(P, response_model=EndpointView, status_code=201)
-def create(body: EndpointCreate, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+@router.post(P, status_code=201)
+def create(body: EndpointCreate, access: ProjectDep, plat: PlatformDep) -> EndpointView:
     return plat.endpoints.create(access, **body.model_dump())
 
 
-@router.get(P, response_model=list[EndpointView])
-def list_(access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
+@router.get(P)
+def list_(access: ProjectDep, plat: PlatformDep) -> list[EndpointView]:
     return plat.endpoints.list_endpoints(access)
 
 
-@router.get(P + "/{name}", response_model=EndpointView)
-def get(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+@router.get(P + "/{name}")
+def get(name: str, access: ProjectDep, plat: PlatformDep) -> EndpointView:
     return plat.endpoints.get(access, name)
 
 
-@router.patch(P + "/{name}", response_model=EndpointView)
-def update(
-    name: str, body: EndpointUpdate, access: ProjectDep, plat: PlatformDep
-) -> dict[str, Any]:
+@router.patch(P + "/{name}")
+def update(name: str, body: EndpointUpdate, access: ProjectDep, plat: PlatformDep) -> EndpointView:
     return plat.endpoints.update(access, name, body.model_dump(exclude_unset=True))
 
 
@@ -119,36 +82,32 @@ def delete(name: str, access: ProjectDep, plat: PlatformDep) -> None:
     plat.endpoints.delete(access, name)
 
 
-@router.put(P + "/{name}/traffic", response_model=EndpointView)
-def traffic(
-    name: str, body: dict[str, int], access: ProjectDep, plat: PlatformDep
-) -> dict[str, Any]:
+@router.put(P + "/{name}/traffic")
+def traffic(name: str, body: dict[str, int], access: ProjectDep, plat: PlatformDep) -> EndpointView:
     return plat.endpoints.set_split(access, name, "traffic", body)
 
 
-@router.put(P + "/{name}/mirror-traffic", response_model=EndpointView)
+@router.put(P + "/{name}/mirror-traffic")
 def mirror_traffic(
     name: str, body: dict[str, int], access: ProjectDep, plat: PlatformDep
-) -> dict[str, Any]:
+) -> EndpointView:
     return plat.endpoints.set_split(access, name, "mirror_traffic", body)
 
 
-@router.get(P + "/{name}/keys", response_model=Keys)
-def keys(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, str]:
+@router.get(P + "/{name}/keys")
+def keys(name: str, access: ProjectDep, plat: PlatformDep) -> Keys:
     return plat.endpoints.read_keys(access, name)
 
 
-@router.post(P + "/{name}/keys/regenerate", response_model=Keys)
-def regenerate(
-    name: str, body: Regenerate, access: ProjectDep, plat: PlatformDep
-) -> dict[str, str]:
+@router.post(P + "/{name}/keys/regenerate")
+def regenerate(name: str, body: Regenerate, access: ProjectDep, plat: PlatformDep) -> Keys:
     return plat.endpoints.regenerate_key(access, name, body.key_type)
 
 
-@router.put(P + "/{name}/deployments/{deployment}", response_model=DeploymentView)
+@router.put(P + "/{name}/deployments/{deployment}")
 def put_deployment(
     name: str, deployment: str, body: DeploymentPut, access: ProjectDep, plat: PlatformDep
-) -> dict[str, Any]:
+) -> DeploymentView:
     settings = (
         body.request_settings.model_dump(exclude_none=True) if body.request_settings else None
     )
@@ -157,15 +116,15 @@ def put_deployment(
     )
 
 
-@router.get(P + "/{name}/deployments", response_model=list[DeploymentView])
-def list_deployments(name: str, access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
+@router.get(P + "/{name}/deployments")
+def list_deployments(name: str, access: ProjectDep, plat: PlatformDep) -> list[DeploymentView]:
     return plat.endpoints.list_deployments(access, name)
 
 
-@router.get(P + "/{name}/deployments/{deployment}", response_model=DeploymentView)
+@router.get(P + "/{name}/deployments/{deployment}")
 def get_deployment(
     name: str, deployment: str, access: ProjectDep, plat: PlatformDep
-) -> dict[str, Any]:
+) -> DeploymentView:
     return plat.endpoints.get_deployment(access, name, deployment)
 
 

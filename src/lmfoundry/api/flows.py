@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmfoundry.access.models import Keys
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.errors import InvalidRequest, NotFound
 from lmfoundry.flows.service import FlowCall
@@ -92,11 +93,6 @@ class FlowResult(BaseModel):
         default_factory=dict,
         description="The bindings chosen as the project's only fitting connection.",
     )
-
-
-class Keys(BaseModel):
-    primary_key: str
-    secondary_key: str
 
 
 class Regenerate(BaseModel):
@@ -276,15 +272,13 @@ def undeploy(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]
     return plat.flows.undeploy(access, name)
 
 
-@router.get(PREFIX + "/{name}/keys", response_model=Keys)
-def keys(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, str]:
+@router.get(PREFIX + "/{name}/keys")
+def keys(name: str, access: ProjectDep, plat: PlatformDep) -> Keys:
     return plat.flows.read_keys(access, name)
 
 
-@router.post(PREFIX + "/{name}/keys/regenerate", response_model=Keys)
-def regenerate(
-    name: str, body: Regenerate, access: ProjectDep, plat: PlatformDep
-) -> dict[str, str]:
+@router.post(PREFIX + "/{name}/keys/regenerate")
+def regenerate(name: str, body: Regenerate, access: ProjectDep, plat: PlatformDep) -> Keys:
     return plat.flows.regenerate_key(access, name, body.key_type)
 
 

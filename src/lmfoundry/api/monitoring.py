@@ -66,10 +66,10 @@ async def series(
 def _groups(access: ProjectAccess, plat: Platform, kind: str, name: str) -> set[str] | None:
     """The instance groups (models) the target runs on, for an admin; None otherwise."""
     if kind == "serverless":
-        models = [plat.serverless.get(access, name)["model"]]
+        models = [plat.serverless.get(access, name).model]
     else:
         plat.endpoints.get(access, name)
-        models = [d["model"] for d in plat.endpoints.list_deployments(access, name)]
+        models = [d.model for d in plat.endpoints.list_deployments(access, name)]
     if not access.principal.is_admin:
         return None
     groups: set[str] = set()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmfoundry.access.models import Keys
 from lmfoundry.api.deps import PlatformDep, ProjectDep
+from lmfoundry.deployments.models import ServerlessView
 
 router = APIRouter(tags=["serverless deployments"])
 
@@ -31,25 +32,6 @@ class ServerlessUpdate(BaseModel):
     price_output_per_1k: float | None = None
 
 
-class ServerlessView(BaseModel):
-    name: str
-    project: str
-    model: str
-    target_url: str
-    provisioning_state: str
-    tokens_per_minute: int
-    requests_per_minute: int
-    price_input_per_1k: float
-    price_output_per_1k: float
-    created_by: str
-    created_at: datetime
-
-
-class Keys(BaseModel):
-    primary_key: str
-    secondary_key: str
-
-
 class Regenerate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     key_type: Literal["primary", "secondary"]
@@ -58,25 +40,25 @@ class Regenerate(BaseModel):
 PREFIX = "/projects/{project}/serverless-deployments"
 
 
-@router.post(PREFIX, response_model=ServerlessView, status_code=201)
-def create(body: ServerlessCreate, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+@router.post(PREFIX, status_code=201)
+def create(body: ServerlessCreate, access: ProjectDep, plat: PlatformDep) -> ServerlessView:
     return plat.serverless.create(access, **body.model_dump())
 
 
-@router.get(PREFIX, response_model=list[ServerlessView])
-def list_(access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
+@router.get(PREFIX)
+def list_(access: ProjectDep, plat: PlatformDep) -> list[ServerlessView]:
     return plat.serverless.list_deployments(access)
 
 
-@router.get(PREFIX + "/{name}", response_model=ServerlessView)
-def get(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+@router.get(PREFIX + "/{name}")
+def get(name: str, access: ProjectDep, plat: PlatformDep) -> ServerlessView:
     return plat.serverless.get(access, name)
 
 
-@router.patch(PREFIX + "/{name}", response_model=ServerlessView)
+@router.patch(PREFIX + "/{name}")
 def update(
     name: str, body: ServerlessUpdate, access: ProjectDep, plat: PlatformDep
-) -> dict[str, Any]:
+) -> ServerlessView:
     return plat.serverless.update(access, name, body.model_dump(exclude_unset=True))
 
 
@@ -85,13 +67,11 @@ def delete(name: str, access: ProjectDep, plat: PlatformDep) -> None:
     plat.serverless.delete(access, name)
 
 
-@router.get(PREFIX + "/{name}/keys", response_model=Keys)
-def keys(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, str]:
+@router.get(PREFIX + "/{name}/keys")
+def keys(name: str, access: ProjectDep, plat: PlatformDep) -> Keys:
     return plat.serverless.read_keys(access, name)
 
 
-@router.post(PREFIX + "/{name}/keys/regenerate", response_model=Keys)
-def regenerate(
-    name: str, body: Regenerate, access: ProjectDep, plat: PlatformDep
-) -> dict[str, str]:
+@router.post(PREFIX + "/{name}/keys/regenerate")
+def regenerate(name: str, body: Regenerate, access: ProjectDep, plat: PlatformDep) -> Keys:
     return plat.serverless.regenerate_key(access, name, body.key_type)

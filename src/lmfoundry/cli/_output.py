@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -32,8 +34,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def records(data: Any) -> Any:
+    """The SDK's typed views (pydantic models, dataclasses) as plain records, lists kept."""
+    if isinstance(data, list):
+        return [records(item) for item in data]
+    if isinstance(data, BaseModel):
+        return data.model_dump()
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return dataclasses.asdict(data)
+    return data
+
+
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=_plain))
+    typer.echo(json.dumps(records(data), indent=2, default=_plain))
 
 
 def _cell(value: Any) -> str:
@@ -60,7 +73,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | N
 def show(
     data: Any, as_json: bool, columns: Sequence[str] | None = None, title: str | None = None
 ) -> None:
-    """Render a record or a list of records."""
+    """Render a record or a list of records (dicts or the SDK's typed views)."""
+    data = records(data)
     if as_json:
         print_json(data)
         return

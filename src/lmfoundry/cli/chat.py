@@ -32,8 +32,8 @@ def chat(
     """Chat with a deployment, streaming the answer."""
     name = deployment or get_settings().default_deployment
     with client(project) as lmf:
-        target = lmf.get_serverless(name)["target_url"]
-        key = lmf.serverless_keys(name)["primary_key"]
+        target = lmf.get_serverless(name).target_url
+        key = lmf.serverless_keys(name).primary_key
     params: dict[str, Any] = {
         k: v
         for k, v in {"temperature": temperature, "max_tokens": max_tokens}.items()

@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, print_json, show
+from lmfoundry.cli._output import (
+    JsonOpt,
+    ProjectOpt,
+    client,
+    console,
+    print_json,
+    records,
+    show,
+)
+from lmfoundry.client import Client
+from lmfoundry.deployments.models import DeploymentView
 from lmfoundry.errors import EngineFailed, InvalidRequest, Timeout
 
 app = typer.Typer(
@@ -56,7 +66,7 @@ def show_(name: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None
         endpoint = lmf.endpoint(name)
         deployments = lmf.endpoint_deployments(name)
     if json_:
-        print_json({**endpoint, "deployments": deployments})
+        print_json({**records(endpoint), "deployments": records(deployments)})
         return
     show(endpoint, False)
     show(deployments, False, DEPLOYMENT_COLUMNS, title="deployments")
@@ -101,24 +111,26 @@ def deploy(
             endpoint, deployment, model, instance_count, settings or None
         )
         if wait:
-            result = _wait(lmf, endpoint, deployment, result["generation"], timeout)
+            result = _wait(lmf, endpoint, deployment, result.generation, timeout)
     show(result, json_)
 
 
-def _wait(lmf: Any, endpoint: str, deployment: str, generation: int, timeout: float) -> Any:
+def _wait(
+    lmf: Client, endpoint: str, deployment: str, generation: int, timeout: float
+) -> DeploymentView:
     """Poll until this generation of the deployment has succeeded; a failure is an error."""
     deadline = time.monotonic() + timeout
     while True:
         state = lmf.endpoint_deployment(endpoint, deployment)
-        if state["provisioning_state"] == "failed":
+        if state.provisioning_state == "failed":
             raise EngineFailed(
-                f"Deployment {deployment!r} failed: {state.get('error') or 'see the server log'}."
+                f"Deployment {deployment!r} failed: {state.error or 'see the server log'}."
             )
-        if state["provisioning_state"] == "succeeded" and state["generation"] >= generation:
+        if state.provisioning_state == "succeeded" and state.generation >= generation:
             return state
         if time.monotonic() > deadline:
             raise Timeout(
-                f"Deployment {deployment!r} is still {state['provisioning_state']} after "
+                f"Deployment {deployment!r} is still {state.provisioning_state} after "
                 f"{timeout:.0f} s; `lmfoundry endpoints deployments {endpoint}` shows it."
             )
         time.sleep(0.5)

@@ -173,9 +173,9 @@ def _default_deployment(settings: Settings, platform: Platform) -> None:
             return
         deployment = platform.serverless.create(access, name, settings.default_model)
         if settings.log_format != "json":  # JSON output goes to log stores: no key there
-            key = platform.serverless.read_keys(access, name)["primary_key"]
+            key = platform.serverless.read_keys(access, name).primary_key
         console.print(f"Created serverless deployment [bold]{name}[/] of {settings.default_model}.")
-    target = deployment["target_url"]
+    target = deployment.target_url
     # Greedy, and asked for one sentence: the bundled 135M model then answers "The capital of
     # France is Paris."; at its default temperature the bare question drifts into French
     # word salad ("L'Étoile, la Marseillaise, ...").

@@ -18,8 +18,10 @@ from urllib.parse import quote
 import httpx
 
 from lmfoundry import errors
+from lmfoundry.access.models import Keys
 from lmfoundry.client.base import raise_for
 from lmfoundry.client.flows import FlowsClient
+from lmfoundry.deployments.models import DeploymentView, EndpointView, ServerlessView
 
 
 class Client(FlowsClient):
@@ -125,33 +127,41 @@ class Client(FlowsClient):
 
     def create_serverless(
         self, name: str, model: str, project: str | None = None, **quota: Any
-    ) -> dict[str, Any]:
+    ) -> ServerlessView:
         body = {"name": name, "model": model, **{k: v for k, v in quota.items() if v is not None}}
-        return self._call("POST", self._p(project) + "/serverless-deployments", json=body)
+        return self._one(
+            ServerlessView, "POST", self._p(project) + "/serverless-deployments", json=body
+        )
 
-    def serverless(self, project: str | None = None) -> list[dict[str, Any]]:
-        return self._call("GET", self._p(project) + "/serverless-deployments")
+    def serverless(self, project: str | None = None) -> list[ServerlessView]:
+        return self._many(ServerlessView, "GET", self._p(project) + "/serverless-deployments")
 
-    def get_serverless(self, name: str, project: str | None = None) -> dict[str, Any]:
-        return self._call("GET", self._p(project) + f"/serverless-deployments/{name}")
+    def get_serverless(self, name: str, project: str | None = None) -> ServerlessView:
+        return self._one(
+            ServerlessView, "GET", self._p(project) + f"/serverless-deployments/{name}"
+        )
 
     def update_serverless(
         self, name: str, project: str | None = None, **changes: Any
-    ) -> dict[str, Any]:
-        return self._call(
-            "PATCH", self._p(project) + f"/serverless-deployments/{name}", json=changes
+    ) -> ServerlessView:
+        return self._one(
+            ServerlessView,
+            "PATCH",
+            self._p(project) + f"/serverless-deployments/{name}",
+            json=changes,
         )
 
     def delete_serverless(self, name: str, project: str | None = None) -> None:
         self._call("DELETE", self._p(project) + f"/serverless-deployments/{name}")
 
-    def serverless_keys(self, name: str, project: str | None = None) -> dict[str, str]:
-        return self._call("GET", self._p(project) + f"/serverless-deployments/{name}/keys")
+    def serverless_keys(self, name: str, project: str | None = None) -> Keys:
+        return self._one(Keys, "GET", self._p(project) + f"/serverless-deployments/{name}/keys")
 
     def regenerate_serverless_key(
         self, name: str, key_type: str, project: str | None = None
-    ) -> dict[str, str]:
-        return self._call(
+    ) -> Keys:
+        return self._one(
+            Keys,
             "POST",
             self._p(project) + f"/serverless-deployments/{name}/keys/regenerate",
             json={"key_type": key_type},
@@ -193,18 +203,19 @@ class Client(FlowsClient):
 
     def create_endpoint(
         self, name: str, description: str = "", project: str | None = None
-    ) -> dict[str, Any]:
-        return self._call(
+    ) -> EndpointView:
+        return self._one(
+            EndpointView,
             "POST",
             self._p(project) + "/online-endpoints",
             json={"name": name, "auth_mode": "key", "description": description},
         )
 
-    def endpoints(self, project: str | None = None) -> list[dict[str, Any]]:
-        return self._call("GET", self._p(project) + "/online-endpoints")
+    def endpoints(self, project: str | None = None) -> list[EndpointView]:
+        return self._many(EndpointView, "GET", self._p(project) + "/online-endpoints")
 
-    def endpoint(self, name: str, project: str | None = None) -> dict[str, Any]:
-        return self._call("GET", self._p(project) + f"/online-endpoints/{name}")
+    def endpoint(self, name: str, project: str | None = None) -> EndpointView:
+        return self._one(EndpointView, "GET", self._p(project) + f"/online-endpoints/{name}")
 
     def delete_endpoint(self, name: str, project: str | None = None) -> None:
         self._call("DELETE", self._p(project) + f"/online-endpoints/{name}")
@@ -217,11 +228,12 @@ class Client(FlowsClient):
         instance_count: int = 1,
         request_settings: dict[str, int] | None = None,
         project: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> DeploymentView:
         body: dict[str, Any] = {"model": model, "instance_count": instance_count}
         if request_settings:
             body["request_settings"] = request_settings
-        return self._call(
+        return self._one(
+            DeploymentView,
             "PUT",
             self._p(project) + f"/online-endpoints/{endpoint}/deployments/{deployment}",
             json=body,
@@ -229,14 +241,18 @@ class Client(FlowsClient):
 
     def endpoint_deployments(
         self, endpoint: str, project: str | None = None
-    ) -> list[dict[str, Any]]:
-        return self._call("GET", self._p(project) + f"/online-endpoints/{endpoint}/deployments")
+    ) -> list[DeploymentView]:
+        return self._many(
+            DeploymentView, "GET", self._p(project) + f"/online-endpoints/{endpoint}/deployments"
+        )
 
     def endpoint_deployment(
         self, endpoint: str, deployment: str, project: str | None = None
-    ) -> dict[str, Any]:
-        return self._call(
-            "GET", self._p(project) + f"/online-endpoints/{endpoint}/deployments/{deployment}"
+    ) -> DeploymentView:
+        return self._one(
+            DeploymentView,
+            "GET",
+            self._p(project) + f"/online-endpoints/{endpoint}/deployments/{deployment}",
         )
 
     def delete_endpoint_deployment(
@@ -248,19 +264,21 @@ class Client(FlowsClient):
 
     def set_endpoint_traffic(
         self, endpoint: str, split: dict[str, int], mirror: bool = False, project: str | None = None
-    ) -> dict[str, Any]:
+    ) -> EndpointView:
         kind = "mirror-traffic" if mirror else "traffic"
-        return self._call(
-            "PUT", self._p(project) + f"/online-endpoints/{endpoint}/{kind}", json=split
+        return self._one(
+            EndpointView,
+            "PUT",
+            self._p(project) + f"/online-endpoints/{endpoint}/{kind}",
+            json=split,
         )
 
-    def endpoint_keys(self, name: str, project: str | None = None) -> dict[str, str]:
-        return self._call("GET", self._p(project) + f"/online-endpoints/{name}/keys")
+    def endpoint_keys(self, name: str, project: str | None = None) -> Keys:
+        return self._one(Keys, "GET", self._p(project) + f"/online-endpoints/{name}/keys")
 
-    def regenerate_endpoint_key(
-        self, name: str, key_type: str, project: str | None = None
-    ) -> dict[str, str]:
-        return self._call(
+    def regenerate_endpoint_key(self, name: str, key_type: str, project: str | None = None) -> Keys:
+        return self._one(
+            Keys,
             "POST",
             self._p(project) + f"/online-endpoints/{name}/keys/regenerate",
             json={"key_type": key_type},
@@ -275,11 +293,11 @@ class Client(FlowsClient):
     ) -> dict[str, Any]:
         """Call `/endpoints/{name}/score` with the endpoint's primary key."""
         endpoint = self.endpoint(name, project)
-        key = self.endpoint_keys(name, project)["primary_key"]
+        key = self.endpoint_keys(name, project).primary_key
         headers = {"Authorization": f"Bearer {key}"}
         if deployment:
             headers["azureml-model-deployment"] = deployment
-        response = httpx.post(endpoint["scoring_uri"], json=body, headers=headers, timeout=300)
+        response = httpx.post(endpoint.scoring_uri, json=body, headers=headers, timeout=300)
         raise_for(response)
         return dict(response.json())
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from lmfoundry import errors
+from lmfoundry.access.models import Keys
 from lmfoundry.client.base import BaseClient, raise_for
 from lmfoundry.flows.archive import pack
 
@@ -129,13 +130,12 @@ class FlowsClient(BaseClient):
     def undeploy_flow(self, name: str, project: str | None = None) -> dict[str, Any]:
         return self._call("DELETE", self._p(project) + f"/flows/{name}/deploy")
 
-    def flow_keys(self, name: str, project: str | None = None) -> dict[str, str]:
-        return self._call("GET", self._p(project) + f"/flows/{name}/keys")
+    def flow_keys(self, name: str, project: str | None = None) -> Keys:
+        return self._one(Keys, "GET", self._p(project) + f"/flows/{name}/keys")
 
-    def regenerate_flow_key(
-        self, name: str, key_type: str, project: str | None = None
-    ) -> dict[str, str]:
-        return self._call(
+    def regenerate_flow_key(self, name: str, key_type: str, project: str | None = None) -> Keys:
+        return self._one(
+            Keys,
             "POST",
             self._p(project) + f"/flows/{name}/keys/regenerate",
             json={"key_type": key_type},

@@ -46,7 +46,7 @@ class _Targets:
                     f"{self.what} {name!r} no longer exists in this "
                     f"project; point the connection at another one (`{self.listing}`)."
                 )
-            key = self.keys.read(s, self.kind, row.id)["primary_key"]
+            key = self.keys.read_existing(s, self.kind, row.id).primary_key
         return self.target(name, key)
 
     def target(self, name: str, key: str) -> Target:

@@ -15,8 +15,9 @@ from sqlalchemy.exc import IntegrityError
 
 from lmfoundry.access.audit import record
 from lmfoundry.access.keys import KeyStore
-from lmfoundry.access.models import ProjectAccess, Role
+from lmfoundry.access.models import Keys, ProjectAccess, Role
 from lmfoundry.access.service import check_name
+from lmfoundry.deployments.models import DeploymentView, EndpointView
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import ServingTarget
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound
@@ -118,28 +119,28 @@ class EndpointService:
 
     # -- endpoints ---------------------------------------------------------------------------
 
-    def _endpoint_view(self, s: Any, row: OnlineEndpoint, project: str) -> dict[str, Any]:
+    def _endpoint_view(self, s: Any, row: OnlineEndpoint, project: str) -> EndpointView:
         deployments = s.scalars(
             select(EndpointDeployment)
             .where(EndpointDeployment.endpoint_id == row.id)
             .order_by(EndpointDeployment.name)
         ).all()
-        return {
-            "name": row.name,
-            "project": project,
-            "auth_mode": row.auth_mode,
-            "description": row.description,
-            "scoring_uri": self.scoring_uri(row.name),
-            "target_url": f"{self.base_url}/endpoints/{row.name}/",
-            "traffic": row.traffic,
-            "mirror_traffic": row.mirror_traffic,
-            "tokens_per_minute": row.tokens_per_minute,
-            "requests_per_minute": row.requests_per_minute,
-            "provisioning_state": _endpoint_state(deployments),
-            "deployments": [d.name for d in deployments],
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-        }
+        return EndpointView(
+            name=row.name,
+            project=project,
+            auth_mode=row.auth_mode,
+            description=row.description,
+            scoring_uri=self.scoring_uri(row.name),
+            target_url=f"{self.base_url}/endpoints/{row.name}/",
+            traffic=row.traffic,
+            mirror_traffic=row.mirror_traffic,
+            tokens_per_minute=row.tokens_per_minute,
+            requests_per_minute=row.requests_per_minute,
+            provisioning_state=_endpoint_state(deployments),
+            deployments=[d.name for d in deployments],
+            created_by=row.created_by,
+            created_at=row.created_at,
+        )
 
     def create(
         self,
@@ -149,7 +150,7 @@ class EndpointService:
         description: str = "",
         tokens_per_minute: int | None = None,
         requests_per_minute: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> EndpointView:
         access.require(Role.developer, "create endpoints")
         check_name("endpoint", name)
         if auth_mode != "key":
@@ -190,7 +191,7 @@ class EndpointService:
             record(s, access.principal.name, access.project_id, "endpoint.create", name, {})
             return self._endpoint_view(s, row, access.project)
 
-    def list_endpoints(self, access: ProjectAccess) -> list[dict[str, Any]]:
+    def list_endpoints(self, access: ProjectAccess) -> list[EndpointView]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(OnlineEndpoint)
@@ -199,7 +200,7 @@ class EndpointService:
             )
             return [self._endpoint_view(s, r, access.project) for r in rows]
 
-    def get(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+    def get(self, access: ProjectAccess, name: str) -> EndpointView:
         with self.db.session() as s:
             return self._endpoint_view(s, self._endpoint(s, access, name), access.project)
 
@@ -216,7 +217,7 @@ class EndpointService:
             )
         return row
 
-    def update(self, access: ProjectAccess, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    def update(self, access: ProjectAccess, name: str, changes: dict[str, Any]) -> EndpointView:
         access.require(Role.developer, "change endpoints")
         allowed = {"description", "tokens_per_minute", "requests_per_minute"}
         unknown = set(changes) - allowed
@@ -259,7 +260,7 @@ class EndpointService:
 
     def set_split(
         self, access: ProjectAccess, name: str, kind: str, split: dict[str, int]
-    ) -> dict[str, Any]:
+    ) -> EndpointView:
         """`kind` is `traffic` or `mirror_traffic`."""
         access.require(Role.developer, f"set {kind}")
         with self.db.session() as s:
@@ -291,12 +292,12 @@ class EndpointService:
             )
             return self._endpoint_view(s, row, access.project)
 
-    def read_keys(self, access: ProjectAccess, name: str) -> dict[str, str]:
+    def read_keys(self, access: ProjectAccess, name: str) -> Keys:
         access.require(Role.developer, "read keys")
         with self.db.session() as s:
-            return self.keys.read(s, KIND, self._endpoint(s, access, name).id)
+            return self.keys.read_existing(s, KIND, self._endpoint(s, access, name).id)
 
-    def regenerate_key(self, access: ProjectAccess, name: str, slot: str) -> dict[str, str]:
+    def regenerate_key(self, access: ProjectAccess, name: str, slot: str) -> Keys:
         access.require(Role.developer, "regenerate keys")
         with self.db.session() as s:
             row = self._endpoint(s, access, name)
@@ -314,20 +315,20 @@ class EndpointService:
     # -- deployments -------------------------------------------------------------------------
 
     @staticmethod
-    def _deployment_view(row: EndpointDeployment, endpoint: str) -> dict[str, Any]:
-        return {
-            "name": row.name,
-            "endpoint": endpoint,
-            "model": row.model,
-            "instance_count": row.instance_count,
-            "request_settings": row.request_settings,
-            "provisioning_state": row.provisioning_state,
-            "error": row.error,
-            "generation": row.generation,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
+    def _deployment_view(row: EndpointDeployment, endpoint: str) -> DeploymentView:
+        return DeploymentView(
+            name=row.name,
+            endpoint=endpoint,
+            model=row.model,
+            instance_count=row.instance_count,
+            request_settings=row.request_settings,
+            provisioning_state=row.provisioning_state,
+            error=row.error,
+            generation=row.generation,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
 
     def put_deployment(
         self,
@@ -337,7 +338,7 @@ class EndpointService:
         model: str,
         instance_count: int = 1,
         request_settings: dict[str, int] | None = None,
-    ) -> dict[str, Any]:
+    ) -> DeploymentView:
         """Create or update a deployment. A new model starts new instances before the old
         ones stop (a rollout); a new instance count scales in place."""
         access.require(Role.developer, "deploy models")
@@ -412,7 +413,7 @@ class EndpointService:
         self.on_change()
         return view
 
-    def list_deployments(self, access: ProjectAccess, endpoint: str) -> list[dict[str, Any]]:
+    def list_deployments(self, access: ProjectAccess, endpoint: str) -> list[DeploymentView]:
         with self.db.session() as s:
             row = self._endpoint(s, access, endpoint)
             deps = s.scalars(
@@ -422,7 +423,7 @@ class EndpointService:
             )
             return [self._deployment_view(d, endpoint) for d in deps]
 
-    def get_deployment(self, access: ProjectAccess, endpoint: str, name: str) -> dict[str, Any]:
+    def get_deployment(self, access: ProjectAccess, endpoint: str, name: str) -> DeploymentView:
         with self.db.session() as s:
             return self._deployment_view(self._deployment(s, access, endpoint, name), endpoint)
 

@@ -14,8 +14,9 @@ from sqlalchemy.exc import IntegrityError
 
 from lmfoundry.access.audit import record
 from lmfoundry.access.keys import KeyStore
-from lmfoundry.access.models import ProjectAccess, Role
+from lmfoundry.access.models import Keys, ProjectAccess, Role
 from lmfoundry.access.service import check_name
+from lmfoundry.deployments.models import ServerlessView
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.quotas.service import DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE
@@ -90,25 +91,25 @@ class ServerlessService:
     def target_url(self, name: str) -> str:
         return f"{self.base_url}/serverless/{name}/"
 
-    def _view(self, row: ServerlessDeployment, project: str) -> dict[str, Any]:
+    def _view(self, row: ServerlessDeployment, project: str) -> ServerlessView:
         card = self.resolver.card(row.project_id, row.model)
-        return {
-            "name": row.name,
-            "project": project,
-            "model": row.model,
-            "target_url": self.target_url(row.name),
-            "provisioning_state": "succeeded",
-            "tokens_per_minute": row.tokens_per_minute,
-            "requests_per_minute": row.requests_per_minute,
-            "price_input_per_1k": row.price_input_per_1k
+        return ServerlessView(
+            name=row.name,
+            project=project,
+            model=row.model,
+            target_url=self.target_url(row.name),
+            provisioning_state="succeeded",
+            tokens_per_minute=row.tokens_per_minute,
+            requests_per_minute=row.requests_per_minute,
+            price_input_per_1k=row.price_input_per_1k
             if row.price_input_per_1k is not None
             else card.price_input_per_1k,
-            "price_output_per_1k": row.price_output_per_1k
+            price_output_per_1k=row.price_output_per_1k
             if row.price_output_per_1k is not None
             else card.price_output_per_1k,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-        }
+            created_by=row.created_by,
+            created_at=row.created_at,
+        )
 
     # -- management --------------------------------------------------------------------------
 
@@ -121,7 +122,7 @@ class ServerlessService:
         requests_per_minute: int | None = None,
         price_input_per_1k: float | None = None,
         price_output_per_1k: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> ServerlessView:
         access.require(Role.developer, "create deployments")
         check_name("deployment", name)
         _check_quota("tokens_per_minute", tokens_per_minute, MAX_TOKENS_PER_MINUTE)
@@ -189,7 +190,7 @@ class ServerlessService:
             )
             return self._view(row, access.project)
 
-    def list_deployments(self, access: ProjectAccess) -> list[dict[str, Any]]:
+    def list_deployments(self, access: ProjectAccess) -> list[ServerlessView]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(ServerlessDeployment)
@@ -198,7 +199,7 @@ class ServerlessService:
             ).all()
             return [self._view(r, access.project) for r in rows]
 
-    def get(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+    def get(self, access: ProjectAccess, name: str) -> ServerlessView:
         with self.db.session() as s:
             return self._view(self._row(s, access, name), access.project)
 
@@ -216,7 +217,7 @@ class ServerlessService:
             )
         return row
 
-    def update(self, access: ProjectAccess, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    def update(self, access: ProjectAccess, name: str, changes: dict[str, Any]) -> ServerlessView:
         access.require(Role.developer, "change deployments")
         allowed = {
             "tokens_per_minute",
@@ -270,13 +271,13 @@ class ServerlessService:
                 {"model": row.model},
             )
 
-    def read_keys(self, access: ProjectAccess, name: str) -> dict[str, str]:
+    def read_keys(self, access: ProjectAccess, name: str) -> Keys:
         access.require(Role.developer, "read keys")
         with self.db.session() as s:
             row = self._row(s, access, name)
-            return self.keys.read(s, KIND, row.id)
+            return self.keys.read_existing(s, KIND, row.id)
 
-    def regenerate_key(self, access: ProjectAccess, name: str, slot: str) -> dict[str, str]:
+    def regenerate_key(self, access: ProjectAccess, name: str, slot: str) -> Keys:
         access.require(Role.developer, "regenerate keys")
         with self.db.session() as s:
             row = self._row(s, access, name)

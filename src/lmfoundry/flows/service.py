@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from lmfoundry.access.audit import record
 from lmfoundry.access.keys import KeyStore
-from lmfoundry.access.models import ProjectAccess, Role
+from lmfoundry.access.models import Keys, ProjectAccess, Role
 from lmfoundry.access.service import check_name
 from lmfoundry.config import Settings
 from lmfoundry.connections.models import ResolvedConnection
@@ -483,12 +483,12 @@ class FlowService:
             )
         return row
 
-    def read_keys(self, access: ProjectAccess, name: str) -> dict[str, str]:
+    def read_keys(self, access: ProjectAccess, name: str) -> Keys:
         access.require(Role.developer, "read keys")
         with self.db.session() as s:
-            return self.keys.read(s, KIND, self._deployed(s, access, name).id)
+            return self.keys.read_existing(s, KIND, self._deployed(s, access, name).id)
 
-    def regenerate_key(self, access: ProjectAccess, name: str, slot: str) -> dict[str, str]:
+    def regenerate_key(self, access: ProjectAccess, name: str, slot: str) -> Keys:
         access.require(Role.developer, "regenerate keys")
         with self.db.session() as s:
             row = self._deployed(s, access, name)

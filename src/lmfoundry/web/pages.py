@@ -29,7 +29,7 @@ def project_home(access: ProjectDep) -> Response:
 
 @router.get(P + "/catalog")
 def catalog(request: Request, access: ProjectDep, plat: PlatformDep) -> Response:
-    deployed = {d["model"]: d["name"] for d in plat.serverless.list_deployments(access)}
+    deployed = {d.model: d.name for d in plat.serverless.list_deployments(access)}
     return render(
         request,
         "catalog.html",
@@ -67,7 +67,7 @@ async def deployment(
         d=view,
         remaining=remaining,
         daily=daily,
-        card=plat.resolver.card(access.project_id, view["model"]),
+        card=plat.resolver.card(access.project_id, view.model),
     )
 
 
@@ -80,20 +80,20 @@ def playground(
 ) -> Response:
     targets: list[dict[str, Any]] = [
         {
-            "value": f"serverless/{d['name']}",
-            "label": f"{d['name']} (serverless, {d['model']})",
-            "url": d["target_url"],
-            "model": d["model"],
+            "value": f"serverless/{d.name}",
+            "label": f"{d.name} (serverless, {d.model})",
+            "url": d.target_url,
+            "model": d.model,
             "deployments": [],
         }
         for d in plat.serverless.list_deployments(access)
     ] + [
         {
-            "value": f"endpoint/{e['name']}",
-            "label": f"{e['name']} (endpoint)",
-            "url": e["target_url"],
-            "model": e["name"],
-            "deployments": e["deployments"],
+            "value": f"endpoint/{e.name}",
+            "label": f"{e.name} (endpoint)",
+            "url": e.target_url,
+            "model": e.name,
+            "deployments": e.deployments,
         }
         for e in plat.endpoints.list_endpoints(access)
     ]
@@ -121,13 +121,13 @@ def endpoints(request: Request, access: ProjectDep, plat: PlatformDep) -> Respon
 @router.get(P + "/endpoints/{name}")
 def endpoint(name: str, request: Request, access: ProjectDep, plat: PlatformDep) -> Response:
     view = plat.endpoints.get(access, name)
-    deployments: list[dict[str, Any]] = plat.endpoints.list_deployments(access, name)
+    deployments = plat.endpoints.list_deployments(access, name)
     instances = None  # None: not the caller's to see (instances serve every project)
     if access.principal.is_admin:
         groups = set()
         for d in deployments:
             try:
-                card = plat.resolver.card(access.project_id, d["model"])
+                card = plat.resolver.card(access.project_id, d.model)
                 groups.add(card.base_model or card.id)
             except LmfError:
                 continue

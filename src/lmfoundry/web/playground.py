@@ -40,12 +40,12 @@ async def chat(
     payload = json.dumps(body.request).encode()
     request_id = request.state.request_id
     if body.kind == "serverless":
-        key = plat.serverless.read_keys(access, body.name)["primary_key"]
+        key = plat.serverless.read_keys(access, body.name).primary_key
         target = plat.serverless.serving_target(body.name)
         slot = plat.gateway.check_key(target, key)
         result = await plat.gateway.chat(target, slot, payload, None, request_id)
     else:
-        key = plat.endpoints.read_keys(access, body.name)["primary_key"]
+        key = plat.endpoints.read_keys(access, body.name).primary_key
         route, slot = plat.router.authorize(body.name, key)
         result = await plat.router.chat(
             route, slot, payload, None, request_id, body.deployment or None
