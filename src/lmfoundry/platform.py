@@ -34,6 +34,8 @@ from lmfoundry.quotas.projects import ProjectQuotas
 from lmfoundry.quotas.service import QuotaService, make_store
 from lmfoundry.registry.imports import ImportPolicy
 from lmfoundry.registry.service import RegistryService
+from lmfoundry.responses.service import ResponsesService
+from lmfoundry.responses.store import ResponseStore
 from lmfoundry.runtime.backend import Backend
 from lmfoundry.runtime.llama_server import cpu_count
 from lmfoundry.runtime.local import LocalBackend
@@ -41,8 +43,8 @@ from lmfoundry.runtime.ray_jobs import RayJobLauncher
 from lmfoundry.runtime.ray_serve import RayBackend, RayCluster, ReplicaSettings
 from lmfoundry.runtime.registry import InstanceRegistry
 from lmfoundry.runtime.remote import RemoteBackend
-from lmfoundry.serving.endpoint import EndpointRouter
 from lmfoundry.serving.gateway import Gateway
+from lmfoundry.serving.plane import DataPlane
 from lmfoundry.storage.db import Database
 
 
@@ -60,11 +62,12 @@ class Platform:
     serverless: ServerlessService
     endpoints: EndpointService
     fleet: Fleet
-    router: EndpointRouter
     backend: Backend
     quotas: QuotaService
     metering: MeteringService
     gateway: Gateway
+    data_plane: DataPlane
+    responses: ResponsesService
     bootstrap: Bootstrap
     connections: ConnectionService
     flows: FlowService
@@ -133,17 +136,18 @@ class Platform:
         quotas = QuotaService(make_store(settings.redis_url, settings.quotas_enabled))
         metering = MeteringService(db, settings.metering_enabled, settings.redis_url)
         metrics = Metrics(db)  # this app's own registry: GET /metrics
-        gateway = Gateway(settings, db, resolver, keys, backend, quotas, metering, metrics)
+        gateway = Gateway(settings, db, resolver, backend, quotas, metering, metrics)
         fleet = Fleet(
             endpoints, resolver, backend, gateway.instance_spec, owner=settings.supervisor
         )
         endpoints.on_change = fleet.changed
-        router = EndpointRouter(gateway, endpoints, fleet)
         connections = ConnectionService(db, box)
         connections.register_target(SERVERLESS, ServerlessTargets(db, serverless, keys))
         connections.register_target(ENDPOINT, EndpointTargets(db, endpoints, keys))
         flows = FlowService(db, settings, connections, keys)
         runs = RunService(db, settings, flows)
+        responses = ResponsesService(ResponseStore(db))
+        data_plane = DataPlane(db, keys, serverless, endpoints, fleet, gateway, responses, flows)
         datasets = DatasetService(db, catalog, settings.artifacts_dir)
         finetune = FineTuneService(
             db,
@@ -183,11 +187,12 @@ class Platform:
             serverless=serverless,
             endpoints=endpoints,
             fleet=fleet,
-            router=router,
             backend=backend,
             quotas=quotas,
             metering=metering,
             gateway=gateway,
+            data_plane=data_plane,
+            responses=responses,
             bootstrap=bootstrap,
             connections=connections,
             flows=flows,

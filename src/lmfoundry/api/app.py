@@ -14,11 +14,9 @@ from lmfoundry.api import (
     catalog,
     connections,
     datasets,
-    embeddings,
     endpoints,
     errors,
     finetune,
-    flow_score,
     flows,
     health,
     inference,
@@ -27,7 +25,6 @@ from lmfoundry.api import (
     projects,
     quotas,
     registry,
-    responses,
     serverless,
     usage,
 )
@@ -66,10 +63,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     # The data plane first: every request is matched against the routes in order, and
     # inference requests are the many (about 70 management routes otherwise come before).
     app.include_router(inference.router)
-    app.include_router(endpoints.data_plane)
-    app.include_router(embeddings.router)
-    app.include_router(responses.router)
-    app.include_router(flow_score.router)
     app.include_router(health.router)
     for module in (
         catalog,

@@ -1,23 +1,18 @@
-"""Online endpoints: management under /api/v1, and the data plane at /endpoints/{name}/."""
+"""`/api/v1/projects/{project}/online-endpoints`: endpoints, their deployments, traffic and
+keys (the data plane at /endpoints/{name}/ is api/inference.py)."""
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.access.models import Keys
 from lmfoundry.api.deps import PlatformDep, ProjectDep
-from lmfoundry.api.inference import presented_key, render
 from lmfoundry.deployments.models import DeploymentView, EndpointView
-from lmfoundry.engines.registry import capabilities
-from lmfoundry.serving.wire import ModelInfoResponse
 
 router = APIRouter(tags=["online endpoints"])
-data_plane = APIRouter(tags=["inference"])
 
 
 class EndpointCreate(BaseModel):
@@ -131,81 +126,3 @@ def get_deployment(
 @router.delete(P + "/{name}/deployments/{deployment}", status_code=204)
 def delete_deployment(name: str, deployment: str, access: ProjectDep, plat: PlatformDep) -> None:
     plat.endpoints.delete_deployment(access, name, deployment)
-
-
-# -- data plane ----------------------------------------------------------------------------
-
-
-@data_plane.post("/endpoints/{name}/score")
-async def score(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
-    """Azure ML's `/score` for chat models: `{"input_data": {"input_string": [...],
-    "parameters": {...}}}` -> `{"output": "..."}`."""
-    route, slot = await plat.router.admit_key(
-        name, presented_key(request), request.state.request_id
-    )
-    body, headers = await plat.router.score(
-        route,
-        slot,
-        await request.body(),
-        request.state.request_id,
-        request.headers.get("azureml-model-deployment"),
-    )
-    return JSONResponse(body, headers=headers)
-
-
-@data_plane.post("/endpoints/{name}/chat/completions")
-@data_plane.post("/endpoints/{name}/v1/chat/completions")
-async def chat_completions(name: str, request: Request, plat: PlatformDep) -> Response:
-    return await _generate(name, request, plat, "chat")
-
-
-@data_plane.post("/endpoints/{name}/completions")
-@data_plane.post("/endpoints/{name}/v1/completions")
-async def completions(name: str, request: Request, plat: PlatformDep) -> Response:
-    """The legacy completions API: a prompt, no chat template."""
-    return await _generate(name, request, plat, "completions")
-
-
-async def _generate(name: str, request: Request, plat: PlatformDep, api: str) -> Response:
-    route, slot = await plat.router.admit_key(
-        name, presented_key(request), request.state.request_id
-    )
-    result = await plat.router.chat(
-        route,
-        slot,
-        await request.body(),
-        request.headers.get("extra-parameters"),
-        request.state.request_id,
-        request.headers.get("azureml-model-deployment"),
-        api=api,
-    )
-    return render(result)
-
-
-@data_plane.get("/endpoints/{name}/info", response_model=ModelInfoResponse)
-async def info(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
-    route, _ = plat.router.authorize(name, presented_key(request))
-    state, _ = plat.router.pick(route, request.headers.get("azureml-model-deployment"))
-    card = plat.resolver.card(state.project_id, state.model)
-    body = ModelInfoResponse(
-        model_name=card.id,
-        model_type=card.model_type,
-        model_provider_name=card.publisher,
-        capabilities=capabilities(card.engine, card.model_type),
-    )
-    return JSONResponse(body.model_dump(), headers={"azureml-model-deployment": state.name})
-
-
-@data_plane.get("/endpoints/{name}/v1/models")
-async def models(name: str, request: Request, plat: PlatformDep) -> JSONResponse:
-    route, _ = plat.router.authorize(name, presented_key(request))
-    data = [
-        {
-            "id": plat.resolver.card(d.project_id, d.model).id,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": d.name,
-        }
-        for d in route.deployments.values()
-    ]
-    return JSONResponse({"object": "list", "data": data})

@@ -7,7 +7,6 @@ instances match it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -19,7 +18,13 @@ from lmfoundry.access.models import Keys, ProjectAccess, Role
 from lmfoundry.access.service import check_name
 from lmfoundry.deployments.models import DeploymentView, EndpointView
 from lmfoundry.deployments.resolve import ModelResolver
-from lmfoundry.deployments.serverless import ServingTarget
+from lmfoundry.deployments.targets import (
+    Deployment,
+    DeploymentState,
+    Target,
+    TargetCache,
+    TargetKind,
+)
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound
 from lmfoundry.quotas.service import DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE
 from lmfoundry.quotas.window import Limits
@@ -29,7 +34,7 @@ from lmfoundry.storage.models import EndpointDeployment, OnlineEndpoint
 if TYPE_CHECKING:
     from lmfoundry.quotas.projects import ProjectQuotas
 
-KIND = "endpoint"
+KIND: TargetKind = "endpoint"
 MAX_INSTANCES = 16
 DEFAULT_REQUEST_SETTINGS = {
     "request_timeout_ms": 90_000,  # Azure's LLM deployments use 90 s; its 5 s default is for
@@ -39,30 +44,6 @@ SETTING_LIMITS = {
     "request_timeout_ms": (1, 3_600_000),
     "max_concurrent_requests_per_instance": (1, 1024),
 }
-
-
-@dataclass(frozen=True)
-class DeploymentState:
-    """What the fleet needs to run one deployment."""
-
-    id: int
-    endpoint: str
-    name: str
-    project_id: int
-    model: str
-    instance_count: int
-    request_settings: dict[str, int]
-    generation: int
-
-
-@dataclass(frozen=True)
-class EndpointRoute:
-    """What the data plane needs to route one request to an endpoint."""
-
-    target: ServingTarget
-    traffic: dict[str, int]
-    mirror: dict[str, int]
-    deployments: dict[str, DeploymentState] = field(default_factory=dict)
 
 
 def check_split(kind: str, split: dict[str, int], names: set[str]) -> dict[str, int]:
@@ -113,6 +94,8 @@ class EndpointService:
         self.keys = keys
         self.base_url = base_url.rstrip("/")
         self.on_change = on_change or (lambda: None)  # wakes the fleet's reconciler
+        # name -> target, read on every inference request (deployments/targets.py)
+        self.targets = TargetCache(self._read_target)
 
     def scoring_uri(self, name: str) -> str:
         return f"{self.base_url}/endpoints/{name}/score"
@@ -230,7 +213,7 @@ class EndpointService:
         for key in ("tokens_per_minute", "requests_per_minute"):
             if key in changes and (changes[key] is None or changes[key] < 1):
                 raise InvalidRequest(f"{key} must be at least 1.", param=key)
-        with self.db.session() as s:
+        with self.targets.changing(), self.db.session() as s:
             row = self._endpoint(s, access, name)
             before = {k: getattr(row, k) for k in changes}
             for key, value in changes.items():
@@ -247,7 +230,7 @@ class EndpointService:
 
     def delete(self, access: ProjectAccess, name: str) -> None:
         access.require(Role.developer, "delete endpoints")
-        with self.db.session() as s:
+        with self.targets.changing(), self.db.session() as s:
             row = self._endpoint(s, access, name)
             for dep in s.scalars(
                 select(EndpointDeployment).where(EndpointDeployment.endpoint_id == row.id)
@@ -263,7 +246,7 @@ class EndpointService:
     ) -> EndpointView:
         """`kind` is `traffic` or `mirror_traffic`."""
         access.require(Role.developer, f"set {kind}")
-        with self.db.session() as s:
+        with self.targets.changing(), self.db.session() as s:
             row = self._endpoint(s, access, name)
             names = set(
                 s.scalars(
@@ -362,7 +345,7 @@ class EndpointService:
                     param=f"request_settings.{key}",
                 )
             settings[key] = value
-        with self.db.session() as s:
+        with self.targets.changing(), self.db.session() as s:
             endpoint_row = self._endpoint(s, access, endpoint)
             served = self.resolver.resolve(access.project_id, model)  # 404/503 named here
             del served
@@ -442,7 +425,7 @@ class EndpointService:
 
     def delete_deployment(self, access: ProjectAccess, endpoint: str, name: str) -> None:
         access.require(Role.developer, "delete deployments")
-        with self.db.session() as s:
+        with self.targets.changing(), self.db.session() as s:
             row = self._deployment(s, access, endpoint, name)
             endpoint_row = self._endpoint(s, access, endpoint)
             if endpoint_row.traffic.get(name) or endpoint_row.mirror_traffic.get(name):
@@ -481,7 +464,11 @@ class EndpointService:
                 row.provisioning_state = state
                 row.error = error
 
-    def route(self, name: str) -> EndpointRoute:
+    def serving_target(self, name: str) -> Target:
+        """The endpoint as the data plane serves it (cached; see TargetCache)."""
+        return self.targets.get(name)
+
+    def _read_target(self, name: str) -> Target:
         with self.db.session() as s:
             row = s.scalar(select(OnlineEndpoint).where(OnlineEndpoint.name == name))
             if row is None:
@@ -492,21 +479,17 @@ class EndpointService:
             deps = s.scalars(
                 select(EndpointDeployment).where(EndpointDeployment.endpoint_id == row.id)
             ).all()
-            target = ServingTarget(
+            return Target(
                 kind=KIND,
                 id=row.id,
                 name=row.name,
                 project_id=row.project_id,
-                model="",
                 limits=Limits(row.tokens_per_minute, row.requests_per_minute),
-                price_input_per_1k=0.0,
-                price_output_per_1k=0.0,
-            )
-            return EndpointRoute(
-                target=target,
+                deployments={
+                    d.name: Deployment(d.name, d.model, state=_state(d, row)) for d in deps
+                },
                 traffic=dict(row.traffic),
                 mirror=dict(row.mirror_traffic),
-                deployments={d.name: _state(d, row) for d in deps},
             )
 
 

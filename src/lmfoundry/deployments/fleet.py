@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmfoundry.catalog.service import ResolvedModel
-from lmfoundry.deployments.endpoints import DeploymentState, EndpointService
+from lmfoundry.deployments.endpoints import EndpointService
 from lmfoundry.deployments.resolve import ModelResolver
+from lmfoundry.deployments.targets import DeploymentState
 from lmfoundry.errors import LmfError, RateLimited, Unavailable
 from lmfoundry.runtime.backend import Backend, Group
 from lmfoundry.runtime.periodic import Periodic

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -18,6 +13,7 @@ from lmfoundry.access.models import Keys, ProjectAccess, Role
 from lmfoundry.access.service import check_name
 from lmfoundry.deployments.models import ServerlessView
 from lmfoundry.deployments.resolve import ModelResolver
+from lmfoundry.deployments.targets import Deployment, Target, TargetCache, TargetKind
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.quotas.service import DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE
 from lmfoundry.quotas.window import Limits
@@ -27,23 +23,9 @@ from lmfoundry.storage.models import Project, ServerlessDeployment
 if TYPE_CHECKING:
     from lmfoundry.quotas.projects import ProjectQuotas
 
-KIND = "serverless"
+KIND: TargetKind = "serverless"
 MAX_TOKENS_PER_MINUTE = 100_000_000
 MAX_REQUESTS_PER_MINUTE = 1_000_000
-
-
-@dataclass(frozen=True)
-class ServingTarget:
-    """What the data plane needs to answer for one deployment."""
-
-    kind: str
-    id: int
-    name: str
-    project_id: int
-    model: str
-    limits: Limits
-    price_input_per_1k: float
-    price_output_per_1k: float
 
 
 def _check_quota(field: str, value: int | None, upper: int) -> None:
@@ -56,9 +38,6 @@ def _check_price(field: str, value: float | None) -> None:
         raise InvalidRequest(f"{field} must be between 0 and 1000 USD per 1K tokens.", param=field)
 
 
-TARGET_CACHE_SECONDS = 2.0
-
-
 class ServerlessService:
     project_quotas: ProjectQuotas | None = None  # a new deployment holds one instance
 
@@ -69,24 +48,8 @@ class ServerlessService:
         self.resolver = resolver
         self.keys = keys
         self.base_url = base_url.rstrip("/")
-        # name -> target, read on every inference request. Changes through this process apply
-        # at once; through another gateway process, within TARGET_CACHE_SECONDS.
-        self._targets: TTLCache[str, ServingTarget] = TTLCache(1024, TARGET_CACHE_SECONDS)
-        self._targets_lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[None]:
-        """Around a change to a deployment: forget cached targets before, and again once the
-        change is committed (a request in between may have read the old row)."""
-        self._forget()
-        try:
-            yield
-        finally:
-            self._forget()
-
-    def _forget(self) -> None:
-        with self._targets_lock:
-            self._targets.clear()
+        # name -> target, read on every inference request (deployments/targets.py)
+        self.targets = TargetCache(self._read_target)
 
     def target_url(self, name: str) -> str:
         return f"{self.base_url}/serverless/{name}/"
@@ -241,7 +204,7 @@ class ServerlessService:
         )
         _check_price("price_input_per_1k", changes.get("price_input_per_1k"))
         _check_price("price_output_per_1k", changes.get("price_output_per_1k"))
-        with self._changing(), self.db.session() as s:
+        with self.targets.changing(), self.db.session() as s:
             row = self._row(s, access, name)
             before = {k: getattr(row, k) for k in changes}
             for key, value in changes.items():
@@ -258,7 +221,7 @@ class ServerlessService:
 
     def delete(self, access: ProjectAccess, name: str) -> None:
         access.require(Role.developer, "delete deployments")
-        with self._changing(), self.db.session() as s:
+        with self.targets.changing(), self.db.session() as s:
             row = self._row(s, access, name)
             self.keys.delete(s, KIND, row.id)
             s.delete(row)
@@ -294,17 +257,11 @@ class ServerlessService:
 
     # -- data plane --------------------------------------------------------------------------
 
-    def serving_target(self, name: str) -> ServingTarget:
-        with self._targets_lock:
-            cached = self._targets.get(name)
-        if cached is not None:
-            return cached
-        target = self._read_target(name)
-        with self._targets_lock:
-            self._targets[name] = target
-        return target
+    def serving_target(self, name: str) -> Target:
+        """The deployment as the data plane serves it (cached; see TargetCache)."""
+        return self.targets.get(name)
 
-    def _read_target(self, name: str) -> ServingTarget:
+    def _read_target(self, name: str) -> Target:
         with self.db.session() as s:
             row = s.scalar(select(ServerlessDeployment).where(ServerlessDeployment.name == name))
             if row is None:
@@ -312,20 +269,20 @@ class ServerlessService:
                     f"No serverless deployment named {name!r}; check the target "
                     "URL (`lmfoundry serverless list`)."
                 )
-            card = self.resolver.card(row.project_id, row.model)
-            return ServingTarget(
+            itself = Deployment(
+                name=row.name,
+                model=row.model,
+                price_input_per_1k=row.price_input_per_1k,
+                price_output_per_1k=row.price_output_per_1k,
+            )
+            return Target(
                 kind=KIND,
                 id=row.id,
                 name=row.name,
                 project_id=row.project_id,
-                model=row.model,
                 limits=Limits(row.tokens_per_minute, row.requests_per_minute),
-                price_input_per_1k=row.price_input_per_1k
-                if row.price_input_per_1k is not None
-                else card.price_input_per_1k,
-                price_output_per_1k=row.price_output_per_1k
-                if row.price_output_per_1k is not None
-                else card.price_output_per_1k,
+                deployments={row.name: itself},
+                traffic={row.name: 100},
             )
 
     def project_name(self, project_id: int) -> str:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lmfoundry.deployments.serverless import ServingTarget
+    from lmfoundry.deployments.targets import Target
     from lmfoundry.metering.service import Usage
 
 REQUESTS = logging.getLogger("lmfoundry.requests")
@@ -91,7 +91,7 @@ def current_request_id() -> str | None:
     return info.request_id if info is not None else None
 
 
-def note_target(target: ServingTarget, deployment: str, key_slot: str) -> None:
+def note_target(target: Target, deployment: str, key_slot: str) -> None:
     """The gateway knows where the request goes and which key opened it."""
     info = _current.get()
     if info is not None:

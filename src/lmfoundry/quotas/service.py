@@ -1,15 +1,70 @@
-"""Per-target quotas: in-process by default, shared through Redis when configured."""
+"""Per-target quotas: in-process by default, shared through Redis when configured.
+
+A target's quota has two windows. Requests per minute are counted first, before a prompt is
+rendered or a token counted, so a flood of huge prompts costs little; then the request's
+`prompt_tokens + max_tokens` are reserved against tokens per minute and settled to what it
+used when it ends. A refusal is an `OverQuota` (429) with `Retry-After` and the
+`x-ratelimit-*` headers.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Protocol
 
+from lmfoundry.errors import RateLimited
 from lmfoundry.quotas.window import WINDOW_SECONDS, Decision, Limits, Window
 
 DEFAULT_TOKENS_PER_MINUTE = 200_000
 DEFAULT_REQUESTS_PER_MINUTE = 1_000
+UNLIMITED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One target's quota: the key its windows are kept under, its name for messages, and
+    its limits."""
+
+    key: str  # "serverless:3", "endpoint:7"
+    name: str
+    limits: Limits
+
+    @property
+    def requests_key(self) -> str:
+        """The window of generating requests, counted before any rendering."""
+        return f"{self.key}:requests"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A reservation that was admitted, and the headers that report what is left."""
+
+    reservation: str
+    remaining_tokens: int
+    remaining_requests: int
+    headers: dict[str, str]
+
+
+class OverQuota(RateLimited):
+    """A 429 from a target's quota; `limit` names the window that refused (`tokens` or
+    `requests`), for /metrics."""
+
+    def __init__(
+        self, quota: Quota, decision: Decision, headers: dict[str, str], limit: str
+    ) -> None:
+        seconds = decision.retry_after_seconds
+        super().__init__(
+            f"{quota.name!r} is over its quota of {decision.reason}; retry after {seconds} s "
+            "or raise the deployment's quota.",
+            headers={
+                **headers,
+                "Retry-After": str(seconds),
+                "retry-after-ms": str(int(decision.retry_after * 1000) + 1),
+            },
+        )
+        self.limit = limit
 
 
 class QuotaStore(Protocol):
@@ -94,6 +149,55 @@ class QuotaService:
 
     async def remaining(self, target: str, limits: Limits) -> tuple[int, int]:
         return await self.store.remaining(target, limits)
+
+    # -- a target's windows ------------------------------------------------------------------
+
+    async def count_request(self, quota: Quota, claim: str = "") -> int:
+        """Count one generating request against requests/min; the requests left, or
+        `OverQuota`. `claim` names the caller's retry (same key, same body), so a refused
+        caller who comes back when told keeps its place in line."""
+        limits = Limits(UNLIMITED, quota.limits.requests_per_minute)
+        decision = await self.reserve(quota.requests_key, 0, limits, claim)
+        if not decision.allowed:
+            raise OverQuota(quota, decision, {}, "requests")
+        return decision.remaining_requests
+
+    async def reserve_tokens(
+        self, quota: Quota, tokens: int, claim: str = "", counted: int | None = None
+    ) -> Grant:
+        """Reserve `tokens` against tokens/min after `count_request` (which left `counted`
+        requests). Without `counted` the one window counts the request too (embeddings)."""
+        if counted is None:
+            limits = quota.limits
+        else:
+            limits = Limits(quota.limits.tokens_per_minute, UNLIMITED)
+        decision = await self.reserve(quota.key, tokens, limits, claim)
+        requests = decision.remaining_requests if counted is None else counted
+        requests = min(requests, decision.remaining_requests)
+        headers = rate_limit_headers(quota.limits, decision.remaining_tokens, requests)
+        if not decision.allowed:
+            # one window counting both names the limit that refused in its reason
+            refused = "requests" if "requests per minute" in decision.reason else "tokens"
+            raise OverQuota(quota, decision, headers, refused)
+        return Grant(decision.reservation or "", decision.remaining_tokens, requests, headers)
+
+    async def settle_tokens(self, quota: Quota, reservation: str, used: int) -> None:
+        """Settle a reservation to the tokens the request used (0 frees all of it)."""
+        if reservation:
+            await self.settle(quota.key, reservation, used)
+
+    async def headers(self, quota: Quota) -> dict[str, str]:
+        """The `x-ratelimit-*` headers of what the target has left now."""
+        tokens, requests = await self.remaining(quota.key, quota.limits)
+        _, counted = await self.remaining(quota.requests_key, quota.limits)
+        return rate_limit_headers(quota.limits, tokens, min(requests, counted))
+
+    @staticmethod
+    def unlimited(quota: Quota) -> Grant:
+        """What a mirrored copy gets: it is not the caller's request, so not its quota."""
+        limits = quota.limits
+        headers = rate_limit_headers(limits, limits.tokens_per_minute, limits.requests_per_minute)
+        return Grant("", limits.tokens_per_minute, limits.requests_per_minute, headers)
 
 
 def rate_limit_headers(

@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from lmfoundry.errors import LmfError
+from lmfoundry.responses.models import DeletedResponse, InputItems, ResponseObject
 from lmfoundry.responses.store import Owner, ResponseStore
-from lmfoundry.serving.gateway import ChatResult
+from lmfoundry.serving.checks import Reply
 from lmfoundry.serving.response_items import new_id, output_of, response_object, usage
 from lmfoundry.serving.response_stream import ResponseEvents, chat_chunks, sse
 from lmfoundry.serving.responses import ResponsesRequest
 
-ChatCall = Callable[[bytes], Awaitable[ChatResult]]
+ChatCall = Callable[[bytes], Awaitable[Reply]]
 
 # The chat path names its own parameters in errors; a Responses caller sent these instead.
 _PARAMS = {
@@ -37,7 +38,7 @@ class ResponsesService:
     def __init__(self, store: ResponseStore) -> None:
         self.store = store
 
-    async def create(self, owner: Owner, body: bytes, chat: ChatCall) -> ChatResult:
+    async def create(self, owner: Owner, body: bytes, chat: ChatCall) -> Reply:
         request = ResponsesRequest.parse(body)
         history: list[dict[str, Any]] = []
         if request.previous_response_id:
@@ -72,7 +73,7 @@ class ResponsesService:
         )
         if request.stored:
             self.store.save(owner, response, inputs, history + inputs + output)
-        return ChatResult(headers=result.headers, body=response)
+        return Reply(headers=result.headers, body=response)
 
     async def _stream(
         self,
@@ -102,25 +103,23 @@ class ResponsesService:
             await chunks.aclose()
             await stream.aclose()  # type: ignore[attr-defined]  # settles and meters
 
-    def get(self, owner: Owner, response_id: str) -> dict[str, Any]:
-        return self.store.get(owner, response_id).response
+    def get(self, owner: Owner, response_id: str) -> ResponseObject:
+        return ResponseObject.model_validate(self.store.get(owner, response_id).response)
 
-    def input_items(self, owner: Owner, response_id: str) -> dict[str, Any]:
+    def input_items(self, owner: Owner, response_id: str) -> InputItems:
         items = [
             {"id": item.get("id") or new_id("item"), **item}
             for item in self.store.get(owner, response_id).input_items
         ]
-        return {
-            "object": "list",
-            "data": items,
-            "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None,
-            "has_more": False,
-        }
+        return InputItems(
+            data=items,
+            first_id=items[0]["id"] if items else None,
+            last_id=items[-1]["id"] if items else None,
+        )
 
-    def delete(self, owner: Owner, response_id: str) -> dict[str, Any]:
+    def delete(self, owner: Owner, response_id: str) -> DeletedResponse:
         self.store.delete(owner, response_id)
-        return {"id": response_id, "object": "response", "deleted": True}
+        return DeletedResponse(id=response_id)
 
 
 def _rename(exc: LmfError) -> None:

@@ -24,6 +24,7 @@ from lmfoundry.runtime.backend import InstanceInfo
 from lmfoundry.runtime.instance import LocalInstance
 from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.runtime.registry import STALE_SECONDS, InstanceRegistry, Published
+from lmfoundry.runtime.retry import INSTANCES
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
 
 log = logging.getLogger("lmfoundry.runtime")
@@ -96,7 +97,9 @@ class InstanceGroup:
         not started answering."""
         self.in_use += 1
         try:
-            for attempt in range(3):
+            attempt = 0
+            while True:
+                attempt += 1
                 instance = await self.acquire()
                 started = False
                 try:
@@ -105,9 +108,7 @@ class InstanceGroup:
                         yield delta
                     return
                 except EngineFailed:
-                    # Only to an instance ready now: waiting for a restart would hold the
-                    # request for as long as a model load takes.
-                    if started or attempt == 2 or not self.ready():
+                    if not INSTANCES.again(attempt, started, self.ready()):
                         raise
                     log.warning(
                         "instance %s failed before answering; retrying elsewhere", instance.id
@@ -121,15 +122,16 @@ class InstanceGroup:
         dies, so the request moves to another ready one."""
         self.in_use += 1
         try:
-            for _ in range(2):
+            attempt = 0
+            while True:
+                attempt += 1
                 instance = await self.acquire()
                 try:
                     return await instance.embed(inputs)
                 except EngineFailed:
-                    if not self.ready():
+                    if not INSTANCES.again(attempt, ready=self.ready()):
                         raise
                     log.warning("instance %s failed embedding; retrying elsewhere", instance.id)
-            return await (await self.acquire()).embed(inputs)
         finally:
             self.in_use -= 1
             self.last_used = time.monotonic()

@@ -37,6 +37,7 @@ from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
 from lmfoundry.runtime.backend import InstanceInfo
 from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.runtime.registry import InstanceRegistry
+from lmfoundry.runtime.retry import INSTANCES
 from lmfoundry.runtime.spec import InstanceSpec
 
 log = logging.getLogger("lmfoundry.runtime")
@@ -302,7 +303,9 @@ class RayGroup:
 
         self.in_use += 1
         try:
-            for attempt in range(3):
+            attempt = 0
+            while True:
+                attempt += 1
                 handle = await self._ready_handle()
                 response = handle.generate.remote(request.to_dict())
                 started = False
@@ -328,7 +331,8 @@ class RayGroup:
                         yield Delta.from_item(item)
                     return
                 except RayError as exc:
-                    if started or attempt == 2:
+                    # Serve replaces a dead replica itself: no readiness to wait for here.
+                    if not INSTANCES.again(attempt, started):
                         raise EngineFailed(
                             "The Ray Serve replica serving this request failed while answering; "
                             f"retry the request. ({type(exc).__name__})",

@@ -18,6 +18,7 @@ from lmfoundry.runtime.client import InstanceLost
 from lmfoundry.runtime.instance import Client, instance_client
 from lmfoundry.runtime.llama_server import LlamaServerClient
 from lmfoundry.runtime.registry import InstanceRegistry, Published
+from lmfoundry.runtime.retry import INSTANCES
 from lmfoundry.runtime.spec import InstanceSpec
 
 log = logging.getLogger("lmfoundry.runtime")
@@ -115,7 +116,9 @@ class RemoteGroup:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         self.in_use += 1
         try:
-            for attempt in range(3):
+            attempt = 0
+            while True:
+                attempt += 1
                 instance = await self.acquire()
                 started = False
                 instance.active += 1
@@ -126,7 +129,7 @@ class RemoteGroup:
                     return
                 except InstanceLost as exc:
                     instance.lost = True
-                    if started or attempt == 2 or not self.ready():
+                    if not INSTANCES.again(attempt, started, self.ready()):
                         raise EngineFailed(
                             f"Instance {instance.id} of {self.name} failed while answering "
                             f"({exc}); its supervisor restarts it. Retry the request in a few "
@@ -143,7 +146,9 @@ class RemoteGroup:
         instance's request moves to another (nothing reached the caller)."""
         self.in_use += 1
         try:
-            for attempt in range(3):
+            attempt = 0
+            while True:
+                attempt += 1
                 instance = await self.acquire()
                 client = instance.client
                 if not isinstance(client, LlamaServerClient):
@@ -153,7 +158,7 @@ class RemoteGroup:
                     return await client.embed(inputs)
                 except InstanceLost as exc:
                     instance.lost = True
-                    if attempt == 2 or not self.ready():
+                    if not INSTANCES.again(attempt, ready=self.ready()):
                         raise EngineFailed(
                             f"Instance {instance.id} of {self.name} failed while embedding "
                             f"({exc}); its supervisor restarts it. Retry the request in a few "
@@ -162,7 +167,6 @@ class RemoteGroup:
                         ) from exc
                 finally:
                     instance.active -= 1
-            raise EngineFailed(f"No instance of {self.name} could embed the request.")
         finally:
             self.in_use -= 1
 

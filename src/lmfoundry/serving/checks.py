@@ -1,7 +1,7 @@
 """What the gateway checks and hands back around a request, apart from running it: the
 generating APIs' request classes, a prompt's characters against the context (before any
-rendering), the quota windows a request reserves in, the `extra-parameters` header, the
-status a failed request ends with, and the result the routers render."""
+rendering), the `extra-parameters` header, the status a failed request ends with, and the
+reply the routes render."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lmfoundry.errors import InvalidRequest, LmfError
-from lmfoundry.quotas.window import Limits
 from lmfoundry.serving import wire
 from lmfoundry.serving.completions import CompletionsRequest
 
@@ -29,7 +28,6 @@ APIS: dict[str, type[InferenceRequest]] = {
 # A token is rarely more than 16 characters (the longest merges are runs of spaces or
 # symbols); a prompt with more than this many per token of context cannot fit it.
 MAX_CHARS_PER_TOKEN = 64
-UNLIMITED = 2**31 - 1
 
 
 def context_chars(context: int) -> int:
@@ -48,14 +46,6 @@ def check_characters(request: InferenceRequest, model: ResolvedModel, context: i
         )
 
 
-def requests_only(limits: Limits) -> Limits:
-    return Limits(tokens_per_minute=UNLIMITED, requests_per_minute=limits.requests_per_minute)
-
-
-def tokens_only(limits: Limits) -> Limits:
-    return Limits(tokens_per_minute=limits.tokens_per_minute, requests_per_minute=UNLIMITED)
-
-
 def status_of(exc: BaseException) -> int:
     if isinstance(exc, LmfError):
         return exc.status_code
@@ -65,8 +55,9 @@ def status_of(exc: BaseException) -> int:
 
 
 @dataclass
-class ChatResult:
-    """A finished body, or a stream of server-sent events, and the headers to send."""
+class Reply:
+    """What the data plane answers: a finished body, or a stream of server-sent events, and
+    the headers to send."""
 
     headers: dict[str, str]
     body: dict[str, Any] | None = None

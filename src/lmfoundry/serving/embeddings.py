@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,19 +23,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmfoundry.catalog.service import ResolvedModel
-from lmfoundry.deployments.endpoints import EndpointRoute
-from lmfoundry.deployments.serverless import ServingTarget
 from lmfoundry.engines.registry import supports
 from lmfoundry.errors import InvalidRequest, LmfError
 from lmfoundry.metering.service import Usage
 from lmfoundry.observability import logs, tracing
-from lmfoundry.quotas.service import rate_limit_headers
-from lmfoundry.runtime.backend import Group
-from lmfoundry.serving.checks import context_chars, extra_mode, status_of
-from lmfoundry.serving.endpoint import EndpointRouter
-from lmfoundry.serving.endpoint import _target as endpoint_target
-from lmfoundry.serving.endpoint import _timed_out as timed_out
-from lmfoundry.serving.gateway import Gateway
+from lmfoundry.quotas.service import Grant
+from lmfoundry.serving.checks import Reply, context_chars, extra_mode, status_of
+from lmfoundry.serving.gateway import Admission, Gateway
 from lmfoundry.serving.wire import (
     IGNORED_HEADER,
     ExtraMode,
@@ -131,101 +124,63 @@ class EmbeddingsRequest(BaseModel):
 
 
 @dataclass
-class EmbeddingsResult:
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-@dataclass
 class Admitted:
     """An embeddings request that passed admission: its inputs' token ids and what it
     reserved."""
 
     request: EmbeddingsRequest
-    model: ResolvedModel
     inputs: list[list[int]]
     tokens: int
-    reservation: str
-    headers: dict[str, str]
+    grant: Grant
     started: float = field(default_factory=time.perf_counter)
 
 
 class EmbeddingsService:
-    """Admission, the run and metering of embeddings requests, over the gateway's keys,
+    """Admission, the run and metering of embeddings requests, over the gateway's
     tokenizers, quotas and metering."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    async def embed(
-        self,
-        target: ServingTarget,
-        key_slot: str,
-        body: bytes,
-        extra_header: str | None,
-        request_id: str,
-        deployment: str | None = None,
-        group: Group | None = None,
-        model: ResolvedModel | None = None,
-    ) -> EmbeddingsResult:
-        """Parse, admit, run and meter one request of an authenticated caller."""
+    async def embed(self, admission: Admission) -> Reply:
+        """Parse, admit, run and meter one request of an authenticated caller. Not mirrored:
+        a mirror compares answers, and an embedding has one."""
         started = time.perf_counter()
-        logs.note_target(target, deployment or target.name, key_slot)
+        target, served = admission.target, admission.served
+        logs.note_target(target, served.deployment, admission.key_slot)
         try:
             with tracing.span("admission"):
-                admitted = await self.admit(target, key_slot, body, extra_header, model)
+                admitted = await self.admit(admission)
         except LmfError as exc:
-            exc.headers = {**await self.gateway.remaining_headers(target), **exc.headers}
-            await self.gateway.refused(
-                target, deployment or target.name, model, key_slot, request_id, exc, started
-            )
+            exc.headers = {**await self.gateway.quotas.headers(target.quota), **exc.headers}
+            await self.gateway.refused(admission, exc, started)
             raise
-        deployment = deployment or target.name
-        admitted.headers["azureml-model-deployment"] = deployment
-        model = admitted.model
-        if group is None:
-            spec = self.gateway.instance_spec(model)
-            group = self.gateway.backend.group(spec, name=model.card.id)
-        record = Usage(
-            request_id=request_id,
-            project_id=target.project_id,
-            target_kind=target.kind,
-            target=target.name,
-            deployment=deployment,
-            key_slot=key_slot,
-            model=model.card.id,
-            price_input_per_1k=target.price_input_per_1k,
-            price_output_per_1k=target.price_output_per_1k,
-        )
+        headers = {**admitted.grant.headers, "azureml-model-deployment": served.deployment}
+        ignored = admitted.request.ignored_parameters(extra_mode(admission.extra_parameters))
+        if ignored:
+            headers[IGNORED_HEADER] = ",".join(ignored)
+        record = admission.usage()
         used, status = 0, 200
         try:
             with tracing.span("instance", **{"lmfoundry.model": record.model}):
-                vectors = await group.embed(admitted.inputs)
+                vectors = await served.group.embed(admitted.inputs)
             used = admitted.tokens
         except BaseException as exc:
             status = status_of(exc)
             if isinstance(exc, LmfError):
-                exc.headers = {**admitted.headers, **exc.headers}
+                exc.headers = {**headers, **exc.headers}
             raise
         finally:
-            await self._finish(target, admitted, record, used, status)
+            await self._finish(admission, admitted, record, used, status)
         encoding = admitted.request.encoding_format or "float"
-        body_ = response_body(model.card.id, vectors, admitted.tokens, encoding)
-        return EmbeddingsResult(admitted.headers, body_)
+        body = response_body(served.model.card.id, vectors, admitted.tokens, encoding)
+        return Reply(headers=headers, body=body)
 
-    async def admit(
-        self,
-        target: ServingTarget,
-        key_slot: str,
-        body: bytes,
-        extra_header: str | None,
-        model: ResolvedModel | None = None,
-    ) -> Admitted:
+    async def admit(self, admission: Admission) -> Admitted:
         """Check the request and the model, count every input's tokens, reserve them."""
-        gateway = self.gateway
-        extra = extra_mode(extra_header)
-        request = EmbeddingsRequest.parse(body, extra)
-        model = model or await gateway.resolve_async(target.project_id, target.model)
+        target, model = admission.target, admission.served.model
+        extra = extra_mode(admission.extra_parameters)
+        request = EmbeddingsRequest.parse(admission.body, extra)
         model.card.require_type("embeddings")
         if not supports(model.engine, "embeddings"):
             raise InvalidRequest(
@@ -236,7 +191,7 @@ class EmbeddingsService:
         request.check_supported(model)
         texts = request.texts()
         _check_characters(texts, model)  # before any tokenising
-        tokenizer = await gateway.tokenizer(model)
+        tokenizer = await self.gateway.tokenizer(model)
         inputs = await asyncio.to_thread(lambda: [tokenizer.encode(t) for t in texts])
         tokens = _check_lengths(inputs, model)
         limits = target.limits
@@ -247,22 +202,13 @@ class EmbeddingsService:
                 "the deployment's tokens_per_minute.",
                 param="input",
             )
-        claim = f"{key_slot}:{hashlib.sha256(body).hexdigest()[:24]}"
-        quota_key = gateway._quota_key(target)
         with tracing.span("quota", **{"lmfoundry.quota.limit": "tokens"}):
-            decision = await gateway.quotas.reserve(quota_key, tokens, limits, claim=claim)
-        headers = rate_limit_headers(limits, decision.remaining_tokens, decision.remaining_requests)
-        if not decision.allowed:
-            # one window counts both: the reason names the limit that refused
-            limit = "requests" if "requests per minute" in decision.reason else "tokens"
-            raise await gateway.over_quota(target, decision, headers, limit)
-        ignored = request.ignored_parameters(extra)
-        if ignored:
-            headers[IGNORED_HEADER] = ",".join(ignored)
-        return Admitted(request, model, inputs, tokens, decision.reservation or "", headers)
+            # one window counts the request and its tokens
+            grant = await self.gateway.quotas.reserve_tokens(target.quota, tokens, admission.claim)
+        return Admitted(request, inputs, tokens, grant)
 
     async def _finish(
-        self, target: ServingTarget, admitted: Admitted, record: Usage, used: int, status: int
+        self, admission: Admission, admitted: Admitted, record: Usage, used: int, status: int
     ) -> None:
         """Settle the reservation to the tokens embedded and write the usage record."""
         record.prompt_tokens = used
@@ -272,9 +218,9 @@ class EmbeddingsService:
         with tracing.span("settlement", **tracing.tokens(used, 0, status)):
             await self.gateway.metering.record(record)
             await self.gateway.metrics.settled(record)
-            if admitted.reservation:
-                quota_key = self.gateway._quota_key(target)
-                await self.gateway.quotas.settle(quota_key, admitted.reservation, used)
+            await self.gateway.quotas.settle_tokens(
+                admission.target.quota, admitted.grant.reservation, used
+            )
 
 
 def _check_characters(texts: list[str], model: ResolvedModel) -> None:
@@ -324,38 +270,3 @@ def _encode(vector: list[float], encoding: str) -> list[float] | str:
     if encoding == "base64":  # what OpenAI's client asks for by default and decodes
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
     return vector
-
-
-async def embed_on_endpoint(
-    service: EmbeddingsService,
-    router: EndpointRouter,
-    route: EndpointRoute,
-    slot: str,
-    body: bytes,
-    request_id: str,
-    header: str | None,
-    extra_header: str | None,
-) -> EmbeddingsResult:
-    """An online endpoint's embeddings: on the deployment the split (or the
-    `azureml-model-deployment` header) picks, within its concurrency and timeout. Not
-    mirrored: a mirror compares answers, and an embedding has one."""
-    state, _ = router.pick(route, header)
-    running = router.fleet.serving(state)
-    running.claim()
-    timeout = state.request_settings["request_timeout_ms"] / 1000
-    try:
-        async with asyncio.timeout(timeout):
-            return await service.embed(
-                endpoint_target(route.target, running),
-                slot,
-                body,
-                extra_header,
-                request_id,
-                deployment=state.name,
-                group=running.group,
-                model=running.model,
-            )
-    except TimeoutError as exc:
-        raise timed_out(state) from exc
-    finally:
-        running.release()

@@ -57,7 +57,7 @@ async def deployment(
 ) -> Response:
     view = plat.serverless.get(access, name)
     target = plat.serverless.serving_target(name)
-    remaining = await plat.gateway.remaining_headers(target)
+    remaining = await plat.quotas.headers(target.quota)
     daily = [row.model_dump() for row in usage_report(access, plat, "day", None, None, name, None)]
     return render(
         request,

@@ -2,8 +2,8 @@
 
 The browser never holds a key: this route reads the deployment's primary key with the
 caller's own project access (so exactly the API's rule applies: developers and owners may,
-readers get 403, non-members 404) and hands the request to the same gateway as the data
-plane, with its quota, metering and streaming. Usage is recorded against the primary key.
+readers get 403, non-members 404) and hands the request to the data plane like any caller's,
+with its quota, metering and streaming. Usage is recorded against the primary key.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmfoundry.access.models import Role
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.api.inference import render
+from lmfoundry.serving.plane import Call
 
 router = APIRouter(include_in_schema=False)
 
@@ -37,17 +38,17 @@ async def chat(
     body: PlaygroundChat, request: Request, access: ProjectDep, plat: PlatformDep
 ) -> Response:
     access.require(Role.developer, "chat in the playground (it calls with the deployment's key)")
-    payload = json.dumps(body.request).encode()
-    request_id = request.state.request_id
     if body.kind == "serverless":
         key = plat.serverless.read_keys(access, body.name).primary_key
-        target = plat.serverless.serving_target(body.name)
-        slot = plat.gateway.check_key(target, key)
-        result = await plat.gateway.chat(target, slot, payload, None, request_id)
     else:
         key = plat.endpoints.read_keys(access, body.name).primary_key
-        route, slot = plat.router.authorize(body.name, key)
-        result = await plat.router.chat(
-            route, slot, payload, None, request_id, body.deployment or None
-        )
-    return render(result)
+    call = Call(
+        kind=body.kind,
+        name=body.name,
+        api="chat",
+        body=json.dumps(body.request).encode(),
+        key=key,
+        request_id=request.state.request_id,
+        deployment=(body.deployment or None) if body.kind == "endpoint" else None,
+    )
+    return render(await plat.data_plane.serve(call))
