@@ -21,9 +21,9 @@ from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.backend import InstanceInfo
+from lmfoundry.runtime.directory import STALE_SECONDS, InstanceDirectory, Published
 from lmfoundry.runtime.instance import LocalInstance
 from lmfoundry.runtime.periodic import Periodic
-from lmfoundry.runtime.registry import STALE_SECONDS, InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
 
 log = logging.getLogger("lmfoundry.runtime")
@@ -194,9 +194,9 @@ class LocalBackend:
         home: Path,
         start_timeout: float,
         idle_seconds: float,
-        registry: InstanceRegistry | None = None,
+        directory: InstanceDirectory | None = None,
     ) -> None:
-        self.registry = registry  # publishes instances for gateway processes
+        self.directory = directory  # publishes instances for gateway processes
         self.sockets = socket_dir(home)
         self.logs = home / "logs" / "instances"
         self.homes = home / "run" / "instances"
@@ -244,7 +244,7 @@ class LocalBackend:
         return self._loop.running()
 
     async def _supervise(self) -> None:
-        if self.registry is not None:
+        if self.directory is not None:
             try:
                 await self._share()
             except Exception:  # the database may be briefly unavailable: next tick
@@ -257,8 +257,8 @@ class LocalBackend:
 
     async def _share(self) -> None:
         """Publish this supervisor's instances and start groups gateways asked for."""
-        registry = self.registry
-        if registry is None:
+        directory = self.directory
+        if directory is None:
             return
         published = [
             Published(
@@ -277,7 +277,7 @@ class LocalBackend:
         # otherwise, and costs the decoding threads CPU they wait for).
         now = time.monotonic()
         due = published != self._published or now - self._published_at >= HEARTBEAT_SECONDS
-        demands = await asyncio.to_thread(self._exchange, registry, published if due else None)
+        demands = await asyncio.to_thread(self._exchange, directory, published if due else None)
         if due:
             self._published, self._published_at = published, now
         now_wall, now_mono = datetime.now(UTC), time.monotonic()
@@ -294,19 +294,19 @@ class LocalBackend:
             group.last_used = max(group.last_used, used)
 
     def _exchange(
-        self, registry: InstanceRegistry, published: list[Published] | None
+        self, directory: InstanceDirectory, published: list[Published] | None
     ) -> list[tuple[str, dict[str, Any], str, datetime]]:
         """Publish (unless None) and read the gateways' demands: one trip to a thread."""
         if published is not None:
-            registry.publish(published)
-        return registry.demands(self.idle_seconds)
+            directory.publish(published)
+        return directory.demands(self.idle_seconds)
 
     async def shutdown(self) -> None:
         await self._loop.stop()
         await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
-        if self.registry is not None:
+        if self.directory is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.registry.withdraw)
+                await asyncio.to_thread(self.directory.withdraw)
 
     def describe(self) -> list[InstanceInfo]:
         return [i.info(g.name) for g in self.groups.values() for i in g.instances]

@@ -35,8 +35,8 @@ import httpx
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
 from lmfoundry.runtime.backend import InstanceInfo
+from lmfoundry.runtime.directory import InstanceDirectory
 from lmfoundry.runtime.periodic import Periodic
-from lmfoundry.runtime.registry import InstanceRegistry
 from lmfoundry.runtime.spec import InstanceSpec
 
 log = logging.getLogger("lmfoundry.runtime")
@@ -267,13 +267,13 @@ class RayGroup:
 
     async def _touch(self) -> None:
         """A gateway asks the supervisor for a serverless group, or says it is in use."""
-        registry = self.backend.registry
+        directory = self.backend.directory
         now = time.monotonic()
-        if registry is None or now - self._touched < TOUCH_SECONDS:
+        if directory is None or now - self._touched < TOUCH_SECONDS:
             return
         self._touched = now
         await asyncio.to_thread(
-            registry.demand, self.key, json.loads(self.spec.to_json()), self.name
+            directory.demand, self.key, json.loads(self.spec.to_json()), self.name
         )
 
     async def _ready_handle(self) -> Any:
@@ -364,14 +364,14 @@ class RayBackend:
         start_timeout: float,
         idle_seconds: float,
         owner: bool,
-        registry: InstanceRegistry | None = None,
+        directory: InstanceDirectory | None = None,
         replica_settings: ReplicaSettings | None = None,
     ) -> None:
         self.cluster = cluster
         self.start_timeout = start_timeout
         self.idle_seconds = idle_seconds
         self.owner = owner
-        self.registry = registry
+        self.directory = directory
         self.replica_settings = replica_settings or ReplicaSettings()
         self.groups: dict[str, RayGroup] = {}
         self._apply_lock = asyncio.Lock()
@@ -459,9 +459,9 @@ class RayBackend:
         """Scale idle serverless groups to zero; deploy the groups gateways asked for."""
         changed = False
         now = time.monotonic()
-        if self.registry is not None:
-            await asyncio.to_thread(self.registry.beat)  # for --no-supervisor gateways' /readyz
-            demands = await asyncio.to_thread(self.registry.demands, self.idle_seconds)
+        if self.directory is not None:
+            await asyncio.to_thread(self.directory.beat)  # for --no-supervisor gateways' /readyz
+            demands = await asyncio.to_thread(self.directory.demands, self.idle_seconds)
             for key, spec, name, _ in demands:
                 wanted = InstanceSpec.make(spec["engine"], spec["model_path"], spec.get("options"))
                 group = self.group(wanted, name, key=key)

@@ -15,9 +15,9 @@ from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime.backend import InstanceInfo
 from lmfoundry.runtime.client import InstanceLost
+from lmfoundry.runtime.directory import InstanceDirectory, Published
 from lmfoundry.runtime.instance import Client, instance_client
 from lmfoundry.runtime.llama_server import LlamaServerClient
-from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.spec import InstanceSpec
 
 log = logging.getLogger("lmfoundry.runtime")
@@ -77,7 +77,7 @@ class RemoteGroup:
         if not force and now - self._refreshed < REFRESH_SECONDS:
             return
         self._refreshed = now
-        published = await asyncio.to_thread(self.backend.registry.ready, self.key)
+        published = await asyncio.to_thread(self.backend.directory.ready, self.key)
         known = {i.id: i for i in self.instances}
         self.instances = [
             known[p.id]
@@ -93,7 +93,7 @@ class RemoteGroup:
             return
         self._touched = now
         await asyncio.to_thread(
-            self.backend.registry.demand, self.key, json.loads(self.spec.to_json()), self.name
+            self.backend.directory.demand, self.key, json.loads(self.spec.to_json()), self.name
         )
 
     async def acquire(self) -> RemoteInstance:
@@ -179,8 +179,8 @@ class RemoteGroup:
 class RemoteBackend:
     """The `LocalBackend` interface for gateway processes."""
 
-    def __init__(self, registry: InstanceRegistry, start_timeout: float) -> None:
-        self.registry = registry
+    def __init__(self, directory: InstanceDirectory, start_timeout: float) -> None:
+        self.directory = directory
         self.start_timeout = start_timeout
         self.groups: dict[str, RemoteGroup] = {}
         self._clients: dict[str, Client] = {}
@@ -235,5 +235,5 @@ class RemoteBackend:
                 started_at=None,
                 last_error=None,
             )
-            for p in self.registry.all()
+            for p in self.directory.all()
         ]
