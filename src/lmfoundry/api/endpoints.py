@@ -13,7 +13,7 @@ from lmfoundry.access.models import Keys
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.api.inference import presented_key, render
 from lmfoundry.deployments.models import DeploymentView, EndpointView
-from lmfoundry.engines.registry import capabilities
+from lmfoundry.engines.capabilities import capabilities
 from lmfoundry.serving.wire import ModelInfoResponse
 
 router = APIRouter(tags=["online endpoints"])

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmfoundry.api.deps import PlatformDep
-from lmfoundry.engines.registry import capabilities
+from lmfoundry.engines.capabilities import capabilities
 from lmfoundry.serving.gateway import ChatResult
 from lmfoundry.serving.wire import ModelInfoResponse
 

@@ -13,8 +13,8 @@ from lmfoundry.catalog import minilm
 from lmfoundry.catalog.bundled import gemma_available, gemma_path, smollm2_path
 from lmfoundry.catalog.cards import BUILTIN
 from lmfoundry.catalog.models import CardView, ModelCard, ModelSource, WeightsInfo
+from lmfoundry.engines.capabilities import capabilities
 from lmfoundry.engines.chat_template import check_template
-from lmfoundry.engines.registry import capabilities
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.runtime.llama_server import EMBEDDING_UBATCH
 from lmfoundry.storage.db import Database

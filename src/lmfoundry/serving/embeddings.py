@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lmfoundry.catalog.service import ResolvedModel
 from lmfoundry.deployments.endpoints import EndpointRoute
 from lmfoundry.deployments.serverless import ServingTarget
-from lmfoundry.engines.registry import supports
+from lmfoundry.engines.capabilities import supports
 from lmfoundry.errors import InvalidRequest, LmfError
 from lmfoundry.metering.service import Usage
 from lmfoundry.observability import logs, tracing

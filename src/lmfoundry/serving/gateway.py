@@ -22,8 +22,8 @@ from lmfoundry.config import Settings
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.serverless import ServingTarget
 from lmfoundry.engines.base import GenerationRequest, Tokenizer
+from lmfoundry.engines.capabilities import create_tokenizer, instance_options, supports
 from lmfoundry.engines.chat_template import Interruptible, render_limits
-from lmfoundry.engines.registry import create_tokenizer, instance_options, supports
 from lmfoundry.errors import (
     EngineFailed,
     Forbidden,
