@@ -81,7 +81,7 @@ class CatalogService:
         suggestion = f" Did you mean {hint!r}?" if hint else ""
         raise NotFound(
             f"Model {model_id!r} is not in the catalog.{suggestion} `lmfoundry catalog list` "
-            "shows the models; `lmfoundry models import PATH` adds a local one."
+            "shows the models; `lmfoundry catalog import PATH` adds a local one."
         )
 
     def _imported(self, model_id: str | None = None) -> dict[str, ModelCard]:
@@ -143,12 +143,12 @@ class CatalogService:
         if source.kind == "local":
             return (
                 f"The file it was imported from ({source.path}) is gone; import it again with "
-                "`lmfoundry models import PATH`."
+                "`lmfoundry catalog import PATH`."
             )
         return (
             f"Download them where the network allows with `lmfoundry models pull {card.id}` "
             f"(hub: {source.repo}), or copy them here and run "
-            f"`lmfoundry models import PATH --id {card.id}`."
+            f"`lmfoundry catalog import PATH --id {card.id}`."
         )
 
     # -- importing ---------------------------------------------------------------------------
@@ -220,7 +220,7 @@ class CatalogService:
             if s.get(ImportedModel, model_id) is not None:
                 raise Conflict(
                     f"Model {model_id!r} was already imported; pass --id to import this one "
-                    "under another name, or `lmfoundry models remove` the old one first."
+                    "under another name, or `lmfoundry catalog remove` the old one first."
                 )
             s.add(ImportedModel(id=model_id, card=card.model_dump(mode="json")))
         return self._view(card)
@@ -296,7 +296,7 @@ def inspect_weights(path: Path) -> WeightsInfo:
 
 
 def _inspect_onnx(path: Path) -> WeightsInfo:
-    """An ONNX Runtime GenAI folder (`lmfoundry models build-onnx` writes them)."""
+    """An ONNX Runtime GenAI folder (`lmfoundry catalog build-onnx` writes them)."""
     from lmfoundry.engines.onnx import chat_template_in, context_length_of, read_genai_config
 
     genai = read_genai_config(path)

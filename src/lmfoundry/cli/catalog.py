@@ -1,5 +1,5 @@
-"""`lmfoundry catalog list|show`; `lmfoundry models register|list|show|delete|import|remove|
-build-onnx`."""
+"""`lmfoundry catalog list|show|import|build-onnx|remove` (model cards, and local models
+added to the catalog); `lmfoundry models register|list|show|delete` (registered models)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import typer
 
 from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, records, show
 
-catalog_app = typer.Typer(help="Model cards.", no_args_is_help=True)
+catalog_app = typer.Typer(
+    help="Model cards, and local models added to the catalog.", no_args_is_help=True
+)
 models_app = typer.Typer(
-    help="Registered models (versions, lineage) and local models added to the catalog.",
-    no_args_is_help=True,
+    help="Registered models: versions and their lineage.", no_args_is_help=True
 )
 
 CARD_COLUMNS = [
@@ -49,8 +50,8 @@ def catalog_show(model: str, json_: JsonOpt = False) -> None:
     show(shown, False)
 
 
-@models_app.command("import")
-def models_import(
+@catalog_app.command("import")
+def catalog_import(
     path: str,
     id: Annotated[
         str | None,
@@ -76,8 +77,8 @@ def models_import(
         )
 
 
-@models_app.command("build-onnx")
-def models_build_onnx(
+@catalog_app.command("build-onnx")
+def catalog_build_onnx(
     source: Annotated[
         str,
         typer.Argument(
@@ -146,12 +147,12 @@ def models_build_onnx(
         )
     else:
         console.print(
-            f"Built {folder}. Add it with `lmfoundry models import {folder} --id {model_id}`."
+            f"Built {folder}. Add it with `lmfoundry catalog import {folder} --id {model_id}`."
         )
 
 
-@models_app.command("remove")
-def models_remove(model: str) -> None:
+@catalog_app.command("remove")
+def catalog_remove(model: str) -> None:
     """Remove an imported model from the catalog (the files stay)."""
     with client() as lmf:
         lmf.remove_import(model)

@@ -177,7 +177,7 @@ class ModelResolver:
             f"{row.name}:{row.version} is a LoRA adapter of {base_card.id}, whose weights here "
             "are a GGUF file; adapters are served on Hugging Face weights. Run a fine-tuning "
             f"job on {base_card.id} once (it converts the file), or import the base as a "
-            "Hugging Face folder (`lmfoundry models import`).",
+            "Hugging Face folder (`lmfoundry catalog import`).",
             param="model",
         )
 
