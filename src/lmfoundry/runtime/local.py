@@ -2,7 +2,7 @@
 supervised by the server.
 
 A group holds the instances of one `InstanceSpec`: serverless groups start on the first
-request and stop after an idle period; endpoint groups keep `replicas` instances running.
+request and stop after an idle period; endpoint groups keep `instance_count` instances running.
 The supervisor loop restarts instances that die and stops idle ones.
 """
 
@@ -41,14 +41,14 @@ class InstanceGroup:
         key: str,
         spec: InstanceSpec,
         name: str,
-        replicas: int,
+        instance_count: int,
         scale_to_zero: bool,
     ) -> None:
         self.backend = backend
         self.key = key
         self.spec = spec
         self.name = name
-        self.replicas = replicas
+        self.instance_count = instance_count
         self.scale_to_zero = scale_to_zero
         self.instances: list[LocalInstance] = []
         self.last_used = time.monotonic()
@@ -57,7 +57,7 @@ class InstanceGroup:
         self._resize()
 
     def _resize(self) -> None:
-        while len(self.instances) < self.replicas:
+        while len(self.instances) < self.instance_count:
             self.instances.append(
                 LocalInstance(
                     self.key,
@@ -149,14 +149,14 @@ class InstanceGroup:
             if isinstance(result, BaseException):
                 raise result
 
-    async def scale(self, replicas: int) -> None:
+    async def scale(self, instance_count: int) -> None:
         """Grow by starting instances; shrink by stopping the idlest ones once drained."""
-        self.replicas = replicas
-        if len(self.instances) < replicas:
+        self.instance_count = instance_count
+        if len(self.instances) < instance_count:
             self._resize()
             await self.start_all()
             return
-        while len(self.instances) > replicas:
+        while len(self.instances) > instance_count:
             victim = min(reversed(self.instances), key=lambda i: i.active)
             self.instances.remove(victim)
             while victim.active:
@@ -212,7 +212,7 @@ class LocalBackend:
         self,
         spec: InstanceSpec,
         name: str,
-        replicas: int = 1,
+        instance_count: int = 1,
         scale_to_zero: bool = True,
         key: str | None = None,
     ) -> InstanceGroup:
@@ -221,7 +221,7 @@ class LocalBackend:
         key = key or spec.key
         group = self.groups.get(key)
         if group is None:
-            group = InstanceGroup(self, key, spec, name, replicas, scale_to_zero)
+            group = InstanceGroup(self, key, spec, name, instance_count, scale_to_zero)
             self.groups[key] = group
         return group
 

@@ -162,7 +162,7 @@ class RayGroup:
         key: str,
         spec: InstanceSpec,
         name: str,
-        replicas: int,
+        instance_count: int,
         scale_to_zero: bool,
     ) -> None:
         self.backend = backend
@@ -170,7 +170,7 @@ class RayGroup:
         self.app = app_name(key)
         self.spec = spec
         self.name = name
-        self.replicas = replicas
+        self.instance_count = instance_count  # Ray Serve replicas wanted
         self.scale_to_zero = scale_to_zero
         self.deployed = 0  # replicas in the config the supervisor last applied
         self.in_use = 0
@@ -229,13 +229,13 @@ class RayGroup:
     async def start_all(self) -> None:
         """Deployed with all its replicas running (the supervisor deploys; a gateway waits)."""
         self.last_used = time.monotonic()
-        if self.backend.owner and self.deployed != self.replicas:
-            self.deployed = self.replicas
+        if self.backend.owner and self.deployed != self.instance_count:
+            self.deployed = self.instance_count
             await self.backend.apply()
-        await self._wait_ready(self.replicas)
+        await self._wait_ready(self.instance_count)
 
-    async def scale(self, replicas: int) -> None:
-        self.replicas = replicas
+    async def scale(self, instance_count: int) -> None:
+        self.instance_count = instance_count
         await self.start_all()
 
     async def _wait_ready(self, replicas: int) -> None:
@@ -281,7 +281,7 @@ class RayGroup:
         if self.scale_to_zero:
             if self.backend.owner:
                 if self.deployed == 0:
-                    self.deployed = max(1, self.replicas)
+                    self.deployed = max(1, self.instance_count)
                     await self.backend.apply()
             else:
                 await self._touch()
@@ -385,14 +385,14 @@ class RayBackend:
         self,
         spec: InstanceSpec,
         name: str,
-        replicas: int = 1,
+        instance_count: int = 1,
         scale_to_zero: bool = True,
         key: str | None = None,
     ) -> RayGroup:
         key = key or spec.key
         group = self.groups.get(key)
         if group is None:
-            group = RayGroup(self, key, spec, name, replicas, scale_to_zero)
+            group = RayGroup(self, key, spec, name, instance_count, scale_to_zero)
             self.groups[key] = group
         return group
 

@@ -58,7 +58,7 @@ class RemoteGroup:
         key: str,
         spec: InstanceSpec,
         name: str,
-        replicas: int,
+        instance_count: int,
         scale_to_zero: bool,
     ) -> None:
         self.backend = backend
@@ -66,7 +66,7 @@ class RemoteGroup:
         self.key = key
         self.spec = spec
         self.name = name
-        self.replicas = replicas
+        self.instance_count = instance_count
         self.in_use = 0
         self.instances: list[RemoteInstance] = []
         self._refreshed = 0.0
@@ -172,8 +172,8 @@ class RemoteGroup:
     async def start_all(self) -> None:
         await self.acquire()
 
-    async def scale(self, replicas: int) -> None:
-        self.replicas = replicas  # the supervisor sizes the group; gateways only route
+    async def scale(self, instance_count: int) -> None:
+        self.instance_count = instance_count  # the supervisor sizes the group; gateways only route
 
 
 class RemoteBackend:
@@ -194,13 +194,13 @@ class RemoteBackend:
         self,
         spec: InstanceSpec,
         name: str,
-        replicas: int = 1,
+        instance_count: int = 1,
         scale_to_zero: bool = True,
         key: str | None = None,
     ) -> RemoteGroup:
         key = key or spec.key
         if key not in self.groups:
-            self.groups[key] = RemoteGroup(self, key, spec, name, replicas, scale_to_zero)
+            self.groups[key] = RemoteGroup(self, key, spec, name, instance_count, scale_to_zero)
         return self.groups[key]
 
     def group_keys(self) -> list[str]:
