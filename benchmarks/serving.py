@@ -16,7 +16,7 @@ The servers run on loopback, started here, one after the other, with the same th
   lmfoundry         `lmfoundry up` and its serverless deployment of the same file (llamacpp
                     engine): key check, quota reservation and settlement, metering all on
   onnx              `lmfoundry up` and a serverless deployment of SmolLM2 built to int4 ONNX by
-                    `lmfoundry models build-onnx` (onnx engine); the build (about a minute and a
+                    `lmfoundry catalog build-onnx` (onnx engine); the build (about a minute and a
                     half) is cached under --onnx-cache. Skipped when onnxruntime-genai or the
                     builder's dependencies are missing.
   adapter           `lmfoundry up` with two serverless deployments: the base SmolLM2 and a

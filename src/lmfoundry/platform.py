@@ -37,11 +37,11 @@ from lmfoundry.registry.service import RegistryService
 from lmfoundry.responses.service import ResponsesService
 from lmfoundry.responses.store import ResponseStore
 from lmfoundry.runtime.backend import Backend
+from lmfoundry.runtime.directory import InstanceDirectory
 from lmfoundry.runtime.llama_server import cpu_count
 from lmfoundry.runtime.local import LocalBackend
 from lmfoundry.runtime.ray_jobs import RayJobLauncher
 from lmfoundry.runtime.ray_serve import RayBackend, RayCluster, ReplicaSettings
-from lmfoundry.runtime.registry import InstanceRegistry
 from lmfoundry.runtime.remote import RemoteBackend
 from lmfoundry.serving.gateway import Gateway
 from lmfoundry.serving.plane import DataPlane
@@ -109,7 +109,7 @@ class Platform:
         resolver = ModelResolver(catalog, registry)
         serverless = ServerlessService(db, resolver, keys, settings.base_url)
         endpoints = EndpointService(db, resolver, keys, settings.base_url)
-        registry_of_instances = InstanceRegistry(db, uuid.uuid4().hex)
+        directory = InstanceDirectory(db, uuid.uuid4().hex)
         backend: Backend
         ray_cluster: RayCluster | None = None
         if settings.ray_address:
@@ -119,7 +119,7 @@ class Platform:
                 settings.instance_start_timeout,
                 settings.instance_idle_seconds,
                 owner=settings.supervisor,
-                registry=registry_of_instances,
+                directory=directory,
                 replica_settings=ReplicaSettings(
                     max_ongoing_requests=max(64, settings.engine_max_sequences * 4)
                 ),
@@ -129,10 +129,10 @@ class Platform:
                 settings.home,
                 settings.instance_start_timeout,
                 settings.instance_idle_seconds,
-                registry_of_instances,
+                directory,
             )
         else:
-            backend = RemoteBackend(registry_of_instances, settings.instance_start_timeout)
+            backend = RemoteBackend(directory, settings.instance_start_timeout)
         quotas = QuotaService(make_store(settings.redis_url, settings.quotas_enabled))
         metering = MeteringService(db, settings.metering_enabled, settings.redis_url)
         metrics = Metrics(db)  # this app's own registry: GET /metrics

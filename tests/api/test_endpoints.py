@@ -117,8 +117,8 @@ def test_mirror_traffic_reaches_the_mirror_without_changing_answers(
         platform.access.admin_principal(), "default"
     ).project_id
     records = platform.metering.records(project_id, target="ep", limit=1000)
-    mirrored = [r for r in records if r["mirrored"]]
-    assert all(r["deployment"] == "green" for r in mirrored)
+    mirrored = [r for r in records if r.mirrored]
+    assert all(r.deployment == "green" for r in mirrored)
     assert 8 <= len(mirrored) <= 32  # about half of 40
     billed = api.get("/api/v1/projects/default/usage").json()
     assert next(r for r in billed if r["target"] == "ep")["requests"] == 40

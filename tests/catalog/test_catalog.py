@@ -52,7 +52,7 @@ def test_cards(catalog: CatalogService) -> None:
 def test_absent_weights_say_how_to_get_them(catalog: CatalogService) -> None:
     with pytest.raises(Unavailable) as missing:
         catalog.resolve("Phi-3-mini-4k-instruct")
-    assert "models import PATH --id Phi-3-mini-4k-instruct" in missing.value.message
+    assert "catalog import PATH --id Phi-3-mini-4k-instruct" in missing.value.message
 
 
 def test_unknown_model_suggests_the_right_case(catalog: CatalogService) -> None:

@@ -1,4 +1,4 @@
-"""What `lmfoundry models build-onnx` refuses before running the builder (the builds
+"""What `lmfoundry catalog build-onnx` refuses before running the builder (the builds
 themselves are tested in tests/engines/test_onnx.py and tests/serving/test_onnx_live.py)."""
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ pytest.importorskip("transformers")
 
 from transformers import AutoTokenizer  # noqa: E402
 
+from lmfoundry.engines.capabilities import create_tokenizer  # noqa: E402
 from lmfoundry.engines.gguf import PLAIN_TEMPLATE  # noqa: E402
 from lmfoundry.engines.hf import HFTokenizer, IncrementalDetokenizer  # noqa: E402
-from lmfoundry.engines.registry import create_tokenizer  # noqa: E402
 from lmfoundry.errors import Unavailable  # noqa: E402
 
 CONVERSATIONS: list[list[dict[str, Any]]] = [

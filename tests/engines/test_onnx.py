@@ -239,11 +239,11 @@ def test_gateway_tokenizer_matches_transformers_chat_template(
 
 def test_catalog_sees_an_onnx_folder(tiny_onnx: Path) -> None:
     from lmfoundry.catalog.service import inspect_weights
-    from lmfoundry.engines.registry import create_tokenizer
+    from lmfoundry.engines.capabilities import create_tokenizer
 
     info = inspect_weights(tiny_onnx)
-    assert (info["format"], info["engine"], info["architecture"]) == ("onnx", "onnx", "phi3")
-    assert info["chat_template"] and "<|assistant|>" in info["chat_template"]
+    assert (info.format, info.engine, info.architecture) == ("onnx", "onnx", "phi3")
+    assert info.chat_template and "<|assistant|>" in info.chat_template
     assert create_tokenizer("onnx", str(tiny_onnx), None, None).context_length == 4096
 
 

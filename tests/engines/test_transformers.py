@@ -25,8 +25,8 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from lmfoundry.engines import transformers as transformers_engine  # noqa: E402
 from lmfoundry.engines.base import EngineError, GenerationRequest, SamplingParams  # noqa: E402
+from lmfoundry.engines.capabilities import create_engine  # noqa: E402
 from lmfoundry.engines.hf import HFTokenizer, IncrementalDetokenizer  # noqa: E402
-from lmfoundry.engines.registry import create_engine  # noqa: E402
 from lmfoundry.engines.sampling import PENALTY_LAST_N  # noqa: E402
 from lmfoundry.engines.transformers import TransformersEngine  # noqa: E402
 from tests.engines.failure import check_decode_failure  # noqa: E402

@@ -39,7 +39,7 @@ def corpus() -> list[str]:
 
 
 def build_tiny_phi3(path: Path, seed: int = 0) -> Path:
-    """Write the model to `path` (a folder `lmfoundry models import` accepts) and return it."""
+    """Write the model to `path` (a folder `lmfoundry catalog import` accepts) and return it."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast

@@ -22,7 +22,7 @@ SPECIAL_TOKENS = [
 
 
 def build_tiny_phi3(path: Path, corpus: Path = EXAMPLE_DATA, seed: int = 0) -> Path:
-    """Write the model to `path` (a folder `lmfoundry models import` accepts) and return it."""
+    """Write the model to `path` (a folder `lmfoundry catalog import` accepts) and return it."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast

@@ -107,9 +107,9 @@ def test_a_record_per_request_with_key_slot_and_status(api: Api) -> None:
     records = platform.metering.records(
         platform.access.project_access(platform.access.admin_principal(), "default").project_id
     )
-    assert {r["status_code"] for r in records} == {200}
-    assert any(r["streamed"] for r in records) and not all(r["streamed"] for r in records)
-    assert all(r["ttft_ms"] is not None and r["latency_ms"] >= r["ttft_ms"] for r in records)
+    assert {r.status_code for r in records} == {200}
+    assert any(r.streamed for r in records) and not all(r.streamed for r in records)
+    assert all(r.ttft_ms is not None and r.latency_ms >= r.ttft_ms for r in records)
     bad = api.get("/api/v1/projects/default/usage", params={"group_by": "colour"})
     assert bad.status_code == 400
 

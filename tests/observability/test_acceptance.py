@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lmfoundry.observability.health import Health
 from lmfoundry.quotas.service import make_store
-from lmfoundry.runtime.registry import InstanceRegistry
+from lmfoundry.runtime.directory import InstanceDirectory
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Supervisor
 from tests.conftest import (
@@ -263,7 +263,7 @@ async def test_a_gateway_is_ready_only_while_a_supervisor_beats(database_url: st
         checks = (await gateway.readiness()).checks
         assert checks["supervisor"].startswith("down: no supervisor is running")
         assert "without --no-supervisor" in checks["supervisor"]
-        supervisor = InstanceRegistry(db, "sup-1")
+        supervisor = InstanceDirectory(db, "sup-1")
         supervisor.publish([])  # a tick with no instance still says it is alive
         ready = await gateway.readiness()
         assert ready.ready, ready.checks

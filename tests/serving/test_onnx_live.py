@@ -1,4 +1,4 @@
-"""ONNX models end to end: `lmfoundry models build-onnx` builds a folder and adds it to the
+"""ONNX models end to end: `lmfoundry catalog build-onnx` builds a folder and adds it to the
 catalog, a serverless deployment serves it on the `onnx` engine through a real
 `lmfoundry up`, and the official openai client gets the answer.
 
@@ -82,7 +82,7 @@ def test_a_built_onnx_model_is_served_by_a_serverless_deployment(
 
     from lmfoundry.engines.onnx import OnnxTokenizer
 
-    cli(server, "models", "build-onnx", str(tiny_phi3), "--id", "tiny-onnx")
+    cli(server, "catalog", "build-onnx", str(tiny_phi3), "--id", "tiny-onnx")
     folder = server.home / "models" / "onnx" / "tiny-onnx"
     assert (folder / "genai_config.json").is_file()
     with server.client() as c:
@@ -118,7 +118,7 @@ def test_a_built_onnx_model_is_served_by_a_serverless_deployment(
 @pytest.mark.heavy
 @pytest.mark.timeout(900)
 def test_smollm2_built_to_onnx_answers(server: LiveServer) -> None:
-    done = cli(server, "models", "build-onnx", "SmolLM2-135M-Instruct", "--json")
+    done = cli(server, "catalog", "build-onnx", "SmolLM2-135M-Instruct", "--json")
     assert '"id": "SmolLM2-135M-Instruct-onnx"' in done.stdout
     client = deploy(server, "smol-onnx", "SmolLM2-135M-Instruct-onnx")
     reply = client.chat.completions.create(

@@ -8,8 +8,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lmfoundry.access.models import AuditEventView
 from lmfoundry.observability.logs import current_request_id
+from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import AuditEvent
+
+MAX_EVENTS = 5000  # one listing's most
 
 
 def record(
@@ -30,20 +34,22 @@ def record(
 
 
 def list_events(
-    s: Session, project_id: int, since: datetime | None = None, limit: int = 200
-) -> list[dict[str, Any]]:
+    db: Database, project_id: int, since: datetime | None = None, limit: int = 200
+) -> list[AuditEventView]:
+    """A project's events, newest first: `limit` of them (1 to MAX_EVENTS), since `since`."""
     query = select(AuditEvent).where(AuditEvent.project_id == project_id)
     if since is not None:
         query = query.where(AuditEvent.at >= since)
-    rows = s.scalars(query.order_by(AuditEvent.id.desc()).limit(limit))
-    return [
-        {
-            "at": e.at,
-            "actor": e.actor,
-            "action": e.action,
-            "target": e.target,
-            "detail": e.detail,
-            "request_id": e.request_id,
-        }
-        for e in rows
-    ]
+    query = query.order_by(AuditEvent.id.desc()).limit(max(1, min(limit, MAX_EVENTS)))
+    with db.session() as s:
+        return [
+            AuditEventView(
+                at=e.at,
+                actor=e.actor,
+                action=e.action,
+                target=e.target,
+                detail=e.detail,
+                request_id=e.request_id,
+            )
+            for e in s.scalars(query)
+        ]

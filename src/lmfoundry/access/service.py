@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 from lmfoundry.access.audit import record
 from lmfoundry.access.models import (
     NewToken,
+    NewUser,
     Principal,
     ProjectAccess,
     Role,
@@ -184,8 +186,8 @@ class AccessService:
 
     # -- users and tokens --------------------------------------------------------------------
 
-    def create_user(self, actor: Principal, name: str, is_admin: bool = False) -> tuple[str, str]:
-        """Create a user and its first token; returns (name, token). Admins only."""
+    def create_user(self, actor: Principal, name: str, is_admin: bool = False) -> NewUser:
+        """Create a user and their first token (shown this once). Admins only."""
         if not actor.is_admin:
             raise Forbidden("Only an admin can create users.")
         check_name("user", name)
@@ -198,7 +200,7 @@ class AccessService:
             token = new_token()
             s.add(self._token_row(user.id, "initial", token, self._expiry(None)))
             record(s, actor.name, None, "user.create", name, {"is_admin": is_admin})
-        return name, token
+        return NewUser(name=name, token=token)
 
     def list_users(self, actor: Principal) -> list[UserView]:
         if not actor.is_admin:
@@ -346,7 +348,7 @@ class AccessService:
                 token=token,
                 prefix=row.prefix,
                 expires_at=expires_at,
-                scope=scope.value,
+                scope=scope,
             )
 
     def list_tokens(
@@ -487,6 +489,7 @@ def _user_view(user: User) -> UserView:
 
 
 def _token_view(token: Token, user: str, now: datetime) -> TokenView:
+    status: Literal["active", "expired", "revoked"]
     if token.revoked_at is not None:
         status = "revoked"
     elif token.expires_at is not None and token.expires_at <= now:
@@ -502,7 +505,7 @@ def _token_view(token: Token, user: str, now: datetime) -> TokenView:
         expires_at=token.expires_at,
         revoked_at=token.revoked_at,
         status=status,
-        scope=token.scope,
+        scope=TokenScope(token.scope),
     )
 
 

@@ -35,12 +35,12 @@ def _shown(card: CardView, actor: Principal) -> CardView:
     )
 
 
-@router.get("/catalog", response_model=list[CardView])
+@router.get("/catalog")
 def list_catalog(plat: PlatformDep, actor: PrincipalDep) -> list[CardView]:
     return [_shown(card, actor) for card in plat.catalog.list_cards()]
 
 
-@router.get("/catalog/{model}", response_model=CardView)
+@router.get("/catalog/{model}")
 def get_card(model: str, plat: PlatformDep, actor: PrincipalDep) -> CardView:
     return _shown(plat.catalog.get_card(model), actor)
 
@@ -52,7 +52,7 @@ class ImportRequest(BaseModel):
     display_name: str | None = None
 
 
-@router.post("/catalog/import", response_model=CardView, status_code=201)
+@router.post("/catalog/import", status_code=201)
 def import_model(body: ImportRequest, plat: PlatformDep, actor: PrincipalDep) -> CardView:
     if not actor.is_admin:
         raise Forbidden("Only an admin can import models into the catalog.")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from lmfoundry.access.models import ProjectAccess
 from lmfoundry.api.deps import PlatformDep, PrincipalDep, ProjectDep
 from lmfoundry.errors import Forbidden, LmfError
-from lmfoundry.observability.monitoring import InstanceView, Series, TargetSummary
+from lmfoundry.observability.models import InstanceView, Series, TargetSummary
 from lmfoundry.platform import Platform
 
 router = APIRouter(tags=["monitoring"])
@@ -21,7 +21,7 @@ WindowQuery = Query("hour", description="hour (one-minute buckets) or day (15-mi
 P = "/projects/{project}/monitoring"
 
 
-@router.get(P, response_model=list[TargetSummary])
+@router.get(P)
 async def summary(
     access: ProjectDep, plat: PlatformDep, window: Window = WindowQuery
 ) -> list[TargetSummary]:
@@ -29,21 +29,21 @@ async def summary(
     return await asyncio.to_thread(plat.monitoring.summary, access.project_id, window)
 
 
-@router.get(P + "/serverless/{name}", response_model=Series)
+@router.get(P + "/serverless/{name}")
 async def serverless(
     name: str, access: ProjectDep, plat: PlatformDep, window: Window = WindowQuery
 ) -> Series:
     return await series(access, plat, "serverless", name, window)
 
 
-@router.get(P + "/endpoints/{name}", response_model=Series)
+@router.get(P + "/endpoints/{name}")
 async def endpoint(
     name: str, access: ProjectDep, plat: PlatformDep, window: Window = WindowQuery
 ) -> Series:
     return await series(access, plat, "endpoint", name, window)
 
 
-@router.get("/cluster", response_model=list[InstanceView])
+@router.get("/cluster")
 async def cluster(plat: PlatformDep, actor: PrincipalDep) -> list[InstanceView]:
     """Every instance: its model, state, memory, busy and total slots, uptime."""
     if not actor.is_admin:

@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.access.audit import list_events
-from lmfoundry.access.models import MemberView as AccessMemberView
-from lmfoundry.access.models import NewToken, Role, TokenScope
-from lmfoundry.access.models import ProjectView as AccessProjectView
-from lmfoundry.access.models import TokenView as AccessTokenView
-from lmfoundry.access.models import UserView as AccessUserView
+from lmfoundry.access.models import (
+    AuditEventView,
+    Me,
+    MemberView,
+    NewToken,
+    NewUser,
+    ProjectView,
+    Role,
+    TokenScope,
+    TokenView,
+    UserView,
+)
 from lmfoundry.access.service import MAX_TOKEN_DAYS
 from lmfoundry.api.deps import PlatformDep, PrincipalDep, ProjectDep
 
 router = APIRouter(tags=["access"])
 
 
-class Me(BaseModel):
-    name: str
-    is_admin: bool
-
-
-@router.get("/me", response_model=Me)
+@router.get("/me")
 def me(actor: PrincipalDep) -> Me:
     return Me(name=actor.name, is_admin=actor.is_admin)
 
@@ -36,38 +38,23 @@ class UserCreate(BaseModel):
     is_admin: bool = False
 
 
-class UserCreated(BaseModel):
-    name: str
-    token: str = Field(description="Shown once; store it now.")
+@router.post("/users", status_code=201)
+def create_user(body: UserCreate, plat: PlatformDep, actor: PrincipalDep) -> NewUser:
+    return plat.access.create_user(actor, body.name, body.is_admin)
 
 
-@router.post("/users", response_model=UserCreated, status_code=201)
-def create_user(body: UserCreate, plat: PlatformDep, actor: PrincipalDep) -> UserCreated:
-    name, token = plat.access.create_user(actor, body.name, body.is_admin)
-    return UserCreated(name=name, token=token)
-
-
-class UserView(BaseModel):
-    name: str
-    is_admin: bool
-    created_at: datetime
-    disabled_at: datetime | None = Field(
-        description="When an admin disabled the user (none of their tokens work); null: enabled."
-    )
-
-
-@router.get("/users", response_model=list[UserView])
-def list_users(plat: PlatformDep, actor: PrincipalDep) -> list[AccessUserView]:
+@router.get("/users")
+def list_users(plat: PlatformDep, actor: PrincipalDep) -> list[UserView]:
     return plat.access.list_users(actor)
 
 
-@router.post("/users/{user}/disable", response_model=UserView)
-def disable_user(user: str, plat: PlatformDep, actor: PrincipalDep) -> AccessUserView:
+@router.post("/users/{user}/disable")
+def disable_user(user: str, plat: PlatformDep, actor: PrincipalDep) -> UserView:
     return plat.access.set_user_disabled(actor, user, disabled=True)
 
 
-@router.post("/users/{user}/enable", response_model=UserView)
-def enable_user(user: str, plat: PlatformDep, actor: PrincipalDep) -> AccessUserView:
+@router.post("/users/{user}/enable")
+def enable_user(user: str, plat: PlatformDep, actor: PrincipalDep) -> UserView:
     return plat.access.set_user_disabled(actor, user, disabled=False)
 
 
@@ -95,33 +82,12 @@ class TokenCreate(BaseModel):
     )
 
 
-class TokenCreated(BaseModel):
-    name: str
-    user: str
-    token: str = Field(description="Shown once; store it now.")
-    prefix: str
-    expires_at: datetime | None
-    scope: TokenScope
-
-
-class TokenView(BaseModel):
-    name: str
-    user: str
-    prefix: str = Field(description="The token's first characters, to tell tokens apart.")
-    created_at: datetime
-    last_used_at: datetime | None = Field(description="Updated at most once a minute.")
-    expires_at: datetime | None = Field(description="null: never expires.")
-    revoked_at: datetime | None
-    status: Literal["active", "expired", "revoked"]
-    scope: TokenScope
-
-
-@router.post("/tokens", response_model=TokenCreated, status_code=201)
+@router.post("/tokens", status_code=201)
 def create_token(body: TokenCreate, plat: PlatformDep, actor: PrincipalDep) -> NewToken:
     return plat.access.create_token(actor, body.name, body.expires_in_days, body.user, body.scope)
 
 
-@router.get("/tokens", response_model=list[TokenView])
+@router.get("/tokens")
 def list_tokens(
     plat: PlatformDep,
     actor: PrincipalDep,
@@ -129,7 +95,7 @@ def list_tokens(
     all_users: Annotated[
         bool, Query(alias="all", description="Admins: everyone's tokens.")
     ] = False,
-) -> list[AccessTokenView]:
+) -> list[TokenView]:
     return plat.access.list_tokens(actor, user, all_users)
 
 
@@ -149,17 +115,6 @@ class ProjectCreate(BaseModel):
     description: str = ""
 
 
-class ProjectView(BaseModel):
-    name: str
-    description: str
-    role: Role
-    flows_enabled: bool = Field(
-        description="Members with the developer role may test, run and deploy flows "
-        "(owners switch it with PATCH flows_enabled)."
-    )
-    created_at: datetime
-
-
 class ProjectUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     flows_enabled: bool = Field(
@@ -167,25 +122,23 @@ class ProjectUpdate(BaseModel):
     )
 
 
-@router.get("/projects", response_model=list[ProjectView])
-def list_projects(plat: PlatformDep, actor: PrincipalDep) -> list[AccessProjectView]:
+@router.get("/projects")
+def list_projects(plat: PlatformDep, actor: PrincipalDep) -> list[ProjectView]:
     return plat.projects.list_projects(actor)
 
 
-@router.post("/projects", response_model=ProjectView, status_code=201)
-def create_project(
-    body: ProjectCreate, plat: PlatformDep, actor: PrincipalDep
-) -> AccessProjectView:
+@router.post("/projects", status_code=201)
+def create_project(body: ProjectCreate, plat: PlatformDep, actor: PrincipalDep) -> ProjectView:
     return plat.projects.create_project(actor, body.name, body.description)
 
 
-@router.get("/projects/{project}", response_model=ProjectView)
-def get_project(access: ProjectDep, plat: PlatformDep, actor: PrincipalDep) -> AccessProjectView:
+@router.get("/projects/{project}")
+def get_project(access: ProjectDep, plat: PlatformDep, actor: PrincipalDep) -> ProjectView:
     return next(p for p in plat.projects.list_projects(actor) if p.name == access.project)
 
 
-@router.patch("/projects/{project}", response_model=ProjectView)
-def update_project(body: ProjectUpdate, access: ProjectDep, plat: PlatformDep) -> AccessProjectView:
+@router.patch("/projects/{project}")
+def update_project(body: ProjectUpdate, access: ProjectDep, plat: PlatformDep) -> ProjectView:
     return plat.projects.set_flows_enabled(access.principal, access.project, body.flows_enabled)
 
 
@@ -194,21 +147,13 @@ class MemberBody(BaseModel):
     role: Role
 
 
-class MemberView(BaseModel):
-    user: str
-    role: Role
-    created_at: datetime
-
-
-@router.get("/projects/{project}/members", response_model=list[MemberView])
-def list_members(access: ProjectDep, plat: PlatformDep) -> list[AccessMemberView]:
+@router.get("/projects/{project}/members")
+def list_members(access: ProjectDep, plat: PlatformDep) -> list[MemberView]:
     return plat.projects.list_members(access.principal, access.project)
 
 
-@router.put("/projects/{project}/members/{user}", response_model=MemberView)
-def set_member(
-    user: str, body: MemberBody, access: ProjectDep, plat: PlatformDep
-) -> AccessMemberView:
+@router.put("/projects/{project}/members/{user}")
+def set_member(user: str, body: MemberBody, access: ProjectDep, plat: PlatformDep) -> MemberView:
     return plat.projects.set_member(access.principal, access.project, user, body.role)
 
 
@@ -217,20 +162,8 @@ def remove_member(user: str, access: ProjectDep, plat: PlatformDep) -> None:
     plat.projects.remove_member(access.principal, access.project, user)
 
 
-class AuditView(BaseModel):
-    at: datetime
-    actor: str
-    action: str
-    target: str
-    detail: dict[str, Any]
-    request_id: str | None = Field(
-        default=None, description="The x-request-id of the request that made the change."
-    )
-
-
-@router.get("/projects/{project}/audit", response_model=list[AuditView])
+@router.get("/projects/{project}/audit")
 def audit(
     access: ProjectDep, plat: PlatformDep, since: datetime | None = None, limit: int = 200
-) -> list[dict[str, Any]]:
-    with plat.db.session() as s:
-        return list_events(s, access.project_id, since, max(1, min(limit, 5000)))
+) -> list[AuditEventView]:
+    return list_events(plat.db, access.project_id, since, limit)

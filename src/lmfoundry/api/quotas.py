@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.api.deps import PlatformDep, ProjectDep
-from lmfoundry.quotas.projects import ProjectQuotasView
+from lmfoundry.quotas.models import ProjectQuotasView
 
 router = APIRouter(tags=["access"])
 
@@ -23,12 +23,12 @@ class QuotaChange(BaseModel):
     )
 
 
-@router.get("/projects/{project}/quotas", response_model=ProjectQuotasView)
+@router.get("/projects/{project}/quotas")
 async def get_quotas(access: ProjectDep, plat: PlatformDep) -> ProjectQuotasView:
     return await plat.project_quotas.view_async(access)
 
 
-@router.put("/projects/{project}/quotas", response_model=ProjectQuotasView)
+@router.put("/projects/{project}/quotas")
 async def set_quotas(body: QuotaChange, access: ProjectDep, plat: PlatformDep) -> ProjectQuotasView:
     """Admins only (403 otherwise); every change goes to the audit log."""
     await asyncio.to_thread(plat.project_quotas.set, access.principal, access.project, body.quotas)

@@ -1,4 +1,5 @@
-"""Model cards."""
+"""Model cards, as the catalog service answers with them, and what weights say about
+themselves."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from lmfoundry.errors import InvalidRequest
 
 # What a model answers: chat and text completions (and responses), or embeddings.
 ModelType = Literal["chat-completions", "embeddings"]
+
+
+Pooling = Literal["mean", "cls", "last"]
 
 
 class ModelSource(BaseModel):
@@ -51,7 +55,7 @@ class ModelCard(BaseModel):
         "completions, responses) or `embeddings` (embeddings, v1/embeddings).",
     )
     dimensions: int | None = Field(default=None, description="An embeddings model's vector length.")
-    pooling: Literal["mean", "cls", "last"] | None = Field(
+    pooling: Pooling | None = Field(
         default=None,
         description="How an embeddings model pools its token states into one vector.",
     )
@@ -89,3 +93,19 @@ class CardView(ModelCard):
     how_to_get: str | None = Field(
         default=None, description="What to run to make the weights present, when absent."
     )
+
+
+class WeightsInfo(BaseModel):
+    """What a GGUF file, Hugging Face folder or ONNX Runtime GenAI folder says about itself:
+    enough to write a card for it."""
+
+    id: str = Field(description="The file's or folder's name: the id it is imported under.")
+    format: Literal["gguf", "hf", "onnx"]
+    engine: Literal["llamacpp", "transformers", "onnx"]
+    architecture: str
+    context_length: int
+    chat_template: str | None = None
+    license: str = "unknown"
+    model_type: ModelType = "chat-completions"
+    dimensions: int | None = None
+    pooling: Pooling | None = None

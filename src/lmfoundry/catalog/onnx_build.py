@@ -1,7 +1,7 @@
 """Build an ONNX Runtime GenAI folder (what the `onnx` engine serves) from a model's weights,
 offline, with onnxruntime-genai's model builder.
 
-    lmfoundry models build-onnx SmolLM2-135M-Instruct       # a catalog model, or a local path
+    lmfoundry catalog build-onnx SmolLM2-135M-Instruct       # a catalog model, or a local path
 
 The builder reads a Hugging Face folder (safetensors; it reads GGUF only at f16/f32), so a
 GGUF file such as the bundled SmolLM2's Q4_1 is first dequantised to a safetensors folder by

@@ -6,16 +6,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
 from lmfoundry.catalog import minilm
 from lmfoundry.catalog.bundled import gemma_available, gemma_path, smollm2_path
 from lmfoundry.catalog.cards import BUILTIN
-from lmfoundry.catalog.models import CardView, ModelCard, ModelSource
+from lmfoundry.catalog.models import CardView, ModelCard, ModelSource, WeightsInfo
+from lmfoundry.engines.capabilities import capabilities
 from lmfoundry.engines.chat_template import check_template
-from lmfoundry.engines.registry import capabilities
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.runtime.llama_server import EMBEDDING_UBATCH
 from lmfoundry.storage.db import Database
@@ -82,7 +81,7 @@ class CatalogService:
         suggestion = f" Did you mean {hint!r}?" if hint else ""
         raise NotFound(
             f"Model {model_id!r} is not in the catalog.{suggestion} `lmfoundry catalog list` "
-            "shows the models; `lmfoundry models import PATH` adds a local one."
+            "shows the models; `lmfoundry catalog import PATH` adds a local one."
         )
 
     def _imported(self, model_id: str | None = None) -> dict[str, ModelCard]:
@@ -144,12 +143,12 @@ class CatalogService:
         if source.kind == "local":
             return (
                 f"The file it was imported from ({source.path}) is gone; import it again with "
-                "`lmfoundry models import PATH`."
+                "`lmfoundry catalog import PATH`."
             )
         return (
             f"Download them where the network allows with `lmfoundry models pull {card.id}` "
             f"(hub: {source.repo}), or copy them here and run "
-            f"`lmfoundry models import PATH --id {card.id}`."
+            f"`lmfoundry catalog import PATH --id {card.id}`."
         )
 
     # -- importing ---------------------------------------------------------------------------
@@ -172,14 +171,14 @@ class CatalogService:
                 param="path",
             )
         info = inspect_weights(path)
-        problem = check_template(info["chat_template"]) if info.get("chat_template") else None
+        problem = check_template(info.chat_template) if info.chat_template else None
         if problem is not None:  # every request would render it: refuse it here
             raise InvalidRequest(
                 f"{path.name}: {problem} Fix or remove the model's chat template, then import "
                 "it again.",
                 param="path",
             )
-        model_id = model_id or info["id"]
+        model_id = model_id or info.id
         if not ID_PATTERN.match(model_id):
             raise InvalidRequest(
                 f"Invalid model id {model_id!r}: use letters, digits, '.', '_' and '-' "
@@ -191,8 +190,8 @@ class CatalogService:
             card = base.model_copy(
                 update={
                     "source": ModelSource(kind="local", path=str(path)),
-                    "format": info["format"],
-                    "engine": info["engine"],
+                    "format": info.format,
+                    "engine": info.engine,
                 }
             )
         else:
@@ -201,25 +200,27 @@ class CatalogService:
                 display_name=display_name or model_id,
                 publisher="local",
                 description=f"Imported from a local folder ({Path(path).name}).",
-                architecture=info["architecture"],
-                parameters=info.get("parameters", "unknown"),
-                context_length=info["context_length"],
-                format=info["format"],
-                engine=info["engine"],
+                architecture=info.architecture,
+                parameters="unknown",
+                context_length=info.context_length,
+                format=info.format,
+                engine=info.engine,
                 source=ModelSource(kind="local", path=str(path)),
-                license=info.get("license", "unknown"),
-                chat_template=info.get("chat_template"),
-                instruction_tuned=bool(info.get("chat_template")),
+                license=info.license,
+                chat_template=info.chat_template,
+                instruction_tuned=bool(info.chat_template),
                 price_input_per_1k=0.0,
                 price_output_per_1k=0.0,
                 tags=["imported"],
-                **info.get("embeddings", {}),
+                model_type=info.model_type,
+                dimensions=info.dimensions,
+                pooling=info.pooling,
             )
         with self.db.session() as s:
             if s.get(ImportedModel, model_id) is not None:
                 raise Conflict(
                     f"Model {model_id!r} was already imported; pass --id to import this one "
-                    "under another name, or `lmfoundry models remove` the old one first."
+                    "under another name, or `lmfoundry catalog remove` the old one first."
                 )
             s.add(ImportedModel(id=model_id, card=card.model_dump(mode="json")))
         return self._view(card)
@@ -232,7 +233,7 @@ class CatalogService:
             s.delete(row)
 
 
-def inspect_weights(path: Path) -> dict[str, Any]:
+def inspect_weights(path: Path) -> WeightsInfo:
     """Architecture, context length and chat template of a GGUF file or HF folder."""
     if path.is_file():
         if path.suffix != ".gguf":
@@ -245,24 +246,26 @@ def inspect_weights(path: Path) -> dict[str, Any]:
 
         meta = read_metadata(path)
         arch = meta.get("general.architecture", "unknown")
-        info: dict[str, Any] = {
-            "id": path.stem,
-            "format": "gguf",
-            "engine": "llamacpp",
-            "architecture": arch,
-            "context_length": int(meta.get(f"{arch}.context_length", 2048)),
-            "chat_template": meta.get("tokenizer.chat_template"),
-            "license": meta.get("general.license", "unknown"),
-        }
+        info = WeightsInfo(
+            id=path.stem,
+            format="gguf",
+            engine="llamacpp",
+            architecture=arch,
+            context_length=int(meta.get(f"{arch}.context_length", 2048)),
+            chat_template=meta.get("tokenizer.chat_template"),
+            license=meta.get("general.license", "unknown"),
+        )
         pooling = GGUF_POOLING.get(str(meta.get(f"{arch}.pooling_type", "")))
         if pooling is not None:  # an embeddings model (bert, nomic-bert, ...)
-            info["embeddings"] = {
-                "model_type": "embeddings",
-                "pooling": pooling,
-                "dimensions": int(meta.get(f"{arch}.embedding_length", 0)) or None,
-            }
-            # llama-server evaluates an input in one micro-batch of this many tokens
-            info["context_length"] = min(info["context_length"], EMBEDDING_UBATCH)
+            info = info.model_copy(
+                update={
+                    "model_type": "embeddings",
+                    "pooling": pooling,
+                    "dimensions": int(meta.get(f"{arch}.embedding_length", 0)) or None,
+                    # llama-server evaluates an input in one micro-batch of this many tokens
+                    "context_length": min(info.context_length, EMBEDDING_UBATCH),
+                }
+            )
         return info
     from lmfoundry.engines.onnx import is_onnx_folder
 
@@ -282,26 +285,26 @@ def inspect_weights(path: Path) -> dict[str, Any]:
         template = json.loads(tok_config.read_text()).get("chat_template")
     if template is None and (path / "chat_template.jinja").exists():
         template = (path / "chat_template.jinja").read_text()
-    return {
-        "id": path.name,
-        "format": "hf",
-        "engine": "transformers",
-        "architecture": (config.get("architectures") or ["unknown"])[0],
-        "context_length": int(config.get("max_position_embeddings", 2048)),
-        "chat_template": template,
-    }
+    return WeightsInfo(
+        id=path.name,
+        format="hf",
+        engine="transformers",
+        architecture=(config.get("architectures") or ["unknown"])[0],
+        context_length=int(config.get("max_position_embeddings", 2048)),
+        chat_template=template,
+    )
 
 
-def _inspect_onnx(path: Path) -> dict[str, Any]:
-    """An ONNX Runtime GenAI folder (`lmfoundry models build-onnx` writes them)."""
+def _inspect_onnx(path: Path) -> WeightsInfo:
+    """An ONNX Runtime GenAI folder (`lmfoundry catalog build-onnx` writes them)."""
     from lmfoundry.engines.onnx import chat_template_in, context_length_of, read_genai_config
 
     genai = read_genai_config(path)
-    return {
-        "id": path.name,
-        "format": "onnx",
-        "engine": "onnx",
-        "architecture": str((genai.get("model") or {}).get("type", "unknown")),
-        "context_length": context_length_of(genai),
-        "chat_template": chat_template_in(path),
-    }
+    return WeightsInfo(
+        id=path.name,
+        format="onnx",
+        engine="onnx",
+        architecture=str((genai.get("model") or {}).get("type", "unknown")),
+        context_length=context_length_of(genai),
+        chat_template=chat_template_in(path),
+    )

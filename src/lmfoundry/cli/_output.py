@@ -35,11 +35,12 @@ def _plain(value: Any) -> Any:
 
 
 def records(data: Any) -> Any:
-    """The SDK's typed views (pydantic models, dataclasses) as plain records, lists kept."""
+    """The SDK's typed views (pydantic models, dataclasses) as plain records, lists kept;
+    a pydantic view as the API's JSON has it (times in ISO 8601, enums as their values)."""
     if isinstance(data, list):
         return [records(item) for item in data]
     if isinstance(data, BaseModel):
-        return data.model_dump()
+        return data.model_dump(mode="json")
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         return dataclasses.asdict(data)
     return data

@@ -9,7 +9,7 @@ import typer
 from lmfoundry.access.models import Role
 from lmfoundry.access.secrets import new_token
 from lmfoundry.access.service import write_credentials
-from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, show
+from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, records, show
 from lmfoundry.client import Client
 from lmfoundry.config import get_settings
 
@@ -35,7 +35,7 @@ def login(
     with Client(url=base, token=token) as lmf:
         me = lmf.me()
     path = write_credentials(settings.home, token, base)
-    console.print(f"Logged in to {base} as [bold]{me['name']}[/]; token saved in {path}.")
+    console.print(f"Logged in to {base} as [bold]{me.name}[/]; token saved in {path}.")
 
 
 @projects_app.command("list")
@@ -110,8 +110,8 @@ def users_create(
     if json_:
         show(created, True)
         return
-    console.print(f"Created user [bold]{created['name']}[/]. Their token (shown once):")
-    console.print(created["token"], highlight=False, soft_wrap=True)
+    console.print(f"Created user [bold]{created.name}[/]. Their token (shown once):")
+    console.print(created.token, highlight=False, soft_wrap=True)
 
 
 @users_app.command("list")
@@ -174,9 +174,9 @@ def _create_token(
     if json_:
         show(created, True)
         return
-    expires = created.get("expires_at") or "never"
-    console.print(f"Token {created['name']} of {created['user']} (expires {expires}), shown once:")
-    console.print(created["token"], highlight=False, soft_wrap=True)
+    expires = f"{created.expires_at:%Y-%m-%d %H:%M} UTC" if created.expires_at else "never"
+    console.print(f"Token {created.name} of {created.user} (expires {expires}), shown once:")
+    console.print(created.token, highlight=False, soft_wrap=True)
 
 
 @tokens_app.command("list")
@@ -192,7 +192,7 @@ def tokens_list(
         show(rows, True)
         return
     # expires_at null: a token made before tokens expired (or LMFOUNDRY_ADMIN_TOKEN)
-    shown = [{**r, "expires_at": r.get("expires_at") or "never"} for r in rows]
+    shown = [{**r, "expires_at": r["expires_at"] or "never"} for r in records(rows)]
     columns = ["name", "prefix", "scope", "status", "created_at", "last_used_at", "expires_at"]
     show(shown, False, (["user"] if user or all_users else []) + [*columns, "revoked_at"])
 

@@ -1,5 +1,5 @@
-"""`lmfoundry catalog list|show`; `lmfoundry models register|list|show|delete|import|remove|
-build-onnx`."""
+"""`lmfoundry catalog list|show|import|build-onnx|remove` (model cards, and local models
+added to the catalog); `lmfoundry models register|list|show|delete` (registered models)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Annotated
 
 import typer
 
-from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, show
+from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, records, show
 
-catalog_app = typer.Typer(help="Model cards.", no_args_is_help=True)
+catalog_app = typer.Typer(
+    help="Model cards, and local models added to the catalog.", no_args_is_help=True
+)
 models_app = typer.Typer(
-    help="Registered models (versions, lineage) and local models added to the catalog.",
-    no_args_is_help=True,
+    help="Registered models: versions and their lineage.", no_args_is_help=True
 )
 
 CARD_COLUMNS = [
@@ -43,13 +44,14 @@ def catalog_show(model: str, json_: JsonOpt = False) -> None:
     if json_:
         show(card, True)
         return
-    card = {k: v for k, v in card.items() if k != "chat_template"}
-    card["source"] = ", ".join(f"{k}={v}" for k, v in card["source"].items() if v)
-    show(card, False)
+    shown = records(card)
+    del shown["chat_template"]
+    shown["source"] = ", ".join(f"{k}={v}" for k, v in shown["source"].items() if v)
+    show(shown, False)
 
 
-@models_app.command("import")
-def models_import(
+@catalog_app.command("import")
+def catalog_import(
     path: str,
     id: Annotated[
         str | None,
@@ -69,14 +71,14 @@ def models_import(
         show(card, True)
     else:
         console.print(
-            f"Imported [bold]{card['id']}[/] ({card['engine']}, context "
-            f"{card['context_length']}). Deploy it with `lmfoundry serverless create "
-            f"NAME --model {card['id']}`."
+            f"Imported [bold]{card.id}[/] ({card.engine}, context "
+            f"{card.context_length}). Deploy it with `lmfoundry serverless create "
+            f"NAME --model {card.id}`."
         )
 
 
-@models_app.command("build-onnx")
-def models_build_onnx(
+@catalog_app.command("build-onnx")
+def catalog_build_onnx(
     source: Annotated[
         str,
         typer.Argument(
@@ -114,12 +116,12 @@ def models_build_onnx(
     else:  # a catalog model: its weights, and its own template (gemma's is not in its GGUF)
         with client() as lmf:
             card = lmf.card(source)
-        if not card["weights_path"]:
+        if not card.weights_path:
             raise typer.BadParameter(
-                f"the weights of {source} are not on this machine. {card['how_to_get']}"
+                f"the weights of {source} are not on this machine. {card.how_to_get}"
             )
-        path, template = Path(card["weights_path"]), card["chat_template"]
-        default_id = f"{card['id']}-onnx"
+        path, template = Path(card.weights_path), card.chat_template
+        default_id = f"{card.id}-onnx"
     model_id = id or default_id
     folder = build_onnx(
         path,
@@ -133,9 +135,9 @@ def models_build_onnx(
     result = {"id": model_id, "path": str(folder), "engine": "onnx", "registered": False}
     if register:
         with client() as lmf:
-            card = lmf.import_model(str(folder), model_id)
+            added = lmf.import_model(str(folder), model_id)
         result["registered"] = True
-        result["context_length"] = card["context_length"]
+        result["context_length"] = added.context_length
     if json_:
         show(result, True)
     elif register:
@@ -145,12 +147,12 @@ def models_build_onnx(
         )
     else:
         console.print(
-            f"Built {folder}. Add it with `lmfoundry models import {folder} --id {model_id}`."
+            f"Built {folder}. Add it with `lmfoundry catalog import {folder} --id {model_id}`."
         )
 
 
-@models_app.command("remove")
-def models_remove(model: str) -> None:
+@catalog_app.command("remove")
+def catalog_remove(model: str) -> None:
     """Remove an imported model from the catalog (the files stay)."""
     with client() as lmf:
         lmf.remove_import(model)

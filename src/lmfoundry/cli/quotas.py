@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, print_json, table
+from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, print_json, records, table
 from lmfoundry.errors import InvalidRequest
 
 COLUMNS = ["name", "limit", "used", "unit", "default", "custom"]
@@ -49,8 +49,8 @@ def projects_quota(
     """A project's quotas and current use; admins change them with --set NAME=VALUE."""
     changes = dict(parse_setting(s) for s in set_ or [])
     with client(project) as lmf:
-        view: dict[str, Any] = lmf.set_quotas(changes) if changes else lmf.quotas()
+        view = lmf.set_quotas(changes) if changes else lmf.quotas()
     if json_:
         print_json(view)
         return
-    table(view["quotas"], COLUMNS, title=f"Quotas of project {view['project']}")
+    table(records(view.quotas), COLUMNS, title=f"Quotas of project {view.project}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,8 +28,10 @@ def usage(
 ) -> None:
     """Tokens, requests and cost of a project's inference traffic."""
     with client(project) as lmf:
-        rows = lmf.usage(group_by, start, end)
+        report = lmf.usage(group_by, start, end)
     columns = GROUPS.get(group_by, []) + NUMBERS
+    # as the API answers: only the grouping's columns, not the others' nulls
+    rows: list[dict[str, Any]] = [r.model_dump(exclude_none=True) for r in report]
     if csv_:
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

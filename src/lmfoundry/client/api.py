@@ -18,51 +18,71 @@ from urllib.parse import quote
 import httpx
 
 from lmfoundry import errors
-from lmfoundry.access.models import Keys
+from lmfoundry.access.models import (
+    AuditEventView,
+    Keys,
+    Me,
+    MemberView,
+    NewToken,
+    NewUser,
+    ProjectView,
+    TokenView,
+    UserView,
+)
+from lmfoundry.catalog.models import CardView
 from lmfoundry.client.base import raise_for
 from lmfoundry.client.flows import FlowsClient
 from lmfoundry.deployments.models import DeploymentView, EndpointView, ServerlessView
+from lmfoundry.metering.models import UsageRow
+from lmfoundry.observability.models import InstanceView, TargetSummary
+from lmfoundry.quotas.models import ProjectQuotasView
 
 
 class Client(FlowsClient):
     """One method per management API operation (connections, flows and runs come from
-    `FlowsClient`); each returns the API's JSON and raises lmfoundry's exceptions."""
+    `FlowsClient`); each returns the view the server's service answers with (the API's JSON
+    where there is none yet) and raises lmfoundry's exceptions."""
 
     # -- identity, projects ------------------------------------------------------------------
 
-    def me(self) -> dict[str, Any]:
-        return self._call("GET", "/me")
+    def me(self) -> Me:
+        return self._one(Me, "GET", "/me")
 
-    def projects(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/projects")
+    def projects(self) -> list[ProjectView]:
+        return self._many(ProjectView, "GET", "/projects")
 
-    def create_project(self, name: str, description: str = "") -> dict[str, Any]:
-        return self._call("POST", "/projects", json={"name": name, "description": description})
+    def create_project(self, name: str, description: str = "") -> ProjectView:
+        return self._one(
+            ProjectView, "POST", "/projects", json={"name": name, "description": description}
+        )
 
-    def set_flows_enabled(self, enabled: bool, project: str | None = None) -> dict[str, Any]:
+    def set_flows_enabled(self, enabled: bool, project: str | None = None) -> ProjectView:
         """Switch flows on or off in a project (owners and admins)."""
-        return self._call("PATCH", self._p(project), json={"flows_enabled": enabled})
+        return self._one(ProjectView, "PATCH", self._p(project), json={"flows_enabled": enabled})
 
-    def members(self, project: str | None = None) -> list[dict[str, Any]]:
-        return self._call("GET", self._p(project) + "/members")
+    def members(self, project: str | None = None) -> list[MemberView]:
+        return self._many(MemberView, "GET", self._p(project) + "/members")
 
-    def set_member(self, user: str, role: str, project: str | None = None) -> dict[str, Any]:
-        return self._call("PUT", self._p(project) + f"/members/{user}", json={"role": role})
+    def set_member(self, user: str, role: str, project: str | None = None) -> MemberView:
+        return self._one(
+            MemberView, "PUT", self._p(project) + f"/members/{user}", json={"role": role}
+        )
 
     def remove_member(self, user: str, project: str | None = None) -> None:
         self._call("DELETE", self._p(project) + f"/members/{user}")
 
-    def create_user(self, name: str, is_admin: bool = False) -> dict[str, Any]:
-        return self._call("POST", "/users", json={"name": name, "is_admin": is_admin})
+    def create_user(self, name: str, is_admin: bool = False) -> NewUser:
+        """A new user and their first token (shown once)."""
+        return self._one(NewUser, "POST", "/users", json={"name": name, "is_admin": is_admin})
 
-    def users(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/users")
+    def users(self) -> list[UserView]:
+        return self._many(UserView, "GET", "/users")
 
-    def disable_user(self, name: str) -> dict[str, Any]:
-        return self._call("POST", f"/users/{quote(name, safe='')}/disable")
+    def disable_user(self, name: str) -> UserView:
+        return self._one(UserView, "POST", f"/users/{quote(name, safe='')}/disable")
 
-    def enable_user(self, name: str) -> dict[str, Any]:
-        return self._call("POST", f"/users/{quote(name, safe='')}/enable")
+    def enable_user(self, name: str) -> UserView:
+        return self._one(UserView, "POST", f"/users/{quote(name, safe='')}/enable")
 
     def delete_user(self, name: str) -> None:
         self._call("DELETE", f"/users/{quote(name, safe='')}")
@@ -73,7 +93,7 @@ class Client(FlowsClient):
         expires_in_days: int | None = None,
         user: str | None = None,
         metrics: bool = False,
-    ) -> dict[str, Any]:
+    ) -> NewToken:
         """A new token (shown once); `metrics=True`: one that reads only GET /metrics."""
         body: dict[str, Any] = {"name": name}
         if metrics:
@@ -82,43 +102,47 @@ class Client(FlowsClient):
             body["expires_in_days"] = expires_in_days
         if user is not None:
             body["user"] = user
-        return self._call("POST", "/tokens", json=body)
+        return self._one(NewToken, "POST", "/tokens", json=body)
 
-    def tokens(self, user: str | None = None, all_users: bool = False) -> list[dict[str, Any]]:
+    def tokens(self, user: str | None = None, all_users: bool = False) -> list[TokenView]:
         """Your tokens (never the tokens themselves); admins: `user`'s or everyone's."""
         params: dict[str, Any] = {"all": "true"} if all_users else {}
         if user is not None:
             params["user"] = user
-        return self._call("GET", "/tokens", params=params)
+        return self._many(TokenView, "GET", "/tokens", params=params)
 
     def revoke_token(self, name: str, user: str | None = None) -> None:
         params = {"user": user} if user is not None else {}
         self._call("DELETE", f"/tokens/{quote(name, safe='')}", params=params)
 
-    def audit(self, project: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        return self._call("GET", self._p(project) + "/audit", params={"limit": limit})
+    def audit(self, project: str | None = None, limit: int = 200) -> list[AuditEventView]:
+        return self._many(
+            AuditEventView, "GET", self._p(project) + "/audit", params={"limit": limit}
+        )
 
-    def quotas(self, project: str | None = None) -> dict[str, Any]:
+    def quotas(self, project: str | None = None) -> ProjectQuotasView:
         """The project's quotas: each limit with its current use."""
-        return self._call("GET", self._p(project) + "/quotas")
+        return self._one(ProjectQuotasView, "GET", self._p(project) + "/quotas")
 
     def set_quotas(
         self, changes: dict[str, int | None], project: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ProjectQuotasView:
         """Set project quotas (admins); None puts a quota back to the server's default."""
-        return self._call("PUT", self._p(project) + "/quotas", json={"quotas": changes})
+        return self._one(
+            ProjectQuotasView, "PUT", self._p(project) + "/quotas", json={"quotas": changes}
+        )
 
     # -- catalog -----------------------------------------------------------------------------
 
-    def catalog(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/catalog")
+    def catalog(self) -> list[CardView]:
+        return self._many(CardView, "GET", "/catalog")
 
-    def card(self, model: str) -> dict[str, Any]:
-        return self._call("GET", f"/catalog/{model}")
+    def card(self, model: str) -> CardView:
+        return self._one(CardView, "GET", f"/catalog/{model}")
 
-    def import_model(self, path: str, model_id: str | None = None) -> dict[str, Any]:
+    def import_model(self, path: str, model_id: str | None = None) -> CardView:
         body = {"path": str(Path(path).expanduser().resolve()), "id": model_id}
-        return self._call("POST", "/catalog/import", json=body)
+        return self._one(CardView, "POST", "/catalog/import", json=body)
 
     def remove_import(self, model: str) -> None:
         self._call("DELETE", f"/catalog/{model}")
@@ -309,23 +333,25 @@ class Client(FlowsClient):
         start: str | None = None,
         end: str | None = None,
         project: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[UsageRow]:
         params = {
             k: v
             for k, v in {"group_by": group_by, "start": start, "end": end}.items()
             if v is not None
         }
-        return self._call("GET", self._p(project) + "/usage", params=params)
+        return self._many(UsageRow, "GET", self._p(project) + "/usage", params=params)
 
     # -- monitoring --------------------------------------------------------------------------
 
-    def monitoring(self, window: str = "hour", project: str | None = None) -> list[dict[str, Any]]:
+    def monitoring(self, window: str = "hour", project: str | None = None) -> list[TargetSummary]:
         """Every target's requests, errors, 429s, tokens and latency over the window."""
-        return self._call("GET", self._p(project) + "/monitoring", params={"window": window})
+        return self._many(
+            TargetSummary, "GET", self._p(project) + "/monitoring", params={"window": window}
+        )
 
-    def cluster(self) -> list[dict[str, Any]]:
+    def cluster(self) -> list[InstanceView]:
         """Every instance: model, state, memory, slots, uptime (admins only)."""
-        return self._call("GET", "/cluster")
+        return self._many(InstanceView, "GET", "/cluster")
 
     # -- datasets and fine-tuning jobs -------------------------------------------------------
 

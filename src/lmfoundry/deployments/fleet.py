@@ -111,19 +111,19 @@ class Fleet:
             await self._release_unused()
 
     async def _apply(
-        self, state: DeploymentState, model: ResolvedModel, spec: InstanceSpec, replicas: int
+        self, state: DeploymentState, model: ResolvedModel, spec: InstanceSpec, instance_count: int
     ) -> None:
         current = self.running.get(state.id)
         group = self.backend.group(
             spec,
             name=model.card.base_model or model.card.id,
-            replicas=replicas,
+            instance_count=instance_count,
             scale_to_zero=False,
             key=f"ep-{spec.key}",
         )
         try:
-            if group.replicas != replicas or len(group.instances) != replicas:
-                await group.scale(replicas)
+            if group.instance_count != instance_count or len(group.instances) != instance_count:
+                await group.scale(instance_count)
             await group.start_all()
         except LmfError as exc:
             await self._mark(state, "failed", exc.message)

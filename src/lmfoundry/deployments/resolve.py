@@ -87,21 +87,19 @@ class ModelResolver:
             from lmfoundry.catalog.service import inspect_weights
 
             info = inspect_weights(gguf or path)
-            if not info:
-                raise InvalidRequest(f"Cannot tell how to serve {ref}.", param="model")
             card = ModelCard(
                 id=ref,
                 display_name=ref,
                 publisher="registry",
                 description=row.description or f"Registered model {ref}.",
-                architecture=info["architecture"],
+                architecture=info.architecture,
                 parameters="unknown",
-                context_length=info["context_length"],
-                format=info["format"],
-                engine=info["engine"],
+                context_length=info.context_length,
+                format=info.format,
+                engine=info.engine,
                 source=ModelSource(kind="local", path=str(path)),
                 license="unknown",
-                chat_template=info.get("chat_template"),
+                chat_template=info.chat_template,
                 price_input_per_1k=0.0,
                 price_output_per_1k=0.0,
                 tags=["registered"],
@@ -179,7 +177,7 @@ class ModelResolver:
             f"{row.name}:{row.version} is a LoRA adapter of {base_card.id}, whose weights here "
             "are a GGUF file; adapters are served on Hugging Face weights. Run a fine-tuning "
             f"job on {base_card.id} once (it converts the file), or import the base as a "
-            "Hugging Face folder (`lmfoundry models import`).",
+            "Hugging Face folder (`lmfoundry catalog import`).",
             param="model",
         )
 

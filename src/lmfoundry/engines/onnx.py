@@ -1,6 +1,6 @@
 """The `onnx` engine: models in ONNX Runtime GenAI's format (a folder with genai_config.json,
 model.onnx and the Hugging Face tokenizer files, as its model builder writes them; see
-`lmfoundry models build-onnx`), run by onnxruntime-genai.
+`lmfoundry catalog build-onnx`), run by onnxruntime-genai.
 
 Batching. onnxruntime-genai's `Engine` batches requests, but on the CPU only *statically*:
 its continuous (dynamic) batching needs a model built with paged attention, which the
@@ -81,7 +81,7 @@ def read_genai_config(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise Unavailable(
             f"{path} is not an ONNX Runtime GenAI model folder ({GENAI_CONFIG}: {exc}); "
-            "build one with `lmfoundry models build-onnx`."
+            "build one with `lmfoundry catalog build-onnx`."
         ) from exc
     return config
 
@@ -133,7 +133,7 @@ def load_tokenizer_json(path: Path) -> Any:
     file = Path(path) / "tokenizer.json"
     if not file.is_file():
         raise Unavailable(
-            f"{path} has no tokenizer.json; rebuild it with `lmfoundry models build-onnx` "
+            f"{path} has no tokenizer.json; rebuild it with `lmfoundry catalog build-onnx` "
             "from a Hugging Face folder whose tokenizer is a fast one."
         )
     return Tokenizer.from_file(str(file))

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, func, select
 
-from lmfoundry.metering.models import GROUPS, UsageRow
+from lmfoundry.metering.models import GROUPS, UsageRecordView, UsageRow
 from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import UsageRecord
@@ -241,7 +241,8 @@ class MeteringService:
 
     def records(
         self, project_id: int, target: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> list[UsageRecordView]:
+        """A project's latest records, newest first (refusals left out)."""
         query = select(UsageRecord).where(
             UsageRecord.project_id == project_id, UsageRecord.refused.is_(False)
         )
@@ -250,26 +251,23 @@ class MeteringService:
         with self.db.session() as s:
             rows = s.scalars(query.order_by(UsageRecord.id.desc()).limit(limit)).all()
             return [
-                {
-                    c: getattr(r, c)
-                    for c in (
-                        "request_id",
-                        "at",
-                        "target_kind",
-                        "target",
-                        "deployment",
-                        "key_slot",
-                        "model",
-                        "prompt_tokens",
-                        "completion_tokens",
-                        "latency_ms",
-                        "ttft_ms",
-                        "status_code",
-                        "streamed",
-                        "mirrored",
-                        "cost",
-                    )
-                }
+                UsageRecordView(
+                    request_id=r.request_id,
+                    at=r.at,
+                    target_kind=r.target_kind,
+                    target=r.target,
+                    deployment=r.deployment,
+                    key_slot=r.key_slot,
+                    model=r.model,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                    latency_ms=r.latency_ms,
+                    ttft_ms=r.ttft_ms,
+                    status_code=r.status_code,
+                    streamed=r.streamed,
+                    mirrored=r.mirrored,
+                    cost=r.cost,
+                )
                 for r in rows
             ]
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lmfoundry.errors import LmfError
 from lmfoundry.quotas.service import QuotaStore
 from lmfoundry.runtime.backend import Backend
-from lmfoundry.runtime.registry import STALE_SECONDS, last_heartbeat
+from lmfoundry.runtime.directory import STALE_SECONDS, last_heartbeat
 from lmfoundry.storage.db import Database
 
 CHECK_SECONDS = 2.0

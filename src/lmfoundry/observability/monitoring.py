@@ -21,11 +21,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydantic import BaseModel
 from sqlalchemy import select
 
 from lmfoundry.errors import InvalidRequest
 from lmfoundry.metering.service import MeteringService
+from lmfoundry.observability.models import (
+    BackendInstance,
+    Bucket,
+    InstanceSample,
+    InstanceView,
+    Series,
+    TargetSummary,
+    Totals,
+)
 from lmfoundry.runtime.backend import Backend, InstanceInfo
 from lmfoundry.runtime.periodic import Periodic
 from lmfoundry.storage.db import Database
@@ -37,84 +45,6 @@ log = logging.getLogger("lmfoundry.monitoring")
 WINDOWS: dict[str, tuple[int, int]] = {"hour": (3600, 60), "day": (86400, 900)}
 SAMPLE_SECONDS = 15.0
 SAMPLES_KEPT = int(86400 / SAMPLE_SECONDS)  # a day of samples per group
-
-
-class Bucket(BaseModel):
-    """One point of the charts: what happened from `at` for `bucket_seconds`."""
-
-    at: datetime
-    requests: int
-    ok: int
-    errors: int  # 4xx and 5xx other than 429
-    rate_limited: int  # 429
-    requests_per_second: float
-    tokens_per_second: float  # completion tokens generated
-    latency_p50_ms: float | None
-    latency_p99_ms: float | None
-    ttft_p50_ms: float | None
-    ttft_p99_ms: float | None
-
-
-class Totals(BaseModel):
-    """The whole window, exactly: `by_status` counts each HTTP status the callers got."""
-
-    requests: int
-    ok: int
-    errors: int
-    rate_limited: int
-    by_status: dict[str, int]
-    prompt_tokens: int
-    completion_tokens: int
-    latency_p50_ms: float | None
-    latency_p99_ms: float | None
-    ttft_p50_ms: float | None
-    ttft_p99_ms: float | None
-
-
-class InstanceSample(BaseModel):
-    at: datetime
-    instances: int  # ready
-    busy: int  # slots decoding (llama-server) or requests in flight
-    slots: int | None
-
-
-class InstanceView(BaseModel):
-    """One instance for the cluster page and `lmfoundry status` (admins only)."""
-
-    id: str
-    model: str
-    state: str
-    pid: int | None
-    rss_bytes: int | None
-    busy: int
-    slots: int | None
-    queued: int | None  # requests waiting for a slot (llama-server)
-    uptime_seconds: float | None
-    restarts: int
-
-
-class Series(BaseModel):
-    """A target's monitoring page: totals, buckets, and (admins) its instances."""
-
-    target_kind: str
-    target: str
-    window: str
-    bucket_seconds: int
-    start: datetime
-    end: datetime
-    deployments: dict[str, Totals]  # per deployment of an endpoint (one for serverless)
-    totals: Totals
-    buckets: list[Bucket]
-    instances: list[InstanceView] | None  # None: not the caller's to see
-    instance_samples: list[InstanceSample] | None
-
-
-class TargetSummary(BaseModel):
-    """One line of `lmfoundry status`: a target over the window."""
-
-    target_kind: str
-    target: str
-    totals: Totals
 
 
 @dataclass(frozen=True)
@@ -307,6 +237,13 @@ class Monitoring:
         engine = engine if engine is not None else self._engine
         now = time.time()
         return [_view(info, engine.get(info.id, {}), now) for info in self.backend.describe()]
+
+    def instances(self) -> list[BackendInstance]:
+        """Every instance as its backend describes it (`GET /api/v1/instances`)."""
+        return [
+            BackendInstance.model_validate(info, from_attributes=True)
+            for info in self.backend.describe()
+        ]
 
     async def cluster(self) -> list[InstanceView]:
         """`cluster_now` with llama-server's slot gauges asked for first (1 s at most)."""

@@ -25,7 +25,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -33,6 +32,7 @@ from lmfoundry.access.audit import record
 from lmfoundry.access.models import Principal, ProjectAccess, Role
 from lmfoundry.config import Settings
 from lmfoundry.errors import Conflict, Forbidden, InvalidRequest, NotFound, RateLimited
+from lmfoundry.quotas.models import ProjectQuotasView, QuotaLine
 from lmfoundry.quotas.service import QuotaStore
 from lmfoundry.quotas.window import Limits
 from lmfoundry.storage.db import Database
@@ -85,21 +85,6 @@ QUOTAS: dict[str, QuotaName] = {
         ),
     )
 }
-
-
-class QuotaLine(BaseModel):
-    name: str
-    limit: int = Field(description="The project's limit: its own, or the server's default.")
-    used: int = Field(description="Current use (for rates: in the last minute).")
-    default: int = Field(description="The server's default (LMFOUNDRY_PROJECT_<NAME>).")
-    custom: bool = Field(description="Whether an admin set this project's own limit.")
-    unit: str
-    description: str
-
-
-class ProjectQuotasView(BaseModel):
-    project: str
-    quotas: list[QuotaLine]
 
 
 def defaults(settings: Settings) -> dict[str, int]:

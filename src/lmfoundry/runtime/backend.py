@@ -39,7 +39,7 @@ class Group(Protocol):
 
     key: str
     name: str
-    replicas: int
+    instance_count: int
     in_use: int
 
     @property
@@ -57,7 +57,7 @@ class Group(Protocol):
 
     async def start_all(self) -> None: ...
 
-    async def scale(self, replicas: int) -> None: ...
+    async def scale(self, instance_count: int) -> None: ...
 
 
 class Backend(Protocol):
@@ -65,7 +65,7 @@ class Backend(Protocol):
         self,
         spec: InstanceSpec,
         name: str,
-        replicas: int = 1,
+        instance_count: int = 1,
         scale_to_zero: bool = True,
         key: str | None = None,
     ) -> Group: ...

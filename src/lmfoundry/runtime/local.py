@@ -2,7 +2,7 @@
 supervised by the server.
 
 A group holds the instances of one `InstanceSpec`: serverless groups start on the first
-request and stop after an idle period; endpoint groups keep `replicas` instances running.
+request and stop after an idle period; endpoint groups keep `instance_count` instances running.
 The supervisor loop restarts instances that die and stops idle ones.
 """
 
@@ -21,9 +21,9 @@ from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime import llama_server
 from lmfoundry.runtime.backend import InstanceInfo
+from lmfoundry.runtime.directory import STALE_SECONDS, InstanceDirectory, Published
 from lmfoundry.runtime.instance import LocalInstance
 from lmfoundry.runtime.periodic import Periodic
-from lmfoundry.runtime.registry import STALE_SECONDS, InstanceRegistry, Published
 from lmfoundry.runtime.retry import INSTANCES
 from lmfoundry.runtime.spec import InstanceSpec, socket_dir
 
@@ -42,14 +42,14 @@ class InstanceGroup:
         key: str,
         spec: InstanceSpec,
         name: str,
-        replicas: int,
+        instance_count: int,
         scale_to_zero: bool,
     ) -> None:
         self.backend = backend
         self.key = key
         self.spec = spec
         self.name = name
-        self.replicas = replicas
+        self.instance_count = instance_count
         self.scale_to_zero = scale_to_zero
         self.instances: list[LocalInstance] = []
         self.last_used = time.monotonic()
@@ -58,7 +58,7 @@ class InstanceGroup:
         self._resize()
 
     def _resize(self) -> None:
-        while len(self.instances) < self.replicas:
+        while len(self.instances) < self.instance_count:
             self.instances.append(
                 LocalInstance(
                     self.key,
@@ -151,14 +151,14 @@ class InstanceGroup:
             if isinstance(result, BaseException):
                 raise result
 
-    async def scale(self, replicas: int) -> None:
+    async def scale(self, instance_count: int) -> None:
         """Grow by starting instances; shrink by stopping the idlest ones once drained."""
-        self.replicas = replicas
-        if len(self.instances) < replicas:
+        self.instance_count = instance_count
+        if len(self.instances) < instance_count:
             self._resize()
             await self.start_all()
             return
-        while len(self.instances) > replicas:
+        while len(self.instances) > instance_count:
             victim = min(reversed(self.instances), key=lambda i: i.active)
             self.instances.remove(victim)
             while victim.active:
@@ -196,9 +196,9 @@ class LocalBackend:
         home: Path,
         start_timeout: float,
         idle_seconds: float,
-        registry: InstanceRegistry | None = None,
+        directory: InstanceDirectory | None = None,
     ) -> None:
-        self.registry = registry  # publishes instances for gateway processes
+        self.directory = directory  # publishes instances for gateway processes
         self.sockets = socket_dir(home)
         self.logs = home / "logs" / "instances"
         self.homes = home / "run" / "instances"
@@ -214,7 +214,7 @@ class LocalBackend:
         self,
         spec: InstanceSpec,
         name: str,
-        replicas: int = 1,
+        instance_count: int = 1,
         scale_to_zero: bool = True,
         key: str | None = None,
     ) -> InstanceGroup:
@@ -223,7 +223,7 @@ class LocalBackend:
         key = key or spec.key
         group = self.groups.get(key)
         if group is None:
-            group = InstanceGroup(self, key, spec, name, replicas, scale_to_zero)
+            group = InstanceGroup(self, key, spec, name, instance_count, scale_to_zero)
             self.groups[key] = group
         return group
 
@@ -246,7 +246,7 @@ class LocalBackend:
         return self._loop.running()
 
     async def _supervise(self) -> None:
-        if self.registry is not None:
+        if self.directory is not None:
             try:
                 await self._share()
             except Exception:  # the database may be briefly unavailable: next tick
@@ -259,8 +259,8 @@ class LocalBackend:
 
     async def _share(self) -> None:
         """Publish this supervisor's instances and start groups gateways asked for."""
-        registry = self.registry
-        if registry is None:
+        directory = self.directory
+        if directory is None:
             return
         published = [
             Published(
@@ -279,7 +279,7 @@ class LocalBackend:
         # otherwise, and costs the decoding threads CPU they wait for).
         now = time.monotonic()
         due = published != self._published or now - self._published_at >= HEARTBEAT_SECONDS
-        demands = await asyncio.to_thread(self._exchange, registry, published if due else None)
+        demands = await asyncio.to_thread(self._exchange, directory, published if due else None)
         if due:
             self._published, self._published_at = published, now
         now_wall, now_mono = datetime.now(UTC), time.monotonic()
@@ -296,19 +296,19 @@ class LocalBackend:
             group.last_used = max(group.last_used, used)
 
     def _exchange(
-        self, registry: InstanceRegistry, published: list[Published] | None
+        self, directory: InstanceDirectory, published: list[Published] | None
     ) -> list[tuple[str, dict[str, Any], str, datetime]]:
         """Publish (unless None) and read the gateways' demands: one trip to a thread."""
         if published is not None:
-            registry.publish(published)
-        return registry.demands(self.idle_seconds)
+            directory.publish(published)
+        return directory.demands(self.idle_seconds)
 
     async def shutdown(self) -> None:
         await self._loop.stop()
         await asyncio.gather(*(g.stop() for g in self.groups.values()), return_exceptions=True)
-        if self.registry is not None:
+        if self.directory is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.registry.withdraw)
+                await asyncio.to_thread(self.directory.withdraw)
 
     def describe(self) -> list[InstanceInfo]:
         return [i.info(g.name) for g in self.groups.values() for i in g.instances]

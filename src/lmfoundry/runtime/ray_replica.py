@@ -18,7 +18,7 @@ from typing import Any
 from ray import serve
 
 from lmfoundry.engines.base import GenerationRequest
-from lmfoundry.engines.registry import create_engine
+from lmfoundry.engines.capabilities import create_engine
 from lmfoundry.runtime.spec import InstanceSpec
 from lmfoundry.runtime.worker import health, items
 

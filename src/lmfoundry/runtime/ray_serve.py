@@ -35,8 +35,8 @@ import httpx
 from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, InvalidRequest, Unavailable
 from lmfoundry.runtime.backend import InstanceInfo
+from lmfoundry.runtime.directory import InstanceDirectory
 from lmfoundry.runtime.periodic import Periodic
-from lmfoundry.runtime.registry import InstanceRegistry
 from lmfoundry.runtime.retry import INSTANCES
 from lmfoundry.runtime.spec import InstanceSpec
 
@@ -163,7 +163,7 @@ class RayGroup:
         key: str,
         spec: InstanceSpec,
         name: str,
-        replicas: int,
+        instance_count: int,
         scale_to_zero: bool,
     ) -> None:
         self.backend = backend
@@ -171,7 +171,7 @@ class RayGroup:
         self.app = app_name(key)
         self.spec = spec
         self.name = name
-        self.replicas = replicas
+        self.instance_count = instance_count  # Ray Serve replicas wanted
         self.scale_to_zero = scale_to_zero
         self.deployed = 0  # replicas in the config the supervisor last applied
         self.in_use = 0
@@ -230,13 +230,13 @@ class RayGroup:
     async def start_all(self) -> None:
         """Deployed with all its replicas running (the supervisor deploys; a gateway waits)."""
         self.last_used = time.monotonic()
-        if self.backend.owner and self.deployed != self.replicas:
-            self.deployed = self.replicas
+        if self.backend.owner and self.deployed != self.instance_count:
+            self.deployed = self.instance_count
             await self.backend.apply()
-        await self._wait_ready(self.replicas)
+        await self._wait_ready(self.instance_count)
 
-    async def scale(self, replicas: int) -> None:
-        self.replicas = replicas
+    async def scale(self, instance_count: int) -> None:
+        self.instance_count = instance_count
         await self.start_all()
 
     async def _wait_ready(self, replicas: int) -> None:
@@ -268,13 +268,13 @@ class RayGroup:
 
     async def _touch(self) -> None:
         """A gateway asks the supervisor for a serverless group, or says it is in use."""
-        registry = self.backend.registry
+        directory = self.backend.directory
         now = time.monotonic()
-        if registry is None or now - self._touched < TOUCH_SECONDS:
+        if directory is None or now - self._touched < TOUCH_SECONDS:
             return
         self._touched = now
         await asyncio.to_thread(
-            registry.demand, self.key, json.loads(self.spec.to_json()), self.name
+            directory.demand, self.key, json.loads(self.spec.to_json()), self.name
         )
 
     async def _ready_handle(self) -> Any:
@@ -282,7 +282,7 @@ class RayGroup:
         if self.scale_to_zero:
             if self.backend.owner:
                 if self.deployed == 0:
-                    self.deployed = max(1, self.replicas)
+                    self.deployed = max(1, self.instance_count)
                     await self.backend.apply()
             else:
                 await self._touch()
@@ -368,14 +368,14 @@ class RayBackend:
         start_timeout: float,
         idle_seconds: float,
         owner: bool,
-        registry: InstanceRegistry | None = None,
+        directory: InstanceDirectory | None = None,
         replica_settings: ReplicaSettings | None = None,
     ) -> None:
         self.cluster = cluster
         self.start_timeout = start_timeout
         self.idle_seconds = idle_seconds
         self.owner = owner
-        self.registry = registry
+        self.directory = directory
         self.replica_settings = replica_settings or ReplicaSettings()
         self.groups: dict[str, RayGroup] = {}
         self._apply_lock = asyncio.Lock()
@@ -389,14 +389,14 @@ class RayBackend:
         self,
         spec: InstanceSpec,
         name: str,
-        replicas: int = 1,
+        instance_count: int = 1,
         scale_to_zero: bool = True,
         key: str | None = None,
     ) -> RayGroup:
         key = key or spec.key
         group = self.groups.get(key)
         if group is None:
-            group = RayGroup(self, key, spec, name, replicas, scale_to_zero)
+            group = RayGroup(self, key, spec, name, instance_count, scale_to_zero)
             self.groups[key] = group
         return group
 
@@ -463,9 +463,9 @@ class RayBackend:
         """Scale idle serverless groups to zero; deploy the groups gateways asked for."""
         changed = False
         now = time.monotonic()
-        if self.registry is not None:
-            await asyncio.to_thread(self.registry.beat)  # for --no-supervisor gateways' /readyz
-            demands = await asyncio.to_thread(self.registry.demands, self.idle_seconds)
+        if self.directory is not None:
+            await asyncio.to_thread(self.directory.beat)  # for --no-supervisor gateways' /readyz
+            demands = await asyncio.to_thread(self.directory.demands, self.idle_seconds)
             for key, spec, name, _ in demands:
                 wanted = InstanceSpec.make(spec["engine"], spec["model_path"], spec.get("options"))
                 group = self.group(wanted, name, key=key)

@@ -15,9 +15,9 @@ from lmfoundry.engines.base import Delta, GenerationRequest
 from lmfoundry.errors import EngineFailed, Unavailable
 from lmfoundry.runtime.backend import InstanceInfo
 from lmfoundry.runtime.client import InstanceLost
+from lmfoundry.runtime.directory import InstanceDirectory, Published
 from lmfoundry.runtime.instance import Client, instance_client
 from lmfoundry.runtime.llama_server import LlamaServerClient
-from lmfoundry.runtime.registry import InstanceRegistry, Published
 from lmfoundry.runtime.retry import INSTANCES
 from lmfoundry.runtime.spec import InstanceSpec
 
@@ -59,7 +59,7 @@ class RemoteGroup:
         key: str,
         spec: InstanceSpec,
         name: str,
-        replicas: int,
+        instance_count: int,
         scale_to_zero: bool,
     ) -> None:
         self.backend = backend
@@ -67,7 +67,7 @@ class RemoteGroup:
         self.key = key
         self.spec = spec
         self.name = name
-        self.replicas = replicas
+        self.instance_count = instance_count
         self.in_use = 0
         self.instances: list[RemoteInstance] = []
         self._refreshed = 0.0
@@ -78,7 +78,7 @@ class RemoteGroup:
         if not force and now - self._refreshed < REFRESH_SECONDS:
             return
         self._refreshed = now
-        published = await asyncio.to_thread(self.backend.registry.ready, self.key)
+        published = await asyncio.to_thread(self.backend.directory.ready, self.key)
         known = {i.id: i for i in self.instances}
         self.instances = [
             known[p.id]
@@ -94,7 +94,7 @@ class RemoteGroup:
             return
         self._touched = now
         await asyncio.to_thread(
-            self.backend.registry.demand, self.key, json.loads(self.spec.to_json()), self.name
+            self.backend.directory.demand, self.key, json.loads(self.spec.to_json()), self.name
         )
 
     async def acquire(self) -> RemoteInstance:
@@ -176,15 +176,15 @@ class RemoteGroup:
     async def start_all(self) -> None:
         await self.acquire()
 
-    async def scale(self, replicas: int) -> None:
-        self.replicas = replicas  # the supervisor sizes the group; gateways only route
+    async def scale(self, instance_count: int) -> None:
+        self.instance_count = instance_count  # the supervisor sizes the group; gateways only route
 
 
 class RemoteBackend:
     """The `LocalBackend` interface for gateway processes."""
 
-    def __init__(self, registry: InstanceRegistry, start_timeout: float) -> None:
-        self.registry = registry
+    def __init__(self, directory: InstanceDirectory, start_timeout: float) -> None:
+        self.directory = directory
         self.start_timeout = start_timeout
         self.groups: dict[str, RemoteGroup] = {}
         self._clients: dict[str, Client] = {}
@@ -198,13 +198,13 @@ class RemoteBackend:
         self,
         spec: InstanceSpec,
         name: str,
-        replicas: int = 1,
+        instance_count: int = 1,
         scale_to_zero: bool = True,
         key: str | None = None,
     ) -> RemoteGroup:
         key = key or spec.key
         if key not in self.groups:
-            self.groups[key] = RemoteGroup(self, key, spec, name, replicas, scale_to_zero)
+            self.groups[key] = RemoteGroup(self, key, spec, name, instance_count, scale_to_zero)
         return self.groups[key]
 
     def group_keys(self) -> list[str]:
@@ -239,5 +239,5 @@ class RemoteBackend:
                 started_at=None,
                 last_error=None,
             )
-            for p in self.registry.all()
+            for p in self.directory.all()
         ]

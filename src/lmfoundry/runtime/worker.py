@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from lmfoundry.engines.base import Engine, EngineDown, EngineError, GenerationRequest
-from lmfoundry.engines.registry import create_engine
+from lmfoundry.engines.capabilities import create_engine
 from lmfoundry.runtime.client import LINE_LIMIT
 from lmfoundry.runtime.lifeline import die_with_parent
 from lmfoundry.runtime.spec import InstanceSpec

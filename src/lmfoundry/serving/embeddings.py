@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmfoundry.catalog.service import ResolvedModel
-from lmfoundry.engines.registry import supports
+from lmfoundry.engines.capabilities import supports
 from lmfoundry.errors import InvalidRequest, LmfError
 from lmfoundry.metering.service import Usage
 from lmfoundry.observability import logs, tracing

@@ -24,8 +24,8 @@ from lmfoundry.deployments.fleet import Running
 from lmfoundry.deployments.resolve import ModelResolver
 from lmfoundry.deployments.targets import Target
 from lmfoundry.engines.base import GenerationRequest, Tokenizer
+from lmfoundry.engines.capabilities import create_tokenizer, instance_options, supports
 from lmfoundry.engines.chat_template import Interruptible, render_limits
-from lmfoundry.engines.registry import create_tokenizer, instance_options, supports
 from lmfoundry.errors import EngineFailed, InvalidRequest, LmfError
 from lmfoundry.metering.service import MeteringService, Usage
 from lmfoundry.observability import logs, tracing

@@ -27,7 +27,7 @@ from lmfoundry.deployments.endpoints import EndpointService
 from lmfoundry.deployments.fleet import Fleet
 from lmfoundry.deployments.serverless import ServerlessService
 from lmfoundry.deployments.targets import Deployment, Target
-from lmfoundry.engines.registry import capabilities
+from lmfoundry.engines.capabilities import capabilities
 from lmfoundry.errors import Forbidden, InvalidRequest, LmfError, Timeout, Unauthorized
 from lmfoundry.flows.service import FlowCall, FlowService, raise_if_failed
 from lmfoundry.responses.service import ResponsesService

@@ -13,7 +13,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from lmfoundry.engines.base import EngineError, SamplingParams, Tokenizer
-from lmfoundry.engines.registry import supports
+from lmfoundry.engines.capabilities import supports
 from lmfoundry.errors import InvalidRequest, Unprocessable
 from lmfoundry.serving.answers import ChatAnswer
 from lmfoundry.serving.tools import TEXT_GRAMMAR, ToolPlan, check_schema

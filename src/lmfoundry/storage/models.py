@@ -99,7 +99,7 @@ class Membership(Base):
 
 
 class ImportedModel(Base):
-    """A catalog card added with `lmfoundry models import PATH`."""
+    """A catalog card added with `lmfoundry catalog import PATH`."""
 
     __tablename__ = "imported_models"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)

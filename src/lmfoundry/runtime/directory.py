@@ -1,4 +1,5 @@
-"""Instances in the database: the supervisor publishes them, gateway processes read them.
+"""The instance directory: instances in the database, published by the supervisor, read
+by gateway processes.
 
 This is how several `lmfoundry up --no-supervisor` gateways share the instances one
 supervisor owns: the supervisor upserts a row per instance (address, state) every tick;
@@ -32,7 +33,7 @@ class Published:
     pid: int | None
 
 
-class InstanceRegistry:
+class InstanceDirectory:
     def __init__(self, db: Database, supervisor: str) -> None:
         self.db = db
         self.supervisor = supervisor
