@@ -13,6 +13,7 @@ import httpx
 from lmfoundry import errors
 from lmfoundry.access.models import Keys
 from lmfoundry.client.base import BaseClient, raise_for
+from lmfoundry.connections.models import ConnectionView
 from lmfoundry.flows.archive import pack
 
 
@@ -24,16 +25,18 @@ class FlowsClient(BaseClient):
         configs: dict[str, str] | None = None,
         secrets: dict[str, str] | None = None,
         project: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> ConnectionView:
         """Create or replace a connection; a secret given as "***" keeps its stored value."""
         body = {"type": type, "configs": configs or {}, "secrets": secrets or {}}
-        return self._call("PUT", self._p(project) + f"/connections/{name}", json=body)
+        return self._one(
+            ConnectionView, "PUT", self._p(project) + f"/connections/{name}", json=body
+        )
 
-    def connections(self, project: str | None = None) -> list[dict[str, Any]]:
-        return self._call("GET", self._p(project) + "/connections")
+    def connections(self, project: str | None = None) -> list[ConnectionView]:
+        return self._many(ConnectionView, "GET", self._p(project) + "/connections")
 
-    def get_connection(self, name: str, project: str | None = None) -> dict[str, Any]:
-        return self._call("GET", self._p(project) + f"/connections/{name}")
+    def get_connection(self, name: str, project: str | None = None) -> ConnectionView:
+        return self._one(ConnectionView, "GET", self._p(project) + f"/connections/{name}")
 
     def delete_connection(self, name: str, project: str | None = None) -> None:
         self._call("DELETE", self._p(project) + f"/connections/{name}")
