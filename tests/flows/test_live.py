@@ -1,6 +1,7 @@
 """Connections and flows through the real CLI against a real `lmfoundry up`: a secret never
 shows up anywhere (API, CLI output, logs, run outputs), llm nodes reach a deployment through an
-lmfoundry connection, and `flow test --interactive` keeps the chat history."""
+lmfoundry connection, `flow test --interactive` keeps the chat history, and the SDK answers
+with the services' own views."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lmfoundry.client import Client
+from lmfoundry.connections.models import ConnectionView
+from lmfoundry.flows.views import (
+    DeployedFlowView,
+    FlowNode,
+    FlowResult,
+    FlowView,
+    RunDetail,
+    RunLine,
+    RunView,
+)
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.flows.helpers import DATA, cli, cli_process
 
@@ -144,3 +156,62 @@ def test_interactive_chat_keeps_the_history(server: LiveServer) -> None:
     assert "turn 2: you said and again" in output
     not_chat = cli(server, "flow", "test", str(DATA / "numbers"), "--interactive", ok=False)
     assert "--interactive needs a chat flow" in not_chat
+
+
+def test_the_sdk_answers_with_the_services_views(server: LiveServer, tmp_path: Path) -> None:
+    """Each SDK call returns the view its service returns, holding every field of the JSON."""
+    data = tmp_path / "numbers.jsonl"
+    data.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(11, 15)))
+    with Client(url=server.url, token=server.token) as lmf, server.client() as api:
+        put = lmf.put_connection(
+            "sdk_conn", configs={"endpoint": "http://e"}, secrets={"key": SECRET}
+        )
+        assert isinstance(put, ConnectionView) and put.secrets == {"key": "***"}
+        assert lmf.get_connection("sdk_conn") == put
+        assert put in lmf.connections()
+        as_json = api.get("/api/v1/projects/default/connections/sdk_conn").json()
+        assert put.model_dump(mode="json") == as_json
+
+        flow = lmf.upload_flow(DATA / "numbers", "sdk-numbers")
+        assert isinstance(flow, FlowView) and (flow.version, flow.deployed_version) == (1, None)
+        assert flow.nodes[0] == FlowNode(name="square", type="python", aggregation=False)
+        assert lmf.get_flow("sdk-numbers") == flow and flow in lmf.flows()
+        as_json = api.get("/api/v1/projects/default/flows/sdk-numbers").json()
+        assert flow.model_dump(mode="json") == as_json
+
+        result = lmf.test_flow("sdk-numbers", {"number": 3})
+        assert isinstance(result, FlowResult) and result.status == "completed"
+        assert result.outputs == {"square": 9, "parity": "odd"}
+        assert result.metrics == {"lines": 1, "sum_of_squares": 9}
+        failed = lmf.test_flow(DATA / "numbers", {"number": 13})  # a folder, not uploaded
+        assert failed.status == "failed" and failed.error and failed.error["node"] == "square"
+
+        created = lmf.create_run("sdk-numbers", data, {"number": "${data.n}"}, name="sdk_run")
+        assert isinstance(created, RunView) and (created.id, created.total_lines) == ("sdk_run", 4)
+        run = lmf.wait_run("sdk_run", timeout=120)
+        assert isinstance(run, RunDetail) and run.status == "completed"
+        assert (run.completed_lines, run.failed_lines) == (3, 1)
+        assert all(isinstance(line, RunLine) for line in run.lines)
+        assert [line.status for line in run.lines] == [
+            "completed",
+            "completed",
+            "failed",
+            "completed",
+        ]
+        assert run.lines[0].outputs == {"square": 121, "parity": "odd"}
+        as_json = api.get("/api/v1/projects/default/runs/sdk_run").json()
+        assert run.model_dump(mode="json") == as_json
+        assert [r.id for r in lmf.runs("sdk-numbers")] == ["sdk_run"]
+        assert lmf.cancel_run("sdk_run").status == "completed"  # finished: nothing to cancel
+
+        deployed = lmf.deploy_flow("sdk-numbers")
+        assert isinstance(deployed, DeployedFlowView) and deployed.deployed_version == 1
+        assert deployed.scoring_uri == f"{server.url}/flows/sdk-numbers/score"
+        assert deployed.defaulted_connections == {}
+        key = lmf.flow_keys("sdk-numbers").primary_key
+        scored = httpx.post(
+            deployed.scoring_uri, json={"number": 4}, headers={"api-key": key}, timeout=60
+        )
+        assert scored.json() == {"square": 16, "parity": "even"}
+        undeployed = lmf.undeploy_flow("sdk-numbers")
+        assert (undeployed.deployed_version, undeployed.scoring_uri) == (None, None)

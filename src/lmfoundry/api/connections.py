@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.api.deps import PlatformDep, ProjectDep
+from lmfoundry.connections.models import ConnectionView
 
 router = APIRouter(tags=["connections"])
 
@@ -28,41 +26,28 @@ class ConnectionPut(BaseModel):
     )
 
 
-class ConnectionView(BaseModel):
-    name: str
-    project: str
-    type: str
-    configs: dict[str, str]
-    secrets: dict[str, str] = Field(description='Secret names; every value is "***".')
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-
-
 PREFIX = "/projects/{project}/connections"
 
 
 @router.put(
-    PREFIX + "/{name}",
-    response_model=ConnectionView,
-    responses={201: {"model": ConnectionView, "description": "Created."}},
+    PREFIX + "/{name}", responses={201: {"model": ConnectionView, "description": "Created."}}
 )
 def put(
     name: str, body: ConnectionPut, access: ProjectDep, plat: PlatformDep, response: Response
-) -> dict[str, Any]:
+) -> ConnectionView:
     """Create the connection, or replace its configs and secrets."""
     view, created = plat.connections.put(access, name, body.type, body.configs, body.secrets)
     response.status_code = 201 if created else 200
     return view
 
 
-@router.get(PREFIX, response_model=list[ConnectionView])
-def list_(access: ProjectDep, plat: PlatformDep) -> list[dict[str, Any]]:
+@router.get(PREFIX)
+def list_(access: ProjectDep, plat: PlatformDep) -> list[ConnectionView]:
     return plat.connections.list(access)
 
 
-@router.get(PREFIX + "/{name}", response_model=ConnectionView)
-def get(name: str, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+@router.get(PREFIX + "/{name}")
+def get(name: str, access: ProjectDep, plat: PlatformDep) -> ConnectionView:
     return plat.connections.get(access, name)
 
 

@@ -5,6 +5,7 @@ and the lines that say which connection an open input was bound to."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from typer.core import TyperCommand
@@ -75,9 +76,10 @@ def flow_and_pairs(
     return flow, rest
 
 
-def say_bindings(result: dict[str, Any], where: str = "the project") -> None:
-    """Say which connection each open input was bound to by default (on stderr)."""
-    for key, name in (result.get("defaulted_connections") or {}).items():
+def say_bindings(defaulted: Mapping[str, str] | None, where: str = "the project") -> None:
+    """Say which connection each open input was bound to by default (a result's, a deployed
+    flow's or a new run's `defaulted_connections`), on stderr."""
+    for key, name in (defaulted or {}).items():
         err_console.print(
             f"Bound {key} to connection {name!r}, {where}'s only connection of a fitting "
             f"type (choose another with --connections {key}=NAME).",

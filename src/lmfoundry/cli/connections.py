@@ -159,9 +159,9 @@ def update(
         if serverless or endpoint:
             body = _body(None, None, serverless, endpoint)
         else:
-            configs = {**current["configs"], **_pairs(config, "config")}
-            secrets = {**current["secrets"], **_secrets(secret)}  # "***" keeps stored values
-            body = {"type": current["type"], "configs": configs, "secrets": secrets}
+            configs = {**current.configs, **_pairs(config, "config")}
+            secrets = {**current.secrets, **_secrets(secret)}  # "***" keeps stored values
+            body = {"type": current.type, "configs": configs, "secrets": secrets}
         for key in remove or []:
             if key not in body["configs"] and key not in body["secrets"]:
                 raise InvalidRequest(f"Connection {name!r} has no config or secret {key!r}.")

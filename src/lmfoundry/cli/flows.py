@@ -31,11 +31,12 @@ from lmfoundry.cli._output import (
 from lmfoundry.cli._pf import PfCommand, flow_and_pairs, say_bindings
 from lmfoundry.client import Client
 from lmfoundry.config import get_settings
-from lmfoundry.errors import InvalidRequest
+from lmfoundry.errors import InvalidRequest, Unavailable
 from lmfoundry.flows import local
 from lmfoundry.flows.bindings import parse_pairs
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.flex import folder_of_flow_file
+from lmfoundry.flows.views import FlowResult, RunDetail
 
 app = typer.Typer(help="Prompt flows: test, upload, run in batch, deploy.", no_args_is_help=True)
 runs_app = typer.Typer(help="Batch runs of flows.", no_args_is_help=True)
@@ -224,15 +225,31 @@ def test(
             _chat(lmf, target, values, bound)
             return
         if stream and not json_:
-            result = {}
+            last = None
             for event in lmf.stream_test_flow(target, values, connections=bound, init=init):
-                if event["event"] == "chunk":
-                    console.print(event["text"], end="", highlight=False, markup=False)
-                elif event["event"] == "result":
-                    result = event
+                last = _chunk_or_result(event) or last
+            result = _finished(last)
         else:
             result = lmf.test_flow(target, values, connections=bound, init=init)
     _print_result(result, json_, streamed=stream and not json_)
+
+
+def _chunk_or_result(event: dict[str, Any]) -> FlowResult | None:
+    """Print a streamed line's chunk as it comes; the `result` event read as a FlowResult."""
+    if event["event"] == "chunk":
+        console.print(event["text"], end="", highlight=False, markup=False)
+    elif event["event"] == "result":
+        return FlowResult.model_validate(event)
+    return None
+
+
+def _finished(result: FlowResult | None) -> FlowResult:
+    if result is None:
+        raise Unavailable(
+            "The stream ended before the line's result (the connection or the flow process "
+            "stopped); run the test again, or without --stream to get the error."
+        )
+    return result
 
 
 def _run_local(
@@ -242,32 +259,30 @@ def _run_local(
     bound: dict[str, str],
     init: dict[str, Any] | None,
     stream: bool,
-) -> dict[str, Any]:
+) -> FlowResult:
     settings = get_settings()
     if not stream:
-        return asyncio.run(local.test(folder, values, settings, files, bound, init))
+        result = asyncio.run(local.test(folder, values, settings, files, bound, init))
+        return FlowResult.model_validate(result)
 
-    async def streamed() -> dict[str, Any]:
-        result: dict[str, Any] = {}
+    async def streamed() -> FlowResult | None:
+        last = None
         async for event in local.stream(folder, values, settings, files, bound, init):
-            if event["event"] == "chunk":
-                console.print(event["text"], end="", highlight=False, markup=False)
-            elif event["event"] == "result":
-                result = event
-        return result
+            last = _chunk_or_result(event) or last
+        return last
 
-    return asyncio.run(streamed())
+    return _finished(asyncio.run(streamed()))
 
 
 def _print_result(
-    result: dict[str, Any], json_: bool, streamed: bool = False, where: str = "the project"
+    result: FlowResult, json_: bool, streamed: bool = False, where: str = "the project"
 ) -> None:
     if json_:
         print_json(result)
     else:
-        say_bindings(result, where)
-    if not json_ and result.get("status") == "completed":
-        outputs = result["outputs"]
+        say_bindings(result.defaulted_connections, where)
+    if not json_ and result.status == "completed":
+        outputs = result.outputs
         if streamed:
             console.print()
         elif len(outputs) == 1:
@@ -275,28 +290,29 @@ def _print_result(
             typer.echo(value if isinstance(value, str) else json.dumps(value, indent=2))
         else:
             print_json(outputs)
-        if result.get("metrics"):
-            console.print(f"metrics: {json.dumps(result['metrics'])}", highlight=False)
-    if result.get("status") != "completed":
+        if result.metrics:
+            console.print(f"metrics: {json.dumps(result.metrics)}", highlight=False)
+    if result.status != "completed":
         if not json_:
-            _print_error(result.get("error"))
+            _print_error(result.error)
         raise typer.Exit(1)
 
 
 def _chat_fields(lmf: Client, target: str | Path) -> tuple[str, str | None, str]:
     if isinstance(target, Path):
         interface = load_dag(target).interface()
+        inputs, outputs = interface["inputs"], interface["outputs"]
     else:
         flow = lmf.get_flow(target)
-        interface = {"inputs": flow["inputs"], "outputs": flow["outputs"]}
-    chat_input = next((k for k, v in interface["inputs"].items() if v["is_chat_input"]), None)
-    chat_output = next((k for k, v in interface["outputs"].items() if v["is_chat_output"]), None)
+        inputs, outputs = flow.inputs, flow.outputs
+    chat_input = next((k for k, v in inputs.items() if v["is_chat_input"]), None)
+    chat_output = next((k for k, v in outputs.items() if v["is_chat_output"]), None)
     if chat_input is None or chat_output is None:
         raise InvalidRequest(
             "--interactive needs a chat flow: mark an input is_chat_input: true and an output "
             "is_chat_output: true in flow.dag.yaml."
         )
-    history = next((k for k, v in interface["inputs"].items() if v["is_chat_history"]), None)
+    history = next((k for k, v in inputs.items() if v["is_chat_history"]), None)
     return chat_input, history, chat_output
 
 
@@ -313,26 +329,24 @@ def _chat(lmf: Client, target: str | Path, fixed: dict[str, Any], bound: dict[st
             break
         turn = {**fixed, chat_input: text}
         inputs = {**turn, history_input: history} if history_input else turn
-        result: dict[str, Any] = {}
+        last = None
         streamed = False
         for event in lmf.stream_test_flow(target, inputs, connections=bound):
-            if event["event"] == "chunk":
-                streamed = True
-                console.print(event["text"], end="", highlight=False, markup=False)
-            elif event["event"] == "result":
-                result = event
+            streamed = streamed or event["event"] == "chunk"
+            last = _chunk_or_result(event) or last
+        result = _finished(last)
         if not history:
-            say_bindings(result)
-        if result.get("status") != "completed":
+            say_bindings(result.defaulted_connections)
+        if result.status != "completed":
             console.print()
-            _print_error(result.get("error"))
+            _print_error(result.error)
             continue
-        answer = result["outputs"].get(chat_output)
+        answer = result.outputs.get(chat_output)
         if streamed:
             console.print()
         else:
             console.print(str(answer), highlight=False, markup=False)
-        history.append({"inputs": turn, "outputs": result["outputs"]})
+        history.append({"inputs": turn, "outputs": result.outputs})
 
 
 # -- uploaded flows -------------------------------------------------------------------------
@@ -398,15 +412,15 @@ def deploy(
             uploaded = lmf.upload_flow(
                 flow_option, name_option or name or _default_name(flow_option)
             )
-            name = uploaded["name"]
+            name = uploaded.name
             if not json_:
-                console.print(f"Uploaded flow {name} version {uploaded['version']}.")
+                console.print(f"Uploaded flow {name} version {uploaded.version}.")
         elif name is None:
             raise InvalidRequest("Give the flow: an uploaded flow's name, or --flow DIR.")
         view = lmf.deploy_flow(name, connections=bound, init=init)
     show(view, json_, ["name", "deployed_version", "scoring_uri", "connection_bindings"])
     if not json_:
-        say_bindings(view)
+        say_bindings(view.defaulted_connections)
         console.print(f"Keys: lmfoundry flow keys {name}")
 
 
@@ -480,64 +494,61 @@ def run(
         if _is_folder(flow):
             folder = Path(flow).expanduser()
             uploaded = lmf.upload_flow(folder, flow_name or _default_name(folder))
-            flow = uploaded["name"]
+            flow = uploaded.name
             if not json_:
-                console.print(f"Uploaded flow {flow} version {uploaded['version']}.")
+                console.print(f"Uploaded flow {flow} version {uploaded.version}.")
         created = lmf.create_run(
             flow, data, mapping, earlier, connections=bound, name=name, init=init
         )
         if not json_:
-            say_bindings(created)
+            say_bindings(created.defaulted_connections)
         if not wait:
             show(created, json_, RUN_COLUMNS)
             return
         if not json_:
-            console.print(f"Run {created['id']}: {created['total_lines']} lines.")
-        finished = (
-            _follow(lmf, created["id"]) if stream and not json_ else lmf.wait_run(created["id"])
-        )
+            console.print(f"Run {created.id}: {created.total_lines} lines.")
+        finished = _follow(lmf, created.id) if stream and not json_ else lmf.wait_run(created.id)
     _print_run(finished, json_, lines=False)
-    if finished["status"] != "completed":
+    if finished.status != "completed":
         raise typer.Exit(1)
 
 
-def _follow(lmf: Client, run_id: str) -> dict[str, Any]:
+def _follow(lmf: Client, run_id: str) -> RunDetail:
     """Print each line of a run as it finishes (pf's --stream); the finished run."""
     printed: set[int] = set()
     while True:
         current = lmf.get_run(run_id, limit=10000)
-        for line in current["lines"]:
-            if line["line_number"] in printed:
+        for line in current.lines:
+            if line.line_number in printed:
                 continue
-            printed.add(line["line_number"])
-            if line["status"] == "completed":
-                shown = json.dumps(line["outputs"], default=str)
+            printed.add(line.line_number)
+            if line.status == "completed":
+                shown = json.dumps(line.outputs, default=str)
             else:
-                shown = str((line["error"] or {}).get("message"))
+                shown = str((line.error or {}).get("message"))
             console.print(
-                f"line {line['line_number']}: {line['status']} {shown}",
-                highlight=False,
-                markup=False,
+                f"line {line.line_number}: {line.status} {shown}", highlight=False, markup=False
             )
-        if current["status"] not in ("queued", "running"):
+        if current.status not in ("queued", "running"):
             return current
         time.sleep(0.5)
 
 
-def _print_run(run: dict[str, Any], as_json: bool, lines: bool) -> None:
+def _print_run(run: RunDetail, as_json: bool, lines: bool) -> None:
+    summary = run.model_dump(exclude={"lines"})
     if as_json:
-        print_json(run if lines else {k: v for k, v in run.items() if k != "lines"})
+        print_json(run if lines else summary)
         return
-    show({k: v for k, v in run.items() if k != "lines"}, False)
-    if lines and run.get("lines"):
+    show(summary, False)
+    if lines and run.lines:
         rows = [
             {
-                "line": line["line_number"],
-                "status": line["status"],
-                "outputs": line["outputs"],
-                "error": (line["error"] or {}).get("message"),
+                "line": line.line_number,
+                "status": line.status,
+                "outputs": line.outputs,
+                "error": (line.error or {}).get("message"),
             }
-            for line in run["lines"]
+            for line in run.lines
         ]
         show(rows, False, ["line", "status", "outputs", "error"])
 

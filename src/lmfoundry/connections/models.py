@@ -1,12 +1,15 @@
-"""Connection types, the targets an `lmfoundry` connection points at, and connection files."""
+"""Connection types, the targets an `lmfoundry` connection points at, connection files, and
+what the connection service answers (`ConnectionView`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 import yaml
+from pydantic import BaseModel, Field
 
 from lmfoundry.errors import InvalidRequest
 
@@ -20,6 +23,20 @@ class ConnectionType(StrEnum):
 
     custom = "custom"
     lmfoundry = "lmfoundry"
+
+
+class ConnectionView(BaseModel):
+    """A connection as the API shows it: configs, and the names of its secrets, never their
+    values."""
+
+    name: str
+    project: str
+    type: str = Field(description="'custom' or 'lmfoundry'.")
+    configs: dict[str, str]
+    secrets: dict[str, str] = Field(description=f'Secret names; every value is "{MASK}".')
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True)

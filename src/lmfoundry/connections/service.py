@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +22,7 @@ from lmfoundry.access.secrets import SecretBox
 from lmfoundry.connections.models import (
     MASK,
     ConnectionType,
+    ConnectionView,
     ResolvedConnection,
     TargetResolver,
 )
@@ -80,17 +80,17 @@ class ConnectionService:
     # -- views -------------------------------------------------------------------------------
 
     @staticmethod
-    def _view(row: Connection, project: str) -> dict[str, Any]:
-        return {
-            "name": row.name,
-            "project": project,
-            "type": row.type,
-            "configs": dict(row.configs),
-            "secrets": dict.fromkeys(row.secret_names, MASK),
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
+    def _view(row: Connection, project: str) -> ConnectionView:
+        return ConnectionView(
+            name=row.name,
+            project=project,
+            type=row.type,
+            configs=dict(row.configs),
+            secrets=dict.fromkeys(row.secret_names, MASK),
+            created_by=row.created_by,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
 
     def _row(self, s: Session, access: ProjectAccess, name: str) -> Connection:
         row = s.scalar(
@@ -119,7 +119,7 @@ class ConnectionService:
         type: str,
         configs: dict[str, str],
         secrets: dict[str, str],
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[ConnectionView, bool]:
         """Create or replace a connection; returns (view, created). A secret sent as "***"
         keeps its stored value."""
         access.require(Role.developer, "create or change connections")
@@ -160,7 +160,7 @@ class ConnectionService:
                 else:
                     plain[key] = value
             created = row is None
-            before = None if row is None else self._view(row, access.project)
+            previous_type = None if row is None else row.type
             now = utcnow()
             if row is None:
                 row = Connection(
@@ -191,7 +191,7 @@ class ConnectionService:
                     "configs": sorted(configs),
                     "secrets": sorted(plain),
                     "secrets_changed": changed_secrets,
-                    **({"previous_type": before["type"]} if before else {}),
+                    **({"previous_type": previous_type} if previous_type is not None else {}),
                 },
             )
             return self._view(row, access.project), created
@@ -229,7 +229,7 @@ class ConnectionService:
                 param="configs.target",
             )
 
-    def list(self, access: ProjectAccess) -> list[dict[str, Any]]:
+    def list(self, access: ProjectAccess) -> list[ConnectionView]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(Connection)
@@ -238,7 +238,7 @@ class ConnectionService:
             ).all()
             return [self._view(r, access.project) for r in rows]
 
-    def get(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+    def get(self, access: ProjectAccess, name: str) -> ConnectionView:
         with self.db.session() as s:
             return self._view(self._row(s, access, name), access.project)
 

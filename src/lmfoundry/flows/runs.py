@@ -42,6 +42,7 @@ from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.mapping import LineSource, check_mapping, parse_jsonl
 from lmfoundry.flows.models import Dag
 from lmfoundry.flows.service import FlowService
+from lmfoundry.flows.views import RunDetail, RunLine, RunView
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import FlowRun, FlowRunLine, utcnow
@@ -118,27 +119,29 @@ class RunService:
 
     # -- management --------------------------------------------------------------------------
 
-    def _view(self, row: FlowRun, project: str) -> dict[str, Any]:
-        return {
-            "id": row.id,
-            "project": project,
-            "flow": row.flow,
-            "flow_version": row.flow_version,
-            "status": row.status,
-            "data": row.data_name,
-            "column_mapping": row.column_mapping,
-            "run": row.parent_run,
-            "total_lines": row.total_lines,
-            "completed_lines": row.completed_lines,
-            "failed_lines": row.failed_lines,
-            "metrics": row.metrics,
-            "connection_bindings": _read_bindings(self.root / row.id),
-            "error": row.error,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-            "started_at": row.started_at,
-            "finished_at": row.finished_at,
-        }
+    def _view(self, row: FlowRun, project: str, defaulted: dict[str, str] | None = None) -> RunView:
+        """The run; `defaulted`: on creation, the bindings chosen by default."""
+        return RunView(
+            id=row.id,
+            project=project,
+            flow=row.flow,
+            flow_version=row.flow_version,
+            status=row.status,
+            data=row.data_name,
+            column_mapping=row.column_mapping,
+            run=row.parent_run,
+            total_lines=row.total_lines,
+            completed_lines=row.completed_lines,
+            failed_lines=row.failed_lines,
+            metrics=row.metrics,
+            connection_bindings=_read_bindings(self.root / row.id),
+            defaulted_connections=defaulted,
+            error=row.error,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
 
     def _row(self, s: Session, access: ProjectAccess, run_id: str) -> FlowRun:
         row = s.get(FlowRun, run_id)
@@ -160,7 +163,7 @@ class RunService:
         connections: dict[str, Any] | None = None,
         name: str | None = None,
         init: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunView:
         """Queue a run of the flow's latest version over `data` (JSONL) or over the lines of
         an earlier run (`run`, for evaluations); returns the run. `connections` binds
         connection inputs ({node.input: name}) over those saved on the flow; `name` is the
@@ -244,7 +247,8 @@ class RunService:
                 {"flow": flow, "version": version, "lines": len(rows), "run": run},
             )
             s.flush()
-            view = {**self._view(row, access.project), **resolution.view()}
+            # its bindings are resolution.bindings, read back from the run's folder
+            view = self._view(row, access.project, resolution.defaulted)
         self._submit(run_id)
         return view
 
@@ -264,7 +268,7 @@ class RunService:
                 param="name",
             )
 
-    def list(self, access: ProjectAccess, flow: str | None = None) -> list[dict[str, Any]]:
+    def list(self, access: ProjectAccess, flow: str | None = None) -> list[RunView]:
         with self.db.session() as s:
             query = select(FlowRun).where(FlowRun.project_id == access.project_id)
             if flow is not None:
@@ -274,7 +278,7 @@ class RunService:
 
     def get(
         self, access: ProjectAccess, run_id: str, offset: int = 0, limit: int | None = 1000
-    ) -> dict[str, Any]:
+    ) -> RunDetail:
         """The run with its finished lines (`offset`/`limit` page through them)."""
         with self.db.session() as s:
             row = self._row(s, access, run_id)
@@ -287,19 +291,19 @@ class RunService:
             if limit is not None:
                 query = query.limit(max(limit, 0))
             lines = [
-                {
-                    "line_number": line.line_number,
-                    "status": line.status,
-                    "inputs": line.inputs,
-                    "outputs": line.outputs,
-                    "error": line.error,
-                    "duration_s": line.duration_s,
-                }
+                RunLine(
+                    line_number=line.line_number,
+                    status=line.status,
+                    inputs=line.inputs,
+                    outputs=line.outputs,
+                    error=line.error,
+                    duration_s=line.duration_s,
+                )
                 for line in s.scalars(query)
             ]
-            return {**self._view(row, access.project), "lines": lines}
+            return RunDetail(**dict(self._view(row, access.project)), lines=lines)
 
-    def cancel(self, access: ProjectAccess, run_id: str) -> dict[str, Any]:
+    def cancel(self, access: ProjectAccess, run_id: str) -> RunView:
         access.require(Role.developer, "cancel runs")
         with self.db.session() as s:
             row = self._row(s, access, run_id)

@@ -42,6 +42,7 @@ from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.flex import FlexFlow, with_init
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
+from lmfoundry.flows.views import ConnectionInput, DeployedFlowView, FlowNode, FlowView
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Connection, Flow, Project, utcnow
@@ -98,7 +99,8 @@ class FlowCall:
         return result
 
     async def result(self) -> dict[str, Any]:
-        """Run the line to the end: {status, outputs, error, metrics, duration_s}."""
+        """Run the line to the end: status, outputs, error, metrics, duration_s and the
+        bindings, the fields of `views.FlowResult` (the API reads it as one)."""
         try:
             return await self._finish(await self.process.run_line(0, self.inputs))
         finally:
@@ -139,24 +141,29 @@ class FlowService:
     def scoring_uri(self, name: str) -> str:
         return f"{self.base_url}/flows/{name}/score"
 
-    def _view(self, row: Flow, project: str) -> dict[str, Any]:
-        saved = dict(row.interface.get("connection_bindings") or {})
-        return {
-            "name": row.name,
-            "project": project,
-            "version": row.version,
-            **row.interface,
-            "connection_bindings": saved,
-            "connection_inputs": [
-                {**slot, "bound": saved.get(slot["key"])}
-                for slot in row.interface.get("connection_inputs") or []
+    def _view(self, row: Flow, project: str) -> FlowView:
+        interface = row.interface
+        saved = dict(interface.get("connection_bindings") or {})
+        return FlowView(
+            name=row.name,
+            project=project,
+            version=row.version,
+            kind=interface["kind"],
+            inputs=interface["inputs"],
+            outputs=interface["outputs"],
+            nodes=[FlowNode.model_validate(node) for node in interface["nodes"]],
+            connections=interface["connections"],
+            connection_bindings=saved,
+            connection_inputs=[
+                ConnectionInput.model_validate({**slot, "bound": saved.get(slot["key"])})
+                for slot in interface.get("connection_inputs") or []
             ],
-            "deployed_version": row.deployed_version,
-            "scoring_uri": self.scoring_uri(row.name) if row.deployed_version else None,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
+            deployed_version=row.deployed_version,
+            scoring_uri=self.scoring_uri(row.name) if row.deployed_version else None,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
 
     def _row(self, s: Session, access: ProjectAccess, name: str) -> Flow:
         row = s.scalar(select(Flow).where(Flow.project_id == access.project_id, Flow.name == name))
@@ -193,7 +200,7 @@ class FlowService:
 
     def upload(
         self, access: ProjectAccess, name: str, archive: bytes | BinaryIO
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[FlowView, bool]:
         """Validate the packed flow and store it as the next version; returns (view, created)."""
         access.require(Role.developer, "upload flows")
         check_name("flow", name)
@@ -249,14 +256,14 @@ class FlowService:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def list(self, access: ProjectAccess) -> list[dict[str, Any]]:
+    def list(self, access: ProjectAccess) -> list[FlowView]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(Flow).where(Flow.project_id == access.project_id).order_by(Flow.name)
             ).all()
             return [self._view(r, access.project) for r in rows]
 
-    def get(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+    def get(self, access: ProjectAccess, name: str) -> FlowView:
         with self.db.session() as s:
             return self._view(self._row(s, access, name), access.project)
 
@@ -296,9 +303,7 @@ class FlowService:
         resolution = bindings.check(dag, given, self.available_connections(project_id), defaults)
         return bindings.apply(dag, resolution.bindings), resolution
 
-    def save_bindings(
-        self, access: ProjectAccess, name: str, given: dict[str, Any]
-    ) -> dict[str, Any]:
+    def save_bindings(self, access: ProjectAccess, name: str, given: dict[str, Any]) -> FlowView:
         """Replace the bindings saved on a flow (what the studio's picker stores; a test, a run
         or a deploy of the flow uses them); an empty name leaves that input unbound."""
         self.require_flows(access, "bind connections of flows")
@@ -431,7 +436,7 @@ class FlowService:
         name: str,
         connections: dict[str, Any] | None = None,
         init: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> DeployedFlowView:
         """Serve the latest version at /flows/{name}/score behind a key (keys are created on
         the first deploy and kept on later ones). `connections` ({node.input: name}) are saved
         on the flow with the saved ones; inputs still open are bound to the project's only
@@ -462,9 +467,10 @@ class FlowService:
                     "connections": resolution.bindings,
                 },
             )
-            return {**self._view(row, access.project), **resolution.view()}
+            view = self._view(row, access.project)  # its bindings: resolution.bindings
+            return DeployedFlowView(**dict(view), defaulted_connections=resolution.defaulted)
 
-    def undeploy(self, access: ProjectAccess, name: str) -> dict[str, Any]:
+    def undeploy(self, access: ProjectAccess, name: str) -> FlowView:
         access.require(Role.developer, "undeploy flows")
         with self.db.session() as s:
             row = self._row(s, access, name)
