@@ -59,7 +59,7 @@ def create(body: EndpointCreate, access: ProjectDep, plat: PlatformDep) -> Endpo
 
 @router.get(P)
 def list_(access: ProjectDep, plat: PlatformDep) -> list[EndpointView]:
-    return plat.endpoints.list_endpoints(access)
+    return plat.endpoints.list(access)
 
 
 @router.get(P + "/{name}")

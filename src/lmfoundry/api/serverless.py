@@ -47,7 +47,7 @@ def create(body: ServerlessCreate, access: ProjectDep, plat: PlatformDep) -> Ser
 
 @router.get(PREFIX)
 def list_(access: ProjectDep, plat: PlatformDep) -> list[ServerlessView]:
-    return plat.serverless.list_deployments(access)
+    return plat.serverless.list(access)
 
 
 @router.get(PREFIX + "/{name}")

@@ -153,7 +153,7 @@ class ServerlessService:
             )
             return self._view(row, access.project)
 
-    def list_deployments(self, access: ProjectAccess) -> list[ServerlessView]:
+    def list(self, access: ProjectAccess) -> list[ServerlessView]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(ServerlessDeployment)

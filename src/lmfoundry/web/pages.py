@@ -29,7 +29,7 @@ def project_home(access: ProjectDep) -> Response:
 
 @router.get(P + "/catalog")
 def catalog(request: Request, access: ProjectDep, plat: PlatformDep) -> Response:
-    deployed = {d.model: d.name for d in plat.serverless.list_deployments(access)}
+    deployed = {d.model: d.name for d in plat.serverless.list(access)}
     return render(
         request,
         "catalog.html",
@@ -47,7 +47,7 @@ def deployments(request: Request, access: ProjectDep, plat: PlatformDep) -> Resp
         "deployments.html",
         access=access,
         section="deployments",
-        deployments=plat.serverless.list_deployments(access),
+        deployments=plat.serverless.list(access),
     )
 
 
@@ -86,7 +86,7 @@ def playground(
             "model": d.model,
             "deployments": [],
         }
-        for d in plat.serverless.list_deployments(access)
+        for d in plat.serverless.list(access)
     ] + [
         {
             "value": f"endpoint/{e.name}",
@@ -95,7 +95,7 @@ def playground(
             "model": e.name,
             "deployments": e.deployments,
         }
-        for e in plat.endpoints.list_endpoints(access)
+        for e in plat.endpoints.list(access)
     ]
     return render(
         request,
@@ -114,7 +114,7 @@ def endpoints(request: Request, access: ProjectDep, plat: PlatformDep) -> Respon
         "endpoints.html",
         access=access,
         section="endpoints",
-        endpoints=plat.endpoints.list_endpoints(access),
+        endpoints=plat.endpoints.list(access),
     )
 
 
