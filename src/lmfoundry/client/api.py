@@ -21,6 +21,7 @@ from lmfoundry import errors
 from lmfoundry.access.models import Keys
 from lmfoundry.client.base import raise_for
 from lmfoundry.client.flows import FlowsClient
+from lmfoundry.datasets.models import DatasetView
 from lmfoundry.deployments.models import DeploymentView, EndpointView, ServerlessView
 
 
@@ -335,22 +336,24 @@ class Client(FlowsClient):
         name: str,
         model: str | None = None,
         project: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> DatasetView:
         """Upload a chat JSONL file (a new version when the name exists). With `model`, rows
         are also checked against its context length and its tokens counted."""
         path = Path(path)
         data = {"name": name, **({"model": model} if model else {})}
         with path.open("rb") as f:
             files = {"file": (path.name, f, "application/jsonl")}
-            return self._call("POST", self._p(project) + "/datasets", data=data, files=files)
+            return self._one(
+                DatasetView, "POST", self._p(project) + "/datasets", data=data, files=files
+            )
 
-    def datasets(self, name: str | None = None, project: str | None = None) -> list[dict[str, Any]]:
+    def datasets(self, name: str | None = None, project: str | None = None) -> list[DatasetView]:
         params = {"name": name} if name else {}
-        return self._call("GET", self._p(project) + "/datasets", params=params)
+        return self._many(DatasetView, "GET", self._p(project) + "/datasets", params=params)
 
-    def dataset(self, ref: str, project: str | None = None) -> dict[str, Any]:
+    def dataset(self, ref: str, project: str | None = None) -> DatasetView:
         """A dataset by id, NAME:VERSION or NAME (its newest version)."""
-        return self._call("GET", self._p(project) + f"/datasets/{ref}")
+        return self._one(DatasetView, "GET", self._p(project) + f"/datasets/{ref}")
 
     def create_job(
         self,

@@ -104,13 +104,15 @@ class FineTuneService:
                 "training_data": _ref(train),
                 "validation_data": _ref(valid) if valid else None,
                 "token_stats": {
-                    "training_data": self.datasets.check_for_model(s, train, base, "training_data")
+                    "training_data": self.datasets.check_for_model(
+                        s, train, base, "training_data"
+                    ).model_dump()
                 },
             }
             if valid is not None:
                 lineage["token_stats"]["validation_data"] = self.datasets.check_for_model(
                     s, valid, base, "validation_data"
-                )
+                ).model_dump()
             config = FineTuneConfig(
                 job_id=job_id,
                 base=Base(
