@@ -22,6 +22,7 @@ from lmfoundry.access.service import check_name
 from lmfoundry.catalog.service import CatalogService
 from lmfoundry.engines.chat_template import check_template
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from lmfoundry.finetune.models import JobOutput
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.registry.imports import ImportPolicy
 from lmfoundry.storage.db import Database
@@ -152,8 +153,9 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 class JobOutputs(Protocol):
     """Where a completed fine-tuning job left its model (the fine-tuning service)."""
 
-    def job_output(self, project_id: int, job_id: str) -> tuple[Path, dict[str, Any], str]:
-        """(MLflow folder, lineage, base catalog model); 404/409 when there is none."""
+    def job_output(self, project_id: int, job_id: str) -> JobOutput:
+        """The job's MLflow folder, base catalog model and lineage; 404/409 when there is
+        none."""
         ...
 
 
@@ -190,14 +192,14 @@ class RegistryService:
                 "Fine-tuning is not part of this installation; install "
                 "lmfoundry[train] to run jobs, or register a folder with path."
             )
-        path, lineage, base = self.jobs.job_output(access.project_id, job_id)
+        output = self.jobs.job_output(access.project_id, job_id)
         return self.register(
             access,
             name,
-            path,
-            base_model=base,
+            output.path,
+            base_model=output.base_model,
             job_id=job_id,
-            lineage=lineage,
+            lineage=output.lineage,
             tags=tags,
             description=description,
         )
