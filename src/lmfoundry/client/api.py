@@ -25,13 +25,15 @@ from lmfoundry.client.flows import FlowsClient
 from lmfoundry.datasets.models import DatasetView
 from lmfoundry.deployments.models import DeploymentView, EndpointView, ServerlessView
 from lmfoundry.finetune.models import EventList, FollowedEvent, JobEnd, JobView
+from lmfoundry.registry.models import ModelVersionView
 
 _FOLLOWED: TypeAdapter[FollowedEvent] = TypeAdapter(FollowedEvent)
 
 
 class Client(FlowsClient):
     """One method per management API operation (connections, flows and runs come from
-    `FlowsClient`); each returns the API's JSON and raises lmfoundry's exceptions."""
+    `FlowsClient`); each returns the API's answer, read into the service's typed view where
+    there is one (`DatasetView`, `JobView`, …), and raises lmfoundry's exceptions."""
 
     # -- identity, projects ------------------------------------------------------------------
 
@@ -182,7 +184,7 @@ class Client(FlowsClient):
         base_model: str | None = None,
         description: str = "",
         project: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> ModelVersionView:
         body: dict[str, Any] = {"name": name, "description": description}
         if from_job:
             body["from_job"] = from_job
@@ -190,16 +192,16 @@ class Client(FlowsClient):
             body["path"] = str(Path(path).expanduser().resolve())
         if base_model:
             body["base_model"] = base_model
-        return self._call("POST", self._p(project) + "/models", json=body)
+        return self._one(ModelVersionView, "POST", self._p(project) + "/models", json=body)
 
     def registered_models(
         self, name: str | None = None, project: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ModelVersionView]:
         params = {"name": name} if name else None
-        return self._call("GET", self._p(project) + "/models", params=params)
+        return self._many(ModelVersionView, "GET", self._p(project) + "/models", params=params)
 
-    def registered_model(self, ref: str, project: str | None = None) -> dict[str, Any]:
-        return self._call("GET", self._p(project) + f"/models/{ref}")
+    def registered_model(self, ref: str, project: str | None = None) -> ModelVersionView:
+        return self._one(ModelVersionView, "GET", self._p(project) + f"/models/{ref}")
 
     def delete_registered_model(self, ref: str, project: str | None = None) -> None:
         self._call("DELETE", self._p(project) + f"/models/{ref}")

@@ -25,6 +25,7 @@ from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.finetune.models import JobOutput
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.registry.imports import ImportPolicy
+from lmfoundry.registry.models import ModelVersionView
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import (
     EndpointDeployment,
@@ -184,7 +185,7 @@ class RegistryService:
         job_id: str,
         description: str = "",
         tags: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ModelVersionView:
         """Register a completed fine-tuning job's output (the tutorial's "from a job
         output", MLflow type)."""
         if self.jobs is None:
@@ -213,7 +214,7 @@ class RegistryService:
         base_model: str | None = None,
         tags: dict[str, str] | None = None,
         description: str = "",
-    ) -> dict[str, Any]:
+    ) -> ModelVersionView:
         """Register a model folder (or .gguf file) from the server's disk: only below the
         operator's import roots, never from $LMFOUNDRY_HOME, never through a symlink."""
         access.require(Role.developer, "register models")
@@ -229,20 +230,20 @@ class RegistryService:
             copy=lambda src, tmp: self.imports.copy(src, tmp, path),
         )
 
-    def _view(self, row: RegisteredModel) -> dict[str, Any]:
-        return {
-            "name": row.name,
-            "version": row.version,
-            "format": row.format,
-            "adapter": row.adapter,
-            "base_model": row.base_model,
-            "job_id": row.job_id,
-            "lineage": row.lineage,
-            "tags": row.tags,
-            "description": row.description,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-        }
+    def _view(self, row: RegisteredModel) -> ModelVersionView:
+        return ModelVersionView(
+            name=row.name,
+            version=row.version,
+            format=row.format,
+            adapter=row.adapter,
+            base_model=row.base_model,
+            job_id=row.job_id,
+            lineage=row.lineage,
+            tags=row.tags,
+            description=row.description,
+            created_by=row.created_by,
+            created_at=row.created_at,
+        )
 
     def register(
         self,
@@ -256,7 +257,7 @@ class RegistryService:
         tags: dict[str, str] | None = None,
         description: str = "",
         copy: Callable[[Path, Path], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ModelVersionView:
         """Copy a model folder into the artifact store as the next version of `name`: a
         path the server trusts (a job's output); a caller's path goes through
         `register_path`, whose `copy` refuses symlinks and oversized trees."""
@@ -335,7 +336,7 @@ class RegistryService:
             )
             return self._view(row)
 
-    def versions(self, access: ProjectAccess, name: str | None = None) -> list[dict[str, Any]]:
+    def versions(self, access: ProjectAccess, name: str | None = None) -> list[ModelVersionView]:
         with self.db.session() as s:
             query = select(RegisteredModel).where(RegisteredModel.project_id == access.project_id)
             if name:
@@ -343,7 +344,7 @@ class RegistryService:
             rows = s.scalars(query.order_by(RegisteredModel.name, RegisteredModel.version))
             return [self._view(r) for r in rows]
 
-    def get(self, access: ProjectAccess, ref: str) -> dict[str, Any]:
+    def get(self, access: ProjectAccess, ref: str) -> ModelVersionView:
         with self.db.session() as s:
             return self._view(self._row(s, access.project_id, access.project, ref))
 
