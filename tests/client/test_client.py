@@ -17,7 +17,9 @@ from lmfoundry.access.models import Me, NewUser, Role, TokenScope
 from lmfoundry.client import Client
 from lmfoundry.client.base import load_credentials
 from lmfoundry.config import reset_settings
-from tests.conftest import ADMIN_TOKEN, LiveServer, start_server, stop_server
+from lmfoundry.datasets.models import DatasetView
+from lmfoundry.registry.models import ModelVersionView
+from tests.conftest import ADMIN_TOKEN, LiveServer, start_server, stop_server, tiny_lora_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +119,34 @@ def test_the_sdk_answers_with_the_services_views(server: LiveServer) -> None:
         (summary,) = lmf.monitoring()
         assert (summary.target, summary.totals.requests, summary.totals.ok) == ("echoed", 1, 1)
         assert "echo" in {i.model for i in lmf.cluster()}
+
+
+def test_datasets_and_registered_models_come_back_as_the_servers_views(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    data = tmp_path / "chat.jsonl"
+    turns = [
+        {"role": "user", "content": "What is the capital of Peru?"},
+        {"role": "assistant", "content": "Lima."},
+    ]
+    data.write_text(json.dumps({"messages": turns}) + "\n")
+    with Client(url=server.url, token=ADMIN_TOKEN, project="views-training") as lmf:
+        lmf.create_project("views-training")
+        uploaded = lmf.upload_dataset(data, "chat", model="SmolLM2-135M-Instruct")
+        assert isinstance(uploaded, DatasetView)
+        assert (uploaded.name, uploaded.version, uploaded.rows) == ("chat", 1, 1)
+        tokens = uploaded.stats.tokens_per_row["SmolLM2-135M-Instruct"]
+        assert tokens.context_length == 8192 and tokens.min == tokens.max == tokens.total
+        assert lmf.dataset(uploaded.id) == uploaded
+        assert lmf.datasets(name="chat") == [uploaded]
+
+        adapter = tiny_lora_adapter(tmp_path / "adapter")
+        registered = lmf.register_model("tune", path=str(adapter), description="first try")
+        assert isinstance(registered, ModelVersionView)
+        assert (registered.version, registered.format, registered.adapter) == (1, "peft", True)
+        assert registered.base_model == "SmolLM2-135M-Instruct"
+        assert lmf.registered_model("tune") == registered
+        assert lmf.registered_models() == [registered]
+        lmf.delete_registered_model("tune:1")
+        with pytest.raises(errors.NotFound):
+            lmf.registered_model("tune:1")

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from lmfoundry.client import Client
 from lmfoundry.config import Settings
+from lmfoundry.finetune.models import LogEvent, MetricsEvent, ValidationEvent
 from tests.conftest import ADMIN_TOKEN, Api, start_server, stop_server
 from tests.finetune.helpers import (
     DATASETS,
@@ -173,12 +174,12 @@ def test_killing_the_server_stops_its_jobs_and_a_restart_resumes_them(
     try:
         with Client(url=again.url, token=ADMIN_TOKEN) as sdk:
             done = sdk.wait_for_job(job["id"], timeout=240)  # follows the events (SSE)
-            listed = sdk.job_events(job["id"], limit=10_000)["data"]
+            listed = sdk.job_events(job["id"], limit=10_000).data
     finally:
         stop_server(again)
-    assert done["status"] == "completed", done
-    assert (done["step"], done["restarts"]) == (40, 0)  # a server restart is not a crash
-    assert steps(listed, "metrics") == list(range(1, 41))
-    assert steps(listed, "validation") == list(range(0, 41, 10))
-    messages = [e["message"] for e in listed if e["kind"] == "log"]
+    assert done.status == "completed", done
+    assert (done.step, done.restarts) == (40, 0)  # a server restart is not a crash
+    assert [e.step for e in listed if isinstance(e, MetricsEvent)] == list(range(1, 41))
+    assert [e.step for e in listed if isinstance(e, ValidationEvent)] == list(range(0, 41, 10))
+    messages = [e.message for e in listed if isinstance(e, LogEvent)]
     assert "The server restarted; resuming from the last checkpoint." in messages

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.errors import InvalidRequest
+from lmfoundry.registry.models import ModelVersionView
 
 router = APIRouter(tags=["model registry"])
 
@@ -28,25 +26,11 @@ class RegisterRequest(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
-class ModelVersionView(BaseModel):
-    name: str
-    version: int
-    format: str
-    adapter: bool
-    base_model: str | None
-    job_id: str | None
-    lineage: dict[str, Any]
-    tags: dict[str, Any]
-    description: str
-    created_by: str
-    created_at: datetime
-
-
 PREFIX = "/projects/{project}/models"
 
 
-@router.post(PREFIX, response_model=ModelVersionView, status_code=201)
-def register(body: RegisterRequest, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+@router.post(PREFIX, status_code=201)
+def register(body: RegisterRequest, access: ProjectDep, plat: PlatformDep) -> ModelVersionView:
     if (body.from_job is None) == (body.path is None):
         raise InvalidRequest(
             "Give exactly one of from_job (a fine-tuning job id) or path (a model folder).",
@@ -66,13 +50,13 @@ def register(body: RegisterRequest, access: ProjectDep, plat: PlatformDep) -> di
     )
 
 
-@router.get(PREFIX, response_model=list[ModelVersionView])
-def list_(access: ProjectDep, plat: PlatformDep, name: str | None = None) -> list[dict[str, Any]]:
+@router.get(PREFIX)
+def list_(access: ProjectDep, plat: PlatformDep, name: str | None = None) -> list[ModelVersionView]:
     return plat.registry.versions(access, name)
 
 
-@router.get(PREFIX + "/{ref}", response_model=ModelVersionView)
-def get(ref: str, access: ProjectDep, plat: PlatformDep) -> dict[str, Any]:
+@router.get(PREFIX + "/{ref}")
+def get(ref: str, access: ProjectDep, plat: PlatformDep) -> ModelVersionView:
     """`ref` is `name:version`, or `name` for the latest version."""
     return plat.registry.get(access, ref)
 

@@ -182,10 +182,10 @@ def models_register(
     if json_:
         show(registered, True)
     else:
-        ref = f"{registered['name']}:{registered['version']}"
-        kind = registered["format"]
-        if registered["adapter"]:
-            kind += f", LoRA on {registered['base_model']}"
+        ref = f"{registered.name}:{registered.version}"
+        kind = registered.format
+        if registered.adapter:
+            kind += f", LoRA on {registered.base_model}"
         console.print(
             f"Registered [bold]{ref}[/] ({kind}). Deploy it with "
             f"`lmfoundry endpoints deploy ENDPOINT blue --model {ref}`."

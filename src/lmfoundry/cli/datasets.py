@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, print_json, show
+from lmfoundry.datasets.models import DatasetView, RowSpread, TokenSpread
 
 app = typer.Typer(
     help="Chat datasets: validated JSONL files, versioned by name.", no_args_is_help=True
@@ -20,18 +21,21 @@ ModelOpt = Annotated[
 ]
 
 
-def _summary(dataset: dict) -> dict:
+def _summary(dataset: DatasetView) -> dict[str, Any]:
     """The view with the statistics spelled out for a table."""
-    flat = {k: v for k, v in dataset.items() if k != "stats"}
-    stats = dataset["stats"]
-    for name in ("messages_per_row", "chars_per_row"):
-        s = stats[name]
-        flat[name] = f"min {s['min']}, mean {s['mean']}, max {s['max']}"
-    for model, s in stats.get("tokens_per_row", {}).items():
-        flat[f"tokens_per_row ({model})"] = (
-            f"min {s['min']}, mean {s['mean']}, max {s['max']} (context {s['context_length']})"
-        )
+    flat = dataset.model_dump(exclude={"stats"})
+    stats = dataset.stats
+    flat["messages_per_row"] = _spread(stats.messages_per_row)
+    flat["chars_per_row"] = _spread(stats.chars_per_row)
+    for model, tokens in stats.tokens_per_row.items():
+        flat[f"tokens_per_row ({model})"] = _spread(tokens)
     return flat
+
+
+def _spread(s: RowSpread) -> str:
+    """`min 2, mean 3.1, max 5`, with the context for a token count."""
+    text = f"min {s.min}, mean {s.mean}, max {s.max}"
+    return f"{text} (context {s.context_length})" if isinstance(s, TokenSpread) else text
 
 
 @app.command("upload")
@@ -114,8 +118,8 @@ def prepare(
         with client(project) as lmf:
             train = lmf.upload_dataset(prepared.train_path, f"{upload}-train", model)
             test = lmf.upload_dataset(prepared.test_path, f"{upload}-test", model)
-        result["training_data"] = f"{train['name']}:{train['version']}"
-        result["validation_data"] = f"{test['name']}:{test['version']}"
+        result["training_data"] = f"{train.name}:{train.version}"
+        result["validation_data"] = f"{test.name}:{test.version}"
     if json_:
         print_json(result)
         return

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lmfoundry.cli._output import JsonOpt, ProjectOpt, client, console, print_json, show
 from lmfoundry.client import Client
 from lmfoundry.finetune.config import HELP
+from lmfoundry.finetune.models import JobEnd, JobEvent, LogEvent, ValidationEvent
 
 app = typer.Typer(help="Fine-tuning jobs: LoRA on chat datasets.", no_args_is_help=True)
 
@@ -61,12 +62,12 @@ def create(
     with client(project) as lmf:
         job = lmf.create_job(model, training_data, validation_data, chosen, suffix)
         if follow:
-            console.print(f"Created {job['id']}.")
-            _follow(lmf, job["id"])
+            console.print(f"Created {job.id}.")
+            _follow(lmf, job.id)
             return
     show(job, json_)
     if not json_:
-        console.print(f"Follow it: lmfoundry jobs logs {job['id']} -f")
+        console.print(f"Follow it: lmfoundry jobs logs {job.id} -f")
 
 
 @app.command("list")
@@ -82,7 +83,7 @@ def list_(
 
 @app.command("show")
 def show_(job_id: str, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
-    """One job: status, hyperparameters, latest metrics and the output model's path."""
+    """One job: status, hyperparameters and latest metrics."""
     with client(project) as lmf:
         show(lmf.job(job_id), json_)
 
@@ -101,14 +102,14 @@ def logs(
         if follow and not json_:
             _follow(lmf, job_id)
             return
-        events: list[dict[str, Any]] = []
+        events: list[JobEvent] = []
         after = None
         while True:
             page = lmf.job_events(job_id, after=after)
-            events += page["data"]
-            if not page["has_more"]:
+            events += page.data
+            if not page.has_more:
                 break
-            after = page["data"][-1]["id"]
+            after = page.data[-1].id
     if json_:
         print_json(events)
         return
@@ -124,22 +125,21 @@ def cancel(job_id: str, project: ProjectOpt = None, json_: JsonOpt = False) -> N
     if json_:
         show(job, True)
     else:
-        console.print(f"{job_id} is {job['status']}.")
+        console.print(f"{job_id} is {job.status}.")
 
 
-def _line(event: dict[str, Any]) -> str:
-    at = str(event.get("at", ""))[11:19]
-    kind = event["kind"]
-    if kind == "log":
-        style = LEVEL_STYLE.get(event.get("level", "info"))
-        message = f"[{style}]{event['message']}[/]" if style else event["message"]
+def _line(event: JobEvent) -> str:
+    at = event.at.strftime("%H:%M:%S")
+    if isinstance(event, LogEvent):
+        style = LEVEL_STYLE.get(event.level)
+        message = f"[{style}]{event.message}[/]" if style else event.message
         return f"[dim]{at}[/] {message}"
-    if kind == "validation":
-        return f"[dim]{at}[/] step {event['step']}: validation_loss {event['validation_loss']:.4f}"
+    if isinstance(event, ValidationEvent):
+        return f"[dim]{at}[/] step {event.step}: validation_loss {event.validation_loss:.4f}"
     return (
-        f"[dim]{at}[/] step {event['step']}/{event.get('total_steps', '?')}: "
-        f"train_loss {event['train_loss']:.4f}, learning_rate {event['learning_rate']:.3g}, "
-        f"{event['tokens_per_second']:.0f} tokens/s"
+        f"[dim]{at}[/] step {event.step}/{event.total_steps}: "
+        f"train_loss {event.train_loss:.4f}, learning_rate {event.learning_rate:.3g}, "
+        f"{event.tokens_per_second:.0f} tokens/s"
     )
 
 
@@ -155,33 +155,30 @@ def _follow(lmf: Client, job_id: str) -> None:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        bar = progress.add_task(
-            job["status"], total=job["total_steps"], completed=job["step"], losses=""
-        )
+        bar = progress.add_task(job.status, total=job.total_steps, completed=job.step, losses="")
         for event in lmf.follow_job(job_id):
-            kind = event["kind"]
-            if kind == "end":
-                progress.update(bar, description=event["status"])
+            if isinstance(event, JobEnd):
+                progress.update(bar, description=event.status)
                 break
-            if kind == "log":
+            if isinstance(event, LogEvent):
                 progress.console.print(_line(event), highlight=False)
                 continue
-            if kind == "validation":
-                losses["validation"] = f", validation {event['validation_loss']:.4f}"
+            if isinstance(event, ValidationEvent):
+                losses["validation"] = f", validation {event.validation_loss:.4f}"
             else:
-                losses["loss"] = f"loss {event['train_loss']:.4f}"
+                losses["loss"] = f"loss {event.train_loss:.4f}"
                 progress.update(
-                    bar, description="running", total=event["total_steps"], completed=event["step"]
+                    bar, description="running", total=event.total_steps, completed=event.step
                 )
             progress.update(bar, losses=losses["loss"] + losses["validation"])
     job = lmf.job(job_id)
-    if job["status"] == "completed":
+    if job.status == "completed":
         console.print(
             f"Completed. Register its model with `lmfoundry models register NAME "
             f"--from-job {job_id}`."
         )
-    elif job["status"] == "failed":
-        console.print(f"[bold red]Failed:[/] {job['error']}", highlight=False)
+    elif job.status == "failed":
+        console.print(f"[bold red]Failed:[/] {job.error}", highlight=False)
         raise typer.Exit(1)
     else:
-        console.print(f"{job_id} is {job['status']}.")
+        console.print(f"{job_id} is {job.status}.")

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import TypeAdapter
 
 from lmfoundry import errors
 from lmfoundry.access.models import (
@@ -32,16 +33,21 @@ from lmfoundry.access.models import (
 from lmfoundry.catalog.models import CardView
 from lmfoundry.client.base import raise_for
 from lmfoundry.client.flows import FlowsClient
+from lmfoundry.datasets.models import DatasetView
 from lmfoundry.deployments.models import DeploymentView, EndpointView, ServerlessView
+from lmfoundry.finetune.models import EventList, FollowedEvent, JobEnd, JobView
 from lmfoundry.metering.models import UsageRow
 from lmfoundry.observability.models import InstanceView, TargetSummary
 from lmfoundry.quotas.models import ProjectQuotasView
+from lmfoundry.registry.models import ModelVersionView
+
+_FOLLOWED: TypeAdapter[FollowedEvent] = TypeAdapter(FollowedEvent)
 
 
 class Client(FlowsClient):
     """One method per management API operation (connections, flows and runs come from
-    `FlowsClient`); each returns the view the server's service answers with (the API's JSON
-    where there is none yet) and raises lmfoundry's exceptions."""
+    `FlowsClient`); each returns the view the server's service answers with (`ServerlessView`,
+    `JobView`, ...) and raises lmfoundry's exceptions."""
 
     # -- identity, projects ------------------------------------------------------------------
 
@@ -201,7 +207,7 @@ class Client(FlowsClient):
         base_model: str | None = None,
         description: str = "",
         project: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> ModelVersionView:
         body: dict[str, Any] = {"name": name, "description": description}
         if from_job:
             body["from_job"] = from_job
@@ -209,16 +215,16 @@ class Client(FlowsClient):
             body["path"] = str(Path(path).expanduser().resolve())
         if base_model:
             body["base_model"] = base_model
-        return self._call("POST", self._p(project) + "/models", json=body)
+        return self._one(ModelVersionView, "POST", self._p(project) + "/models", json=body)
 
     def registered_models(
         self, name: str | None = None, project: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ModelVersionView]:
         params = {"name": name} if name else None
-        return self._call("GET", self._p(project) + "/models", params=params)
+        return self._many(ModelVersionView, "GET", self._p(project) + "/models", params=params)
 
-    def registered_model(self, ref: str, project: str | None = None) -> dict[str, Any]:
-        return self._call("GET", self._p(project) + f"/models/{ref}")
+    def registered_model(self, ref: str, project: str | None = None) -> ModelVersionView:
+        return self._one(ModelVersionView, "GET", self._p(project) + f"/models/{ref}")
 
     def delete_registered_model(self, ref: str, project: str | None = None) -> None:
         self._call("DELETE", self._p(project) + f"/models/{ref}")
@@ -361,22 +367,24 @@ class Client(FlowsClient):
         name: str,
         model: str | None = None,
         project: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> DatasetView:
         """Upload a chat JSONL file (a new version when the name exists). With `model`, rows
         are also checked against its context length and its tokens counted."""
         path = Path(path)
         data = {"name": name, **({"model": model} if model else {})}
         with path.open("rb") as f:
             files = {"file": (path.name, f, "application/jsonl")}
-            return self._call("POST", self._p(project) + "/datasets", data=data, files=files)
+            return self._one(
+                DatasetView, "POST", self._p(project) + "/datasets", data=data, files=files
+            )
 
-    def datasets(self, name: str | None = None, project: str | None = None) -> list[dict[str, Any]]:
+    def datasets(self, name: str | None = None, project: str | None = None) -> list[DatasetView]:
         params = {"name": name} if name else {}
-        return self._call("GET", self._p(project) + "/datasets", params=params)
+        return self._many(DatasetView, "GET", self._p(project) + "/datasets", params=params)
 
-    def dataset(self, ref: str, project: str | None = None) -> dict[str, Any]:
+    def dataset(self, ref: str, project: str | None = None) -> DatasetView:
         """A dataset by id, NAME:VERSION or NAME (its newest version)."""
-        return self._call("GET", self._p(project) + f"/datasets/{ref}")
+        return self._one(DatasetView, "GET", self._p(project) + f"/datasets/{ref}")
 
     def create_job(
         self,
@@ -386,7 +394,7 @@ class Client(FlowsClient):
         hyperparameters: dict[str, Any] | None = None,
         suffix: str | None = None,
         project: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> JobView:
         """Queue a LoRA fine-tuning job; datasets by NAME, NAME:VERSION or id."""
         body = {
             "model": model,
@@ -395,31 +403,31 @@ class Client(FlowsClient):
             "hyperparameters": hyperparameters or {},
             "suffix": suffix,
         }
-        return self._call("POST", self._p(project) + "/fine-tuning-jobs", json=body)
+        return self._one(JobView, "POST", self._p(project) + "/fine-tuning-jobs", json=body)
 
-    def jobs(self, status: str | None = None, project: str | None = None) -> list[dict[str, Any]]:
+    def jobs(self, status: str | None = None, project: str | None = None) -> list[JobView]:
         params = {"status": status} if status else {}
-        return self._call("GET", self._p(project) + "/fine-tuning-jobs", params=params)
+        return self._many(JobView, "GET", self._p(project) + "/fine-tuning-jobs", params=params)
 
-    def job(self, job_id: str, project: str | None = None) -> dict[str, Any]:
-        return self._call("GET", self._p(project) + f"/fine-tuning-jobs/{job_id}")
+    def job(self, job_id: str, project: str | None = None) -> JobView:
+        return self._one(JobView, "GET", self._p(project) + f"/fine-tuning-jobs/{job_id}")
 
     def job_events(
         self, job_id: str, after: int | None = None, limit: int = 1000, project: str | None = None
-    ) -> dict[str, Any]:
-        """{"data": [events], "status", "has_more"}: the events after the event id `after`."""
+    ) -> EventList:
+        """Up to `limit` events after the event id `after`, with the job's status."""
         params: dict[str, Any] = {"limit": limit}
         if after is not None:
             params["after"] = after
-        return self._call(
-            "GET", self._p(project) + f"/fine-tuning-jobs/{job_id}/events", params=params
+        return self._one(
+            EventList, "GET", self._p(project) + f"/fine-tuning-jobs/{job_id}/events", params=params
         )
 
     def follow_job(
         self, job_id: str, after: int | None = None, project: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """The job's events as they happen (server-sent events), ending with
-        {"kind": "end", "status": ...} once the job has finished."""
+    ) -> Iterator[FollowedEvent]:
+        """The job's events as they happen (server-sent events), ending with a `JobEnd`
+        once the job has finished."""
         params = {"after": after} if after is not None else {}
         path = self._p(project) + f"/fine-tuning-jobs/{job_id}/events"
         try:
@@ -435,7 +443,7 @@ class Client(FlowsClient):
                     raise_for(response)
                 for line in response.iter_lines():
                     if line.startswith("data: "):
-                        yield json.loads(line[6:])
+                        yield _FOLLOWED.validate_json(line[6:])
         except httpx.ConnectError as exc:
             raise errors.Unavailable(
                 f"Cannot reach lmfoundry at {self.url}; start it with `lmfoundry up`."
@@ -446,17 +454,17 @@ class Client(FlowsClient):
                 f"goes on: `lmfoundry jobs logs {job_id} -f` follows it again."
             ) from exc
 
-    def cancel_job(self, job_id: str, project: str | None = None) -> dict[str, Any]:
+    def cancel_job(self, job_id: str, project: str | None = None) -> JobView:
         """Cancel a job; answers once its process has stopped."""
-        return self._call("POST", self._p(project) + f"/fine-tuning-jobs/{job_id}/cancel")
+        return self._one(JobView, "POST", self._p(project) + f"/fine-tuning-jobs/{job_id}/cancel")
 
     def wait_for_job(
         self, job_id: str, timeout: float = 3600.0, project: str | None = None
-    ) -> dict[str, Any]:
+    ) -> JobView:
         """Follow a job until it completes, fails or is canceled; returns the job."""
         deadline = time.monotonic() + timeout
         for event in self.follow_job(job_id, project=project):
-            if event.get("kind") == "end":
+            if isinstance(event, JobEnd):
                 break
             if time.monotonic() > deadline:
                 raise errors.Timeout(f"Job {job_id} did not finish within {timeout:.0f} s.")

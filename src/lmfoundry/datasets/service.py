@@ -14,7 +14,7 @@ import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +25,7 @@ from lmfoundry.access.audit import record
 from lmfoundry.access.models import ProjectAccess, Role
 from lmfoundry.access.service import check_name
 from lmfoundry.catalog.service import CatalogService, ResolvedModel
+from lmfoundry.datasets.models import DatasetStats, DatasetView, TokenSpread
 from lmfoundry.datasets.tokens import token_counter
 from lmfoundry.datasets.validate import Spread, TokenCounter, Validator, check_row, token_stats
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
@@ -72,7 +73,7 @@ class DatasetService:
         filename: str,
         stream: Iterable[bytes],
         model: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> DatasetView:
         """Validate every line of `stream` and store it as the next version of `name`."""
         access.require(Role.developer, "upload datasets")
         check_name("dataset", name)
@@ -120,7 +121,7 @@ class DatasetService:
         size: int,
         sha256: str,
         validator: Validator,
-    ) -> dict[str, Any]:
+    ) -> DatasetView:
         dataset_id = new_id()
         final = self.root / dataset_id / "data.jsonl"
         try:
@@ -140,7 +141,7 @@ class DatasetService:
                     size_bytes=size,
                     sha256=sha256,
                     rows=validator.rows,
-                    stats=validator.stats(),
+                    stats=validator.stats().model_dump(),
                     created_by=access.principal.name,
                 )
                 s.add(row)
@@ -177,7 +178,7 @@ class DatasetService:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def list(self, access: ProjectAccess, name: str | None = None) -> list[dict[str, Any]]:
+    def list(self, access: ProjectAccess, name: str | None = None) -> list[DatasetView]:
         with self.db.session() as s:
             query = select(Dataset).where(Dataset.project_id == access.project_id)
             if name is not None:
@@ -185,7 +186,7 @@ class DatasetService:
             rows = s.scalars(query.order_by(Dataset.name, Dataset.version))
             return [self._view(row, access.project) for row in rows]
 
-    def get(self, access: ProjectAccess, ref: str) -> dict[str, Any]:
+    def get(self, access: ProjectAccess, ref: str) -> DatasetView:
         with self.db.session() as s:
             return self._view(self.find(s, access, ref), access.project)
 
@@ -213,31 +214,32 @@ class DatasetService:
             )
         return row
 
-    def _view(self, row: Dataset, project: str) -> dict[str, Any]:
-        return {
-            "id": row.id,
-            "name": row.name,
-            "version": row.version,
-            "project": project,
-            "filename": row.filename,
-            "rows": row.rows,
-            "size_bytes": row.size_bytes,
-            "sha256": row.sha256,
-            "stats": row.stats,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-        }
+    def _view(self, row: Dataset, project: str) -> DatasetView:
+        return DatasetView(
+            id=row.id,
+            name=row.name,
+            version=row.version,
+            project=project,
+            filename=row.filename,
+            rows=row.rows,
+            size_bytes=row.size_bytes,
+            sha256=row.sha256,
+            stats=DatasetStats.model_validate(row.stats),
+            created_by=row.created_by,
+            created_at=row.created_at,
+        )
 
     # -- checking against a model ------------------------------------------------------------
 
     def check_for_model(
         self, s: Session, row: Dataset, model: ResolvedModel, param: str
-    ) -> dict[str, Any]:
+    ) -> TokenSpread:
         """Token statistics of `row` for `model` (counted once, then kept in the row); a 400
         naming the lines when a conversation is longer than the model's context."""
-        known = row.stats.get("tokens_per_row", {}).get(model.card.id)
-        if known is not None and known["max"] <= known["context_length"]:
-            return dict(known)
+        counted = row.stats.get("tokens_per_row", {}).get(model.card.id)
+        known = TokenSpread.model_validate(counted) if counted is not None else None
+        if known is not None and known.max is not None and known.max <= known.context_length:
+            return known
         counter = token_counter(model)
         try:
             spread = Spread()
@@ -259,7 +261,10 @@ class DatasetService:
         stats = token_stats(spread, counter)
         row.stats = {
             **row.stats,
-            "tokens_per_row": {**row.stats.get("tokens_per_row", {}), model.card.id: stats},
+            "tokens_per_row": {
+                **row.stats.get("tokens_per_row", {}),
+                model.card.id: stats.model_dump(),
+            },
         }
         flag_modified(row, "stats")
         return stats

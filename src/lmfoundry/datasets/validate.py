@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
+
+from lmfoundry.datasets.models import DatasetStats, RowSpread, TokenSpread
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_FIELDS = ("role", "content")
@@ -51,9 +53,9 @@ class Spread:
         self.low = value if self.low is None else min(self.low, value)
         self.high = value if self.high is None else max(self.high, value)
 
-    def to_dict(self) -> dict[str, Any]:
+    def view(self) -> RowSpread:
         mean = round(self.total / self.count, 1) if self.count else None
-        return {"min": self.low, "mean": mean, "max": self.high, "total": self.total}
+        return RowSpread(min=self.low, mean=mean, max=self.high, total=self.total)
 
 
 def check_row(raw: bytes) -> tuple[list[dict[str, str]] | None, str | None]:
@@ -143,16 +145,16 @@ class Validator:
             return f'{filename} has no rows; each line must be a JSON object with "messages".'
         return None
 
-    def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {
-            "messages_per_row": self.messages.to_dict(),
-            "chars_per_row": self.chars.to_dict(),
-            "tokens_per_row": {},
-        }
+    def stats(self) -> DatasetStats:
+        tokens: dict[str, TokenSpread] = {}
         if self.counter is not None:
-            stats["tokens_per_row"][self.counter.model] = token_stats(self.tokens, self.counter)
-        return stats
+            tokens[self.counter.model] = token_stats(self.tokens, self.counter)
+        return DatasetStats(
+            messages_per_row=self.messages.view(),
+            chars_per_row=self.chars.view(),
+            tokens_per_row=tokens,
+        )
 
 
-def token_stats(spread: Spread, counter: TokenCounter) -> dict[str, Any]:
-    return {**spread.to_dict(), "context_length": counter.context_length}
+def token_stats(spread: Spread, counter: TokenCounter) -> TokenSpread:
+    return TokenSpread(**spread.view().model_dump(), context_length=counter.context_length)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lmfoundry.finetune.models import JobEvent
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import FineTuningEvent, utcnow
 
@@ -90,20 +92,23 @@ class JobEvents:
             return int(getattr(result, "rowcount", 0) or 0)
 
 
-def event_view(row: FineTuningEvent) -> dict[str, Any]:
+_EVENT: TypeAdapter[JobEvent] = TypeAdapter(JobEvent)
+
+
+def event_view(row: FineTuningEvent) -> JobEvent:
     """The wire shape: metrics are top-level fields (`train_loss`, `validation_loss`, …)."""
-    view: dict[str, Any] = {"id": row.id, "at": row.at, "kind": row.kind}
+    fields: dict[str, Any] = {"id": row.id, "at": row.at, "kind": row.kind}
     if row.kind == LOG:
-        view.update(level=row.level, message=row.message)
+        fields.update(level=row.level, message=row.message)
     else:
-        view["step"] = row.step
-    view.update(row.data or {})
-    return view
+        fields["step"] = row.step
+    fields.update(row.data or {})
+    return _EVENT.validate_python(fields)
 
 
 def read_events(
     s: Session, job_id: str, after: int | None = None, limit: int = 1000
-) -> list[dict[str, Any]]:
+) -> list[JobEvent]:
     query = select(FineTuningEvent).where(FineTuningEvent.job_id == job_id)
     if after is not None:
         query = query.where(FineTuningEvent.id > after)

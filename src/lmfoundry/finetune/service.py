@@ -21,6 +21,7 @@ from lmfoundry.datasets.service import DatasetService
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from lmfoundry.finetune.config import Base, FineTuneConfig, Hyperparameters
 from lmfoundry.finetune.events import JobEvents, read_events
+from lmfoundry.finetune.models import EventList, JobOutput, JobView, LogEvent
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Dataset, FineTuningJob, utcnow
 
@@ -69,7 +70,7 @@ class FineTuneService:
         validation_data: str | None = None,
         hyperparameters: dict[str, Any] | None = None,
         suffix: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> JobView:
         access.require(Role.developer, "create fine-tuning jobs")
         missing = missing_training_stack()
         if missing:
@@ -104,13 +105,15 @@ class FineTuneService:
                 "training_data": _ref(train),
                 "validation_data": _ref(valid) if valid else None,
                 "token_stats": {
-                    "training_data": self.datasets.check_for_model(s, train, base, "training_data")
+                    "training_data": self.datasets.check_for_model(
+                        s, train, base, "training_data"
+                    ).model_dump()
                 },
             }
             if valid is not None:
                 lineage["token_stats"]["validation_data"] = self.datasets.check_for_model(
                     s, valid, base, "validation_data"
-                )
+                ).model_dump()
             config = FineTuneConfig(
                 job_id=job_id,
                 base=Base(
@@ -190,7 +193,7 @@ class FineTuneService:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def list_jobs(self, access: ProjectAccess, status: str | None = None) -> list[dict[str, Any]]:
+    def list_jobs(self, access: ProjectAccess, status: str | None = None) -> list[JobView]:
         if status is not None and status not in STATUSES:
             raise InvalidRequest(
                 f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.", param="status"
@@ -202,22 +205,23 @@ class FineTuneService:
             rows = s.scalars(query.order_by(FineTuningJob.created_at.desc(), FineTuningJob.id))
             return [self._view(s, row, access.project) for row in rows]
 
-    def get_job(self, access: ProjectAccess, job_id: str) -> dict[str, Any]:
+    def get_job(self, access: ProjectAccess, job_id: str) -> JobView:
         with self.db.session() as s:
             return self._view(s, self._row(s, access, job_id), access.project)
 
     def events(
         self, access: ProjectAccess, job_id: str, after: int | None = None, limit: int = 1000
-    ) -> tuple[list[dict[str, Any]], str]:
-        """Events after the id `after`, and the job's status when they were read."""
+    ) -> EventList:
+        """Up to `limit` events after the id `after`, and the job's status when they were
+        read."""
         with self.db.session() as s:
             row = self._row(s, access, job_id)
             status = row.status
             events = read_events(s, job_id, after, limit)
         for event in events:
-            if isinstance(event.get("message"), str):
-                event["message"] = self._unpath(event["message"])
-        return events, status
+            if isinstance(event, LogEvent):
+                event.message = self._unpath(event.message)
+        return EventList(data=events, status=status, has_more=len(events) == limit)
 
     def _row(self, s: Any, access: ProjectAccess, job_id: str) -> FineTuningJob:
         row = s.get(FineTuningJob, job_id)
@@ -234,38 +238,36 @@ class FineTuneService:
         home = str(self.artifacts_dir.parent)
         return text.replace(str(self.artifacts_dir), "<artifacts>").replace(home, "<home>")
 
-    def _view(self, s: Any, row: FineTuningJob, project: str) -> dict[str, Any]:
+    def _view(self, s: Any, row: FineTuningJob, project: str) -> JobView:
         train = s.get(Dataset, row.training_dataset_id)
         valid = s.get(Dataset, row.validation_dataset_id) if row.validation_dataset_id else None
-        return {
-            "id": row.id,
-            "object": "fine_tuning.job",
-            "project": project,
-            "model": row.model,
-            "status": row.status,
-            "error": self._unpath(row.error) if row.error else row.error,
-            "training_data": _ref(train),
-            "training_data_id": row.training_dataset_id,
-            "validation_data": _ref(valid) if valid else None,
-            "validation_data_id": row.validation_dataset_id,
-            "hyperparameters": row.hyperparameters,
-            "suffix": row.suffix,
-            "step": row.step,
-            "total_steps": row.total_steps,
-            "metrics": row.metrics,
-            "restarts": row.restarts,
-            "pid": row.pid,
-            "cancel_requested": row.cancel_requested,
-            "output_model_path": row.output_path,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-            "started_at": row.started_at,
-            "finished_at": row.finished_at,
-        }
+        return JobView(
+            id=row.id,
+            project=project,
+            model=row.model,
+            status=row.status,
+            error=self._unpath(row.error) if row.error else row.error,
+            training_data=f"{train.name}:{train.version}",
+            training_data_id=row.training_dataset_id,
+            validation_data=_ref(valid),
+            validation_data_id=row.validation_dataset_id,
+            hyperparameters=Hyperparameters(**row.hyperparameters),
+            suffix=row.suffix,
+            step=row.step,
+            total_steps=row.total_steps,
+            metrics=row.metrics,
+            restarts=row.restarts,
+            pid=row.pid,
+            cancel_requested=row.cancel_requested,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
 
-    def job_output(self, project_id: int, job_id: str) -> tuple[Path, dict[str, Any], str]:
-        """(MLflow folder, lineage, base catalog model) of a succeeded job: what the model
-        registry registers with `--from-job`."""
+    def job_output(self, project_id: int, job_id: str) -> JobOutput:
+        """The MLflow folder, base catalog model and lineage of a succeeded job: what the
+        model registry registers with `--from-job`."""
         with self.db.session() as s:
             row = s.get(FineTuningJob, job_id)
             if row is None or row.project_id != project_id:
@@ -290,11 +292,11 @@ class FineTuneService:
                 "hyperparameters": row.hyperparameters,
                 "metrics": row.metrics,
             }
-            return Path(row.output_path), lineage, row.model
+            return JobOutput(path=Path(row.output_path), base_model=row.model, lineage=lineage)
 
     # -- canceling ---------------------------------------------------------------------------
 
-    def cancel_job(self, access: ProjectAccess, job_id: str) -> dict[str, Any]:
+    def cancel_job(self, access: ProjectAccess, job_id: str) -> JobView:
         """Cancel a queued job at once; ask the supervisor to stop a running one."""
         access.require(Role.developer, "cancel fine-tuning jobs")
         with self.db.session() as s:

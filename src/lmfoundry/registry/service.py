@@ -22,8 +22,10 @@ from lmfoundry.access.service import check_name
 from lmfoundry.catalog.service import CatalogService
 from lmfoundry.engines.chat_template import check_template
 from lmfoundry.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from lmfoundry.finetune.models import JobOutput
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.registry.imports import ImportPolicy
+from lmfoundry.registry.models import ModelVersionView
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import (
     EndpointDeployment,
@@ -152,8 +154,9 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 class JobOutputs(Protocol):
     """Where a completed fine-tuning job left its model (the fine-tuning service)."""
 
-    def job_output(self, project_id: int, job_id: str) -> tuple[Path, dict[str, Any], str]:
-        """(MLflow folder, lineage, base catalog model); 404/409 when there is none."""
+    def job_output(self, project_id: int, job_id: str) -> JobOutput:
+        """The job's MLflow folder, base catalog model and lineage; 404/409 when there is
+        none."""
         ...
 
 
@@ -182,7 +185,7 @@ class RegistryService:
         job_id: str,
         description: str = "",
         tags: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ModelVersionView:
         """Register a completed fine-tuning job's output (the tutorial's "from a job
         output", MLflow type)."""
         if self.jobs is None:
@@ -190,14 +193,14 @@ class RegistryService:
                 "Fine-tuning is not part of this installation; install "
                 "lmfoundry[train] to run jobs, or register a folder with path."
             )
-        path, lineage, base = self.jobs.job_output(access.project_id, job_id)
+        output = self.jobs.job_output(access.project_id, job_id)
         return self.register(
             access,
             name,
-            path,
-            base_model=base,
+            output.path,
+            base_model=output.base_model,
             job_id=job_id,
-            lineage=lineage,
+            lineage=output.lineage,
             tags=tags,
             description=description,
         )
@@ -211,7 +214,7 @@ class RegistryService:
         base_model: str | None = None,
         tags: dict[str, str] | None = None,
         description: str = "",
-    ) -> dict[str, Any]:
+    ) -> ModelVersionView:
         """Register a model folder (or .gguf file) from the server's disk: only below the
         operator's import roots, never from $LMFOUNDRY_HOME, never through a symlink."""
         access.require(Role.developer, "register models")
@@ -227,20 +230,20 @@ class RegistryService:
             copy=lambda src, tmp: self.imports.copy(src, tmp, path),
         )
 
-    def _view(self, row: RegisteredModel) -> dict[str, Any]:
-        return {
-            "name": row.name,
-            "version": row.version,
-            "format": row.format,
-            "adapter": row.adapter,
-            "base_model": row.base_model,
-            "job_id": row.job_id,
-            "lineage": row.lineage,
-            "tags": row.tags,
-            "description": row.description,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-        }
+    def _view(self, row: RegisteredModel) -> ModelVersionView:
+        return ModelVersionView(
+            name=row.name,
+            version=row.version,
+            format=row.format,
+            adapter=row.adapter,
+            base_model=row.base_model,
+            job_id=row.job_id,
+            lineage=row.lineage,
+            tags=row.tags,
+            description=row.description,
+            created_by=row.created_by,
+            created_at=row.created_at,
+        )
 
     def register(
         self,
@@ -254,7 +257,7 @@ class RegistryService:
         tags: dict[str, str] | None = None,
         description: str = "",
         copy: Callable[[Path, Path], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> ModelVersionView:
         """Copy a model folder into the artifact store as the next version of `name`: a
         path the server trusts (a job's output); a caller's path goes through
         `register_path`, whose `copy` refuses symlinks and oversized trees."""
@@ -333,7 +336,7 @@ class RegistryService:
             )
             return self._view(row)
 
-    def versions(self, access: ProjectAccess, name: str | None = None) -> list[dict[str, Any]]:
+    def versions(self, access: ProjectAccess, name: str | None = None) -> list[ModelVersionView]:
         with self.db.session() as s:
             query = select(RegisteredModel).where(RegisteredModel.project_id == access.project_id)
             if name:
@@ -341,7 +344,7 @@ class RegistryService:
             rows = s.scalars(query.order_by(RegisteredModel.name, RegisteredModel.version))
             return [self._view(r) for r in rows]
 
-    def get(self, access: ProjectAccess, ref: str) -> dict[str, Any]:
+    def get(self, access: ProjectAccess, ref: str) -> ModelVersionView:
         with self.db.session() as s:
             return self._view(self._row(s, access.project_id, access.project, ref))
 

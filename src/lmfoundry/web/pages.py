@@ -146,8 +146,7 @@ def endpoint(name: str, request: Request, access: ProjectDep, plat: PlatformDep)
 
 def _deployable(access: ProjectAccess, plat: Platform) -> list[str]:
     """Model references a deployment can name: registered versions, then catalog ids."""
-    versions: list[dict[str, Any]] = plat.registry.versions(access)
-    registered = [f"{m['name']}:{m['version']}" for m in versions]
+    registered = [f"{m.name}:{m.version}" for m in plat.registry.versions(access)]
     return registered + [c.id for c in plat.catalog.list_cards() if c.weights_present]
 
 
