@@ -67,7 +67,7 @@ def _sse(call: FlowCall) -> StreamingResponse:
 async def _answer(call: FlowCall, request: Request) -> FlowResult | StreamingResponse:
     if STREAM in request.headers.get("accept", ""):
         return _sse(call)
-    return FlowResult.model_validate(await call.result())
+    return await call.result()
 
 
 @router.post(

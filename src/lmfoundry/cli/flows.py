@@ -262,8 +262,7 @@ def _run_local(
 ) -> FlowResult:
     settings = get_settings()
     if not stream:
-        result = asyncio.run(local.test(folder, values, settings, files, bound, init))
-        return FlowResult.model_validate(result)
+        return asyncio.run(local.test(folder, values, settings, files, bound, init))
 
     async def streamed() -> FlowResult | None:
         last = None

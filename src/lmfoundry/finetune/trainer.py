@@ -158,7 +158,6 @@ def train(config: FineTuneConfig, report: Reporter) -> TrainResult:
             **config.lineage,
             "job_id": config.job_id,
             "base_model": config.base.id,
-            "base_model_path": str(base_dir),
             "hyperparameters": hp.to_dict(),
             "metrics": progress.final,
             "steps": step,

@@ -25,6 +25,7 @@ from lmfoundry.flows.includes import included_files, with_includes
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
 from lmfoundry.flows.service import FlowCall
+from lmfoundry.flows.views import FlowResult
 
 FOUND = ("connection.yaml", "connection.yml")  # connection files looked for in the folder
 MAX_FILE = 1 << 20  # bytes: a connection file is a few lines
@@ -129,8 +130,8 @@ async def test(
     files: Iterable[Path] = (),
     given: dict[str, str] | None = None,
     init: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One line, to the end: {status, outputs, error, metrics, duration_s, bindings}."""
+) -> FlowResult:
+    """One line, to the end: status, outputs, error, metrics, duration_s, bindings."""
     call = await start(folder, inputs, settings, files, given, init)
     return await call.result()
 

@@ -42,7 +42,13 @@ from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.flex import FlexFlow, with_init
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
-from lmfoundry.flows.views import ConnectionInput, DeployedFlowView, FlowNode, FlowView
+from lmfoundry.flows.views import (
+    ConnectionInput,
+    DeployedFlowView,
+    FlowNode,
+    FlowResult,
+    FlowView,
+)
 from lmfoundry.quotas.projects import ProjectQuotas, folder_bytes
 from lmfoundry.storage.db import Database
 from lmfoundry.storage.models import Connection, Flow, Project, utcnow
@@ -80,7 +86,7 @@ class FlowCall:
     def _visible(self, outputs: dict[str, Any] | None) -> dict[str, Any]:
         return {k: v for k, v in (outputs or {}).items() if k not in self.hidden}
 
-    async def _finish(self, line: dict[str, Any]) -> dict[str, Any]:
+    async def _finish(self, line: dict[str, Any]) -> FlowResult:
         result = {
             "status": line["status"],
             "outputs": self._visible(line.get("outputs")),
@@ -96,11 +102,11 @@ class FlowCall:
             if aggregated.get("status") != "completed":
                 result["status"], result["error"] = "failed", aggregated.get("error")
         result["duration_s"] = round(time.monotonic() - self.started, 3)
-        return result
+        return FlowResult.model_validate(result)
 
-    async def result(self) -> dict[str, Any]:
+    async def result(self) -> FlowResult:
         """Run the line to the end: status, outputs, error, metrics, duration_s and the
-        bindings, the fields of `views.FlowResult` (the API reads it as one)."""
+        bindings."""
         try:
             return await self._finish(await self.process.run_line(0, self.inputs))
         finally:
@@ -116,7 +122,7 @@ class FlowCall:
                 elif event["event"] == "chunk":
                     yield event
                 else:
-                    yield {"event": "result", **(await self._finish(event))}
+                    yield {"event": "result", **(await self._finish(event)).model_dump()}
         finally:
             await self.close()
 
@@ -591,11 +597,12 @@ def _remover(path: Path) -> Callable[[], None]:
     return remove
 
 
-def raise_if_failed(result: dict[str, Any]) -> dict[str, Any]:
-    """A score's outputs, or FlowFailed naming the node (Prompt flow answers 400)."""
-    if result["status"] == "completed":
-        return dict(result["outputs"])
-    error = result.get("error") or {}
+def raise_if_failed(result: FlowResult) -> dict[str, Any]:
+    """A score's outputs (the flow's own JSON), or FlowFailed naming the node (Prompt flow
+    answers 400)."""
+    if result.status == "completed":
+        return dict(result.outputs)
+    error = result.error or {}
     if error.get("type") == "Timeout":
         raise Timeout(error.get("message") or "The flow took too long.")
     raise FlowFailed(

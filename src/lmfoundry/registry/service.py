@@ -238,7 +238,8 @@ class RegistryService:
             adapter=row.adapter,
             base_model=row.base_model,
             job_id=row.job_id,
-            lineage=row.lineage,
+            # jobs before 2026-12-07 wrote the base's folder here: answers name no server paths
+            lineage={k: v for k, v in row.lineage.items() if k != "base_model_path"},
             tags=row.tags,
             description=row.description,
             created_by=row.created_by,
