@@ -241,8 +241,12 @@ async def test_seed_reproducible(engine: TransformersEngine, prompts: list[list[
 async def test_cancel_frees_the_slot(tiny_phi3: Path, prompts: list[list[int]]) -> None:
     eng = TransformersEngine(tiny_phi3, max_sequences=1)
     try:
+        # Greedy: 364 tokens before this tiny model's end token. Sampled (temperature 0.7),
+        # it sometimes ended within a few dozen, before the second request was queued.
         long = eng.generate(
-            GenerationRequest(prompt=prompts[0], params=SamplingParams(max_tokens=3000))
+            GenerationRequest(
+                prompt=prompts[0], params=SamplingParams(max_tokens=3000, temperature=0.0)
+            )
         )
         await anext(long)
         waiting = asyncio.create_task(run(eng, prompts[1], max_tokens=8))
