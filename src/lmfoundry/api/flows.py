@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmfoundry.access.models import Keys
 from lmfoundry.api.deps import PlatformDep, ProjectDep
 from lmfoundry.errors import InvalidRequest, NotFound
-from lmfoundry.flows.service import FlowCall
+from lmfoundry.flows.call import FlowCall
 from lmfoundry.flows.views import DeployedFlowView, FlowResult, FlowView, RunDetail, RunView
 
 router = APIRouter(tags=["flows"])

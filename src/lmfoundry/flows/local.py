@@ -19,12 +19,12 @@ from lmfoundry.config import Settings
 from lmfoundry.connections.models import ResolvedConnection, parse_connection_file
 from lmfoundry.errors import InvalidRequest
 from lmfoundry.flows import bindings
+from lmfoundry.flows.call import FlowCall
 from lmfoundry.flows.dag import load_dag
 from lmfoundry.flows.flex import with_init
 from lmfoundry.flows.includes import included_files, with_includes
 from lmfoundry.flows.launcher import FlowProcess
 from lmfoundry.flows.models import Dag
-from lmfoundry.flows.service import FlowCall
 from lmfoundry.flows.views import FlowResult
 
 FOUND = ("connection.yaml", "connection.yml")  # connection files looked for in the folder

@@ -231,9 +231,9 @@ class Gateway:
         if ignored:
             headers[wire.IGNORED_HEADER] = ",".join(ignored)
         if request.stream:
-            return Reply(headers=headers, stream=self.stream(admitted))
+            return Reply(headers=headers, stream=self._stream(admitted))
         try:
-            return Reply(headers=headers, body=await self.complete(admitted))
+            return Reply(headers=headers, body=await self._complete(admitted))
         except LmfError as exc:
             exc.headers = {**headers, **exc.headers}
             raise
@@ -392,7 +392,7 @@ class Gateway:
 
     # -- running -----------------------------------------------------------------------------
 
-    async def complete(self, admitted: Admitted) -> dict[str, Any]:
+    async def _complete(self, admitted: Admitted) -> dict[str, Any]:
         """Run a non-streaming request to the end and return the response body. Nothing has
         reached the caller yet, so if its instance dies mid-answer the request starts over
         on another instance (`ONCE_IF_READY`)."""
@@ -424,7 +424,7 @@ class Gateway:
         await self._finish(admitted, record, admitted.prompt_tokens, completion, 200)
         return admitted.answer.body(choices, usage(admitted.prompt_tokens, completion))
 
-    async def stream(self, admitted: Admitted) -> AsyncIterator[bytes]:
+    async def _stream(self, admitted: Admitted) -> AsyncIterator[bytes]:
         """Data-only server-sent events: chunks, a final chunk with usage, then [DONE]."""
         record = admitted.admission.usage(streamed=True)
         events = admitted.answer.stream()

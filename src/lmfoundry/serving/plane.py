@@ -29,7 +29,8 @@ from lmfoundry.deployments.serverless import ServerlessService
 from lmfoundry.deployments.targets import Deployment, Target
 from lmfoundry.engines.capabilities import capabilities
 from lmfoundry.errors import Forbidden, InvalidRequest, LmfError, Timeout, Unauthorized
-from lmfoundry.flows.service import FlowCall, FlowService, raise_if_failed
+from lmfoundry.flows.call import FlowCall, raise_if_failed
+from lmfoundry.flows.service import FlowService
 from lmfoundry.responses.service import ResponsesService
 from lmfoundry.responses.store import Owner
 from lmfoundry.serving.checks import Reply
