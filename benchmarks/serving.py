@@ -282,10 +282,11 @@ def onnx_folder(cache: Path) -> Path:
 
 @contextlib.contextmanager
 def lmfoundry_server(
-    threads: int, stream_interval_ms: float | None = None
+    threads: int, stream_interval_ms: float | None = None, import_root: Path | None = None
 ) -> Iterator[tuple[str, dict[str, str]]]:
     """`lmfoundry up` on a fresh home, keys, quotas and metering on: (base URL, admin auth).
-    `stream_interval_ms`: LMFOUNDRY_STREAM_INTERVAL_MS (default: the setting's default)."""
+    `stream_interval_ms`: LMFOUNDRY_STREAM_INTERVAL_MS (default: the setting's default);
+    `import_root`: a folder models may be registered from by path (LMFOUNDRY_IMPORT_ROOTS)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMFOUNDRY_")}
@@ -297,6 +298,8 @@ def lmfoundry_server(
         )
         if stream_interval_ms is not None:
             env["LMFOUNDRY_STREAM_INTERVAL_MS"] = str(stream_interval_ms)
+        if import_root is not None:
+            env["LMFOUNDRY_IMPORT_ROOTS"] = str(import_root)
         process = subprocess.Popen(
             [sys.executable, "-m", "lmfoundry", "up"],
             env=env,
@@ -378,7 +381,7 @@ def run_adapter(args: argparse.Namespace, threads: int) -> dict[str, list[dict[s
     """The base and a registered adapter of it, each a serverless deployment of one server;
     the adapter runs on the base's llama-server (`--lora`, chosen per request)."""
     adapter = lora_adapter(args.onnx_cache)
-    with lmfoundry_server(threads) as (base, auth):
+    with lmfoundry_server(threads, import_root=adapter.parent) as (base, auth):
         registered = httpx.post(
             f"{base}/api/v1/projects/default/models",
             json={"name": "smol-lora", "path": str(adapter), "base_model": "SmolLM2-135M-Instruct"},
