@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import threading
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -135,13 +137,14 @@ class MeteringService:
         """A tick of the loop; a batch that fails to write stays queued for the next."""
         if self._journal is None and not self._pending:
             return  # nothing to write: no trip to a thread
-        await asyncio.to_thread(self.flush)
+        await asyncio.to_thread(self.flush, False)
 
-    def flush(self) -> int:
-        """Write every queued record; on failure they stay queued."""
+    def flush(self, wait: bool = True) -> int:
+        """Write every queued record; on failure they stay queued. With Redis, `wait` waits
+        for another drainer (or a killed one's lock to expire) rather than skipping."""
         with self._flush_lock:
             if self._journal is not None:
-                return self._journal.drain(self._insert)
+                return self._journal.drain(self._insert, wait)
             batch, self._pending = self._pending, []
             if not batch:
                 return 0
@@ -283,6 +286,7 @@ class _RedisJournal:
 
     KEY = "lmf:usage:journal"
     LOCK = "lmf:usage:drain"
+    LOCK_MS = 5000  # a batch is written well within it; a killed drainer's lock expires
     BATCH = 500
 
     def __init__(self, url: str) -> None:
@@ -301,11 +305,18 @@ class _RedisJournal:
         oldest = datetime.fromisoformat(json.loads(first)["at"]) if first else None
         return Backlog(pending, oldest)
 
-    def drain(self, insert: Any) -> int:
-        """Move the journal into the database, one batch at a time, one drainer at a time."""
-        lock = self._sync.lock(self.LOCK, timeout=30, blocking_timeout=5)
-        if not lock.acquire():
-            return 0
+    def drain(self, insert: Any, wait: bool) -> int:
+        """Move the journal into the database, one batch at a time, one drainer at a time.
+
+        `wait` waits for the lock past its lifetime, so a lock left by a drainer that was
+        killed has expired by then; without it a held lock skips this drain.
+        """
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + (self.LOCK_MS / 1000 + 1 if wait else 0)
+        while not self._sync.set(self.LOCK, token, nx=True, px=self.LOCK_MS):
+            if time.monotonic() >= deadline:
+                return 0
+            time.sleep(0.05)
         moved = 0
         try:
             while True:
@@ -313,14 +324,31 @@ class _RedisJournal:
                 if not raw:
                     return moved
                 insert([Usage(**_from_json(json.loads(item))).row() for item in raw])
-                self._sync.ltrim(self.KEY, len(raw), -1)
+                # Trimmed only while the lock is still this drainer's (and its life renewed):
+                # a drainer that outlived its lock leaves the batch to the lock's new holder,
+                # which writes it again (skipped by request id) and trims it once.
+                kept = self._sync.eval(_TRIM, 2, self.LOCK, self.KEY, token, len(raw), self.LOCK_MS)
+                if not kept:
+                    return moved
                 moved += len(raw)
         finally:
-            lock.release()
+            self._sync.eval(_RELEASE, 1, self.LOCK, token)
 
     async def aclose(self) -> None:
         await self._async.aclose()
         self._sync.close()
+
+
+# The lock is a key holding its holder's token (SET NX PX). redis-py's Lock holds the token
+# privately, and the trim must check the holder and trim in one step, so two short scripts.
+_TRIM = """if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('ltrim', KEYS[2], tonumber(ARGV[2]), -1)
+  redis.call('pexpire', KEYS[1], tonumber(ARGV[3]))
+  return 1
+end
+return 0"""
+_RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0"""
 
 
 def _to_json(usage: Usage) -> dict[str, Any]:
