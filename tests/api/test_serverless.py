@@ -267,3 +267,11 @@ def test_quota_update_applies_to_the_next_request(api: Api) -> None:
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.headers["x-ratelimit-remaining-requests"] == "0"
     assert api.patch(f"{DEPLOYMENTS}/echo-a", json={"tokens_per_minute": None}).status_code == 400
+
+
+def test_a_refused_request_tells_its_rate_limits(api: Api) -> None:
+    dep = api.deploy("echo-a")
+    bad = chat(api, "echo-a", dep["primary_key"], {"messages": MESSAGES, "temperature": 9})
+    assert bad.status_code == 400, bad.text
+    assert bad.headers["x-ratelimit-limit-requests"] == "1000"  # as a served one would
+    assert bad.headers["x-ratelimit-remaining-requests"] == "1000"  # a refusal costs nothing

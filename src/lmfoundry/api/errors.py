@@ -68,8 +68,12 @@ def disk_full(request: Request, exc: BaseException | None) -> JSONResponse | Non
     )
 
 
-def error_response(exc: LmfError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
+def error_response(exc: LmfError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error's JSON body; `headers` are the answer's headers decided before it failed
+    (the error's own win)."""
+    return JSONResponse(
+        exc.to_body(), status_code=exc.status_code, headers={**(headers or {}), **exc.headers}
+    )
 
 
 def validation_message(exc: RequestValidationError) -> InvalidRequest:

@@ -8,6 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmfoundry.api.deps import PlatformDep
+from lmfoundry.api.errors import error_response
+from lmfoundry.errors import LmfError
+from lmfoundry.platform import Platform
 from lmfoundry.serving.checks import Reply
 from lmfoundry.serving.plane import Api, Call, TargetKind
 from lmfoundry.serving.wire import ModelInfoResponse
@@ -53,10 +56,19 @@ def render(reply: Reply) -> Response:
     return JSONResponse(reply.body, headers=reply.headers)
 
 
+async def answer(plat: Platform, call: Call) -> Response:
+    """The data plane's reply, or its error with the headers decided before it failed (a
+    refused request's rate limits)."""
+    try:
+        return render(await plat.data_plane.serve(call))
+    except LmfError as exc:
+        return error_response(exc, call.headers)
+
+
 async def serve(
     request: Request, plat: PlatformDep, kind: TargetKind, name: str, api: Api
 ) -> Response:
-    return render(await plat.data_plane.serve(await call(request, kind, name, api)))
+    return await answer(plat, await call(request, kind, name, api))
 
 
 # -- serverless deployments ------------------------------------------------------------------

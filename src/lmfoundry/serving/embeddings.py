@@ -152,13 +152,14 @@ class EmbeddingsService:
             with tracing.span("admission"):
                 admitted = await self.admit(admission)
         except LmfError as exc:
-            exc.headers = {**await self.gateway.quotas.headers(target.quota), **exc.headers}
+            admission.headers.update(await self.gateway.quotas.headers(target.quota))
             await self.gateway.refused(admission, exc, started)
             raise
         headers = {**admitted.grant.headers, "azureml-model-deployment": served.deployment}
         ignored = admitted.request.ignored_parameters(extra_mode(admission.extra_parameters))
         if ignored:
             headers[IGNORED_HEADER] = ",".join(ignored)
+        admission.headers.update(headers)  # an engine's error is sent with them too
         record = admission.usage()
         used, status = 0, 200
         try:
@@ -167,8 +168,6 @@ class EmbeddingsService:
             used = admitted.tokens
         except BaseException as exc:
             status = status_of(exc)
-            if isinstance(exc, LmfError):
-                exc.headers = {**headers, **exc.headers}
             raise
         finally:
             await self._finish(admission, admitted, record, used, status)

@@ -86,6 +86,7 @@ class Admission:
     extra_parameters: str | None = None  # the `extra-parameters` header
     api: str = "chat"  # one of `APIS`
     mirrored: bool = False  # a copy for the mirror deployment: not the caller's quota
+    headers: dict[str, str] = field(default_factory=dict)  # the call's: sent with an error
 
     @property
     def claim(self) -> str:
@@ -223,20 +224,17 @@ class Gateway:
                 admitted = await self.admit(admission, request, extra)
         except LmfError as exc:
             if not admission.mirrored:
-                exc.headers = {**await self.quotas.headers(target.quota), **exc.headers}
+                admission.headers.update(await self.quotas.headers(target.quota))
                 await self.refused(admission, exc, started)
             raise
         headers = {**admitted.grant.headers, "azureml-model-deployment": served.deployment}
         ignored = request.ignored_parameters(extra)
         if ignored:
             headers[wire.IGNORED_HEADER] = ",".join(ignored)
+        admission.headers.update(headers)  # an engine's error is sent with them too
         if request.stream:
             return Reply(headers=headers, stream=self._stream(admitted))
-        try:
-            return Reply(headers=headers, body=await self._complete(admitted))
-        except LmfError as exc:
-            exc.headers = {**headers, **exc.headers}
-            raise
+        return Reply(headers=headers, body=await self._complete(admitted))
 
     async def admit(
         self, admission: Admission, request: InferenceRequest, extra: wire.ExtraMode

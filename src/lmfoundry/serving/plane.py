@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from lmfoundry.access.keys import KeyStore
@@ -59,6 +59,10 @@ class Call:
     extra_parameters: str | None = None  # the `extra-parameters` header
     deployment: str | None = None  # the `azureml-model-deployment` header (endpoints)
     events: bool = False  # `Accept: text/event-stream` (a flow's score)
+    # The answer's headers decided while serving it (a refusal's rate limits among them):
+    # the route sends them with an error as well as with a reply. A call translated into
+    # another (`replace`) shares them.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class DataPlane:
@@ -161,6 +165,7 @@ class DataPlane:
             body=call.body,
             extra_parameters=call.extra_parameters,
             api=call.api,
+            headers=call.headers,
         )
         if call.api == "embeddings":
             return await self._within_limits(served, lambda: self.embeddings.embed(admission))
@@ -226,6 +231,7 @@ class DataPlane:
                     request_id=f"{admission.request_id}-mirror",
                     body=json.dumps(body).encode(),
                     mirrored=True,
+                    headers={},  # the caller has its answer already
                 )
                 await self.gateway.generate(copy)
             except LmfError as exc:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmfoundry.access.models import Role
 from lmfoundry.api.deps import PlatformDep, ProjectDep
-from lmfoundry.api.inference import render
+from lmfoundry.api.inference import answer
 from lmfoundry.serving.plane import Call
 
 router = APIRouter(include_in_schema=False)
@@ -51,4 +51,4 @@ async def chat(
         request_id=request.state.request_id,
         deployment=(body.deployment or None) if body.kind == "endpoint" else None,
     )
-    return render(await plat.data_plane.serve(call))
+    return await answer(plat, call)
