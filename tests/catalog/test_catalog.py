@@ -41,7 +41,10 @@ def test_cards(catalog: CatalogService) -> None:
     assert mini.source.repo == "microsoft/Phi-3-mini-4k-instruct"
     assert mini.context_length == 4096 and mini.license == "mit"
     assert not mini.weights_present
-    assert "lmfoundry models pull Phi-3-mini-4k-instruct" in (mini.how_to_get or "")
+    how = mini.how_to_get or ""
+    assert "hf download microsoft/Phi-3-mini-4k-instruct --local-dir" in how
+    assert "microsoft/Phi-3-mini-4k-instruct-gguf" in how  # the GGUF conversion's repo
+    assert "lmfoundry catalog import PATH --id Phi-3-mini-4k-instruct" in how
     assert cards["Phi-3-medium-128k-instruct"].context_length == 131072
     assert not cards["gemma-3-270m"].instruction_tuned
     # Each card says what it answers: the GGUF engine takes tools, JSON schemas, n, logprobs.

@@ -145,10 +145,13 @@ class CatalogService:
                 f"The file it was imported from ({source.path}) is gone; import it again with "
                 "`lmfoundry catalog import PATH`."
             )
+        # lmfoundry downloads nothing itself (it runs where only package registries may be
+        # reachable): the hub's own CLI fetches the weights wherever the network allows.
+        gguf = f" (a GGUF conversion: {source.gguf_repo})" if source.gguf_repo else ""
         return (
-            f"Download them where the network allows with `lmfoundry models pull {card.id}` "
-            f"(hub: {source.repo}), or copy them here and run "
-            f"`lmfoundry catalog import PATH --id {card.id}`."
+            f"Download them where the network allows, e.g. `hf download {source.repo} "
+            f"--local-dir {card.id}` (pip install huggingface_hub){gguf}, then run "
+            f"`lmfoundry catalog import PATH --id {card.id}` on this machine."
         )
 
     # -- importing ---------------------------------------------------------------------------
