@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lmfoundry.access.models import Role
 from lmfoundry.access.projects import ProjectService
 from lmfoundry.access.secrets import hash_token, new_token
 from lmfoundry.access.service import AccessService
@@ -30,6 +31,17 @@ def test_bootstrap_once_with_a_printed_token(db: Database) -> None:
     admin = access.authenticate(first.token)
     assert admin.is_admin and admin.name == "admin"
     assert [p.name for p in ProjectService(db, access).list_projects(admin)] == ["default"]
+
+
+def test_an_admin_lists_projects_with_the_role_it_acts_with(db: Database) -> None:
+    access = AccessService(db)
+    admin = access.authenticate(access.bootstrap(None, "default").token)
+    projects = ProjectService(db, access)
+    second = access.authenticate(access.create_user(admin, "ops", is_admin=True).token)
+    projects.set_member(admin, "default", "ops", Role.reader)  # a member as a reader
+    listed = {p.name: p.role for p in projects.list_projects(second)}
+    assert listed == {"default": Role.owner}  # as it may act: admins act as owners
+    assert projects.set_flows_enabled(second, "default", True).role == Role.owner
 
 
 def test_bootstrap_adopts_the_configured_admin_token(db: Database) -> None:

@@ -49,7 +49,11 @@ class ProjectService:
                     .where(Membership.user_id == actor.user_id)
                     .order_by(Project.name)
                 ).all()
-            return [_project_view(p, role or Role.owner.value) for p, role in rows]
+            # admins act as owners everywhere (as `access_in` grants), whatever their
+            # membership says; the list tells the role they act with
+            return [
+                _project_view(p, Role.owner.value if actor.is_admin else role) for p, role in rows
+            ]
 
     def create_project(self, actor: Principal, name: str, description: str = "") -> ProjectView:
         """A new project with `actor` as its owner. Admins only, unless the operator set
