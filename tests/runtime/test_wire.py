@@ -1,6 +1,6 @@
 """The gateway-to-instance wire (`runtime.client` and `runtime.worker`), against a real
 instance process running the echo engine: answers, reused connections, a refused request,
-a closed stream cancelling its sequence, and a killed instance."""
+a closed stream cancelling its sequence, a graceful stop, and a killed instance."""
 
 from __future__ import annotations
 
@@ -116,3 +116,22 @@ async def test_a_killed_instance_is_reported_as_lost(instance: tuple) -> None:
     process.wait(timeout=10)
     with pytest.raises(InstanceLost):
         await client.health(timeout=1)
+
+
+async def test_a_stop_finishes_the_answer_in_flight_and_waits_for_no_idle_connection(
+    instance: tuple,
+) -> None:
+    client, process = instance
+    idle = InstanceClient(client.socket)  # a second gateway: one pooled connection, idle
+    assert (await idle.health())["active"] == 0
+    assert len(idle._idle) == 1
+
+    stream = client.generate(request("one two three four five six seven eight"))  # 0.4 s
+    words = [(await anext(stream)).text]
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    words += [d.text async for d in stream]
+    assert "".join(words) == "one two three four five six seven eight"  # finished
+    assert await asyncio.to_thread(process.wait, 10) == 0
+    assert time.monotonic() - started < 2  # not the 5 s grace: the idle connection closed
+    await idle.aclose()

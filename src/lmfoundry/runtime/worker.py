@@ -48,6 +48,8 @@ class Worker:
         self.spec = spec
         self.started = started
         self.connections: set[asyncio.Task[Any]] = set()
+        self._waiting: set[asyncio.Task[Any]] = set()  # connections between two requests
+        self.stopping = False
 
     def health(self) -> dict[str, Any]:
         return health(self.engine, self.spec, self.started)
@@ -59,7 +61,10 @@ class Worker:
         if task is not None:
             self.connections.add(task)
         try:
-            while line := await reader.readline():
+            while not self.stopping:
+                line = await self._next_line(reader, task)
+                if not line:
+                    return  # the gateway closed it
                 try:
                     message = json.loads(line)
                     op = message["op"]
@@ -80,6 +85,25 @@ class Worker:
             writer.close()
             if task is not None:
                 self.connections.discard(task)
+
+    async def _next_line(
+        self, reader: asyncio.StreamReader, task: asyncio.Task[Any] | None
+    ) -> bytes:
+        """A connection's next request; `stop_waiting` cancels the wait."""
+        if task is None:
+            return await reader.readline()
+        self._waiting.add(task)
+        try:
+            return await reader.readline()
+        finally:
+            self._waiting.discard(task)
+
+    def stop_waiting(self) -> None:
+        """Stopping: close the connections that wait for their next request now (a gateway's
+        pooled ones); those answering one finish it first."""
+        self.stopping = True
+        for task in self._waiting:
+            task.cancel()
 
     async def _generate(
         self, raw: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -177,10 +201,13 @@ async def serve(worker: Worker, path: str) -> int:
     async with server:
         await stop.wait()
         server.close()
+        worker.stop_waiting()
         failed = worker.engine.failure is not None
         if worker.connections:
             grace = FAILURE_GRACE_SECONDS if failed else STOP_GRACE_SECONDS
             await asyncio.wait(set(worker.connections), timeout=grace)
+        for task in worker.connections:  # past the grace (newer Pythons' server waits on them)
+            task.cancel()
     watch.cancel()
     await worker.engine.aclose()
     return EXIT_ENGINE_FAILED if failed else 0
