@@ -53,7 +53,10 @@ class Gateway:
 
 
 @pytest.fixture
-def gateway(database_url: str, redis_url: str) -> Iterator[Gateway]:
+def gateway(
+    database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Gateway]:
+    monkeypatch.setattr(_RedisJournal, "LOCK_MS", 1000)  # a killed drainer's lock: 1 s, not 5
     db = Database(database_url)
     db.migrate()
     store = redis.from_url(redis_url)
