@@ -33,27 +33,17 @@ class ProjectService:
     def list_projects(self, actor: Principal) -> list[ProjectView]:
         with self.db.session() as s:
             if actor.is_admin:
-                rows = s.execute(
-                    select(Project, Membership.role)
-                    .outerjoin(
-                        Membership,
-                        (Membership.project_id == Project.id)
-                        & (Membership.user_id == actor.user_id),
-                    )
-                    .order_by(Project.name)
-                ).all()
-            else:
-                rows = s.execute(
-                    select(Project, Membership.role)
-                    .join(Membership, Membership.project_id == Project.id)
-                    .where(Membership.user_id == actor.user_id)
-                    .order_by(Project.name)
-                ).all()
-            # admins act as owners everywhere (as `access_in` grants), whatever their
-            # membership says; the list tells the role they act with
-            return [
-                _project_view(p, Role.owner.value if actor.is_admin else role) for p, role in rows
-            ]
+                # every project, as the owner admins act as (as `access_in` grants),
+                # whatever membership they may also have
+                every = s.scalars(select(Project).order_by(Project.name)).all()
+                return [_project_view(p, Role.owner.value) for p in every]
+            rows = s.execute(
+                select(Project, Membership.role)
+                .join(Membership, Membership.project_id == Project.id)
+                .where(Membership.user_id == actor.user_id)
+                .order_by(Project.name)
+            ).all()
+            return [_project_view(p, role) for p, role in rows]
 
     def create_project(self, actor: Principal, name: str, description: str = "") -> ProjectView:
         """A new project with `actor` as its owner. Admins only, unless the operator set

@@ -137,7 +137,7 @@ class MeteringService:
         """A tick of the loop; a batch that fails to write stays queued for the next."""
         if self._journal is None and not self._pending:
             return  # nothing to write: no trip to a thread
-        await asyncio.to_thread(self.flush, False)
+        await asyncio.to_thread(self.flush, wait=False)
 
     def flush(self, wait: bool = True) -> int:
         """Write every queued record; on failure they stay queued. With Redis, `wait` waits
@@ -295,6 +295,8 @@ class _RedisJournal:
 
         self._async = aredis.from_url(url)
         self._sync = redis.from_url(url)
+        self._trim = self._sync.register_script(_TRIM)
+        self._release = self._sync.register_script(_RELEASE)
 
     async def push(self, usage: Usage) -> None:
         await self._async.rpush(self.KEY, json.dumps(_to_json(usage)))
@@ -327,12 +329,12 @@ class _RedisJournal:
                 # Trimmed only while the lock is still this drainer's (and its life renewed):
                 # a drainer that outlived its lock leaves the batch to the lock's new holder,
                 # which writes it again (skipped by request id) and trims it once.
-                kept = self._sync.eval(_TRIM, 2, self.LOCK, self.KEY, token, len(raw), self.LOCK_MS)
+                kept = self._trim(keys=[self.LOCK, self.KEY], args=[token, len(raw), self.LOCK_MS])
                 if not kept:
                     return moved
                 moved += len(raw)
         finally:
-            self._sync.eval(_RELEASE, 1, self.LOCK, token)
+            self._release(keys=[self.LOCK], args=[token])
 
     async def aclose(self) -> None:
         await self._async.aclose()
